@@ -1,0 +1,146 @@
+"""Objective and optimizer: label smoothing (§5.4), Adam and Eq. (3) (§5.3).
+
+The loss functions return *sums* over target tokens together with the token
+count, never means. Gradient accumulation sums these over micro-batches and
+divides once (see ``transformer/train.py``), so k micro-batches of B tokens
+give the same update as one batch of kB tokens.
+"""
+
+from collections.abc import Callable
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+
+from transformer.tokens import PAD_ID
+
+
+def smoothed_targets_entropy(vocab_size: int, label_smoothing: float) -> float:
+  """Entropy H(q) of the label-smoothed target distribution q (a constant)."""
+  confidence = 1.0 - label_smoothing
+  low_confidence = label_smoothing / (vocab_size - 1)
+  entropy = -confidence * np.log(confidence) if confidence > 0 else 0.0
+  if low_confidence > 0:
+    entropy -= (vocab_size - 1) * low_confidence * np.log(low_confidence)
+  return float(entropy)
+
+
+def cross_entropy_sums(
+    logits: jax.Array,
+    targets: jax.Array,
+    label_smoothing: float,
+    weights: jax.Array | None = None,
+) -> dict[str, jax.Array]:
+  """Label-smoothed cross-entropy (§5.4), summed over real target tokens.
+
+  The smoothed target distribution q puts 1 - eps_ls on the reference token
+  and eps_ls / (V - 1) on each of the other V - 1 tokens (tensor2tensor's
+  form). The training loss is the cross-entropy against the whole of q,
+
+    loss = -sum_v q(v) log p(v) - H(q),
+
+  where subtracting the constant entropy H(q) leaves the gradient unchanged
+  and makes the loss a KL divergence that is 0 for a perfect fit (so logged
+  losses are comparable across eps_ls). The unsmoothed NLL -log p(y) and the
+  argmax accuracy are returned too.
+
+  Args:
+    logits: (B, T, V) float32 pre-softmax scores.
+    targets: (B, T) int reference ids, PAD_ID on padding.
+    label_smoothing: eps_ls in [0, 1).
+    weights: optional (B, T) extra mask (e.g. filler rows of an eval batch);
+      padding (targets == PAD_ID) is always masked.
+
+  Returns:
+    Scalars (float32): "loss_sum", "nll_sum", "correct" (summed over real
+    tokens) and "num_tokens" (the count of real tokens).
+  """
+  vocab_size = logits.shape[-1]
+  mask = (targets != PAD_ID).astype(jnp.float32)  # (B, T)
+  if weights is not None:
+    mask = mask * weights.astype(jnp.float32)
+  logits = logits.astype(jnp.float32)
+  log_probs = jax.nn.log_softmax(logits, axis=-1)  # (B, T, V)
+  nll = -jnp.take_along_axis(log_probs, targets[..., None], axis=-1)[..., 0]  # (B, T)
+  confidence = 1.0 - label_smoothing
+  low_confidence = label_smoothing / (vocab_size - 1)
+  # -sum_v q(v) log p(v) = confidence * nll + low_confidence * sum_{v != y} -log p(v)
+  sum_neg_log_probs = -jnp.sum(log_probs, axis=-1)  # (B, T)
+  smoothed = confidence * nll + low_confidence * (sum_neg_log_probs - nll)
+  loss = smoothed - smoothed_targets_entropy(vocab_size, label_smoothing)  # (B, T)
+  correct = (jnp.argmax(logits, axis=-1) == targets).astype(jnp.float32)  # (B, T)
+  return {
+      "loss_sum": jnp.sum(loss * mask),
+      "nll_sum": jnp.sum(nll * mask),
+      "correct": jnp.sum(correct * mask),
+      "num_tokens": jnp.sum(mask),
+  }
+
+
+def summarize(sums: dict[str, jax.Array]) -> dict[str, jax.Array]:
+  """Per-token means from ``cross_entropy_sums`` outputs (possibly summed).
+
+  Returns "loss" (label-smoothed, per token), "nll" (unsmoothed, per token),
+  "perplexity" (exp of nll) and "accuracy" (token accuracy); all 0 when there
+  are no tokens.
+  """
+  n = jnp.maximum(sums["num_tokens"], 1.0)
+  nll = sums["nll_sum"] / n
+  return {
+      "loss": sums["loss_sum"] / n,
+      "nll": nll,
+      "perplexity": jnp.exp(nll),
+      "accuracy": sums["correct"] / n,
+  }
+
+
+def learning_rate_schedule(config: ml_collections.ConfigDict) -> Callable:
+  """Eq. (3) as a function of the 1-based update number ``step``.
+
+    lrate = scale * d_model^-0.5 * min(step^-0.5, step * warmup_steps^-1.5)
+
+  It rises linearly for ``warmup_steps`` updates, then decays as step^-0.5.
+  ``config`` is the whole config (uses model.d_model and the train section).
+  """
+  d_model = config.model.d_model
+  warmup = config.train.warmup_steps
+  scale = config.train.learning_rate_scale
+  if warmup <= 0:
+    raise ValueError(f"train.warmup_steps must be positive, got {warmup}.")
+
+  def schedule(step):
+    step = jnp.maximum(jnp.asarray(step, jnp.float32), 1.0)
+    return scale * d_model**-0.5 * jnp.minimum(step**-0.5, step * warmup**-1.5)
+
+  return schedule
+
+
+def make_optimizer(config: ml_collections.ConfigDict) -> optax.GradientTransformation:
+  """Adam(b1=0.9, b2=0.98, eps=1e-9) driven by Eq. (3) (§5.3).
+
+  Optional deviations from the paper, all off by default: global-norm gradient
+  clipping (train.grad_clip_norm > 0) and decoupled weight decay on matrices
+  (train.weight_decay > 0, AdamW; biases, LayerNorm and other vectors are not
+  decayed).
+  """
+  t = config.train
+  schedule = learning_rate_schedule(config)
+  # optax counts updates from 0; Eq. (3) counts them from 1.
+  def lr(count):
+    return schedule(count + 1)
+
+  parts = []
+  if t.grad_clip_norm > 0:
+    # Deviation from the paper: gradient clipping.
+    parts.append(optax.clip_by_global_norm(t.grad_clip_norm))
+  if t.weight_decay > 0:
+    # Deviation from the paper: decoupled weight decay (AdamW) on matrices.
+    parts.append(optax.adamw(
+        lr, b1=t.adam_b1, b2=t.adam_b2, eps=t.adam_eps,
+        weight_decay=t.weight_decay,
+        mask=lambda params: jax.tree.map(lambda p: p.ndim > 1, params)))
+  else:
+    parts.append(optax.adam(lr, b1=t.adam_b1, b2=t.adam_b2, eps=t.adam_eps))
+  return optax.chain(*parts)
