@@ -1,0 +1,264 @@
+"""Tests for transformer/decode.py: greedy and beam search (§6.1).
+
+The search algorithms are first checked on hand-made step functions whose
+next-token distribution depends on the whole prefix (through a hash carried in
+the cache), against an exhaustive search over every possible output.
+"""
+
+import functools
+import itertools
+import math
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from transformer import decode
+from transformer.tokens import BOS_ID, EOS_ID, PAD_ID
+
+VOCAB = 7  # PAD, EOS, UNK, BOS and three more; PAD and BOS are never emitted.
+EMITTABLE = [t for t in range(VOCAB) if t not in (PAD_ID, BOS_ID)]
+MODULUS = 10007
+
+
+def toy_step_fn(table):
+  """Logits depend on the source id and the whole prefix through a hash."""
+
+  def step_fn(tokens, cache, step):
+    del step
+    h = (cache["h"] * 31 + tokens + 1) % MODULUS  # (N,)
+    return table[h], {"h": h}
+
+  return step_fn
+
+
+def toy_table(seed, scale=2.0, eos_bias=0.0):
+  table = scale * jax.random.normal(jax.random.key(seed), (MODULUS, VOCAB))
+  return table.at[:, EOS_ID].add(eos_bias)
+
+
+def toy_cache(sources):
+  return {"h": jnp.asarray(sources, jnp.int32)}
+
+
+def sequence_logprob(table, source, seq):
+  """log P(seq | source) under the toy model, with decode's masking rules."""
+  step_fn = toy_step_fn(table)
+  cache = toy_cache([source])
+  prev, total = BOS_ID, 0.0
+  for t, token in enumerate(seq):
+    logits, cache = step_fn(jnp.array([prev]), cache, t)
+    logprobs = np.asarray(jax.nn.log_softmax(logits[0]))
+    total += float(logprobs[token])
+    prev = token
+  return total
+
+
+def exhaustive_best(table, source, limit, alpha):
+  """Best (sequence, score) over every Y ending in EOS with |Y| <= limit."""
+  best = (None, -math.inf)
+  for length in range(1, limit + 1):
+    for body in itertools.product(
+        [t for t in EMITTABLE if t != EOS_ID], repeat=length - 1):
+      seq = list(body) + [EOS_ID]
+      score = sequence_logprob(table, source, seq) / (
+          ((5 + length) / 6) ** alpha)
+      if score > best[1]:
+        best = (seq, score)
+  return best
+
+
+def run_beam(table, sources, limits, beam_size, alpha, max_length,
+             early_termination=True):
+  fn = jax.jit(functools.partial(
+      decode.beam_search_state, toy_step_fn(table), beam_size=beam_size,
+      alpha=alpha, max_length=max_length, early_termination=early_termination))
+  return fn(toy_cache(sources), jnp.asarray(limits, jnp.int32))
+
+
+def run_greedy(table, sources, limits, max_length):
+  fn = jax.jit(functools.partial(
+      decode.greedy_search, toy_step_fn(table), max_length=max_length))
+  return fn(toy_cache(sources), jnp.asarray(limits, jnp.int32))
+
+
+def strip(row):
+  return [int(t) for t in row if t != PAD_ID]
+
+
+def test_length_penalty_formula():
+  np.testing.assert_allclose(decode.length_penalty(1, 0.6), 1.0)
+  np.testing.assert_allclose(
+      decode.length_penalty(7, 0.6), (12 / 6) ** 0.6, rtol=1e-6)
+  np.testing.assert_allclose(decode.length_penalty(20, 0.0), 1.0)
+
+
+def test_bucket():
+  assert [decode.bucket(n) for n in (0, 1, 8, 9, 16, 17, 100)] == [
+      8, 8, 8, 16, 16, 32, 128]
+  assert [decode.bucket(n, minimum=1) for n in (1, 2, 3, 5)] == [1, 2, 4, 8]
+
+
+@pytest.mark.parametrize("alpha", [0.0, 0.6, 2.0])
+def test_wide_beam_equals_exhaustive_search(alpha):
+  # With 5 emittable tokens (4 + EOS) and |Y| <= 4, at most 5 * 4^2 = 80
+  # candidates exist at a step, so a beam of 128 keeps them all: beam search
+  # must then find the exhaustive optimum, for every sentence of the batch.
+  table = toy_table(0)
+  sources, limits = [5, 11, 12], [4, 3, 1]
+  state = run_beam(table, sources, limits, beam_size=128, alpha=alpha,
+                   max_length=6)
+  for i, (source, limit) in enumerate(zip(sources, limits, strict=True)):
+    want_seq, want_score = exhaustive_best(table, source, limit, alpha)
+    assert strip(state.finished_seqs[i, 0]) == want_seq
+    np.testing.assert_allclose(state.finished_scores[i, 0], want_score,
+                               rtol=1e-5)
+
+
+def test_beam_4_finds_exhaustive_best_and_beats_greedy():
+  # On these toy sentences beam 4 finds the exhaustive optimum, and for at
+  # least one of them greedy does not.
+  table = toy_table(1)
+  sources, limits = list(range(20, 30)), [4] * 10
+  state = run_beam(table, sources, limits, beam_size=4, alpha=0.6,
+                   max_length=4)
+  greedy_seqs, _ = run_greedy(table, sources, limits, max_length=4)
+  greedy_worse = 0
+  for i, source in enumerate(sources):
+    want_seq, want_score = exhaustive_best(table, source, 4, 0.6)
+    assert strip(state.finished_seqs[i, 0]) == want_seq
+    np.testing.assert_allclose(state.finished_scores[i, 0], want_score,
+                               rtol=1e-5)
+    greedy_worse += strip(greedy_seqs[i]) != want_seq
+  assert greedy_worse >= 1
+
+
+def test_greedy_picks_argmax_until_eos():
+  table = toy_table(2)
+  seqs, logprobs = run_greedy(table, [3, 4], [6, 2], max_length=8)
+  for i, (source, limit) in enumerate(zip([3, 4], [6, 2], strict=True)):
+    step_fn, cache = toy_step_fn(table), toy_cache([source])
+    prev, want, total = BOS_ID, [], 0.0
+    for t in range(limit):
+      logits, cache = step_fn(jnp.array([prev]), cache, t)
+      lp = np.array(jax.nn.log_softmax(logits[0]))
+      lp[[PAD_ID, BOS_ID]] = -np.inf
+      if t == limit - 1:
+        lp[[x for x in range(VOCAB) if x != EOS_ID]] = -np.inf
+      prev = int(np.argmax(lp))
+      want.append(prev)
+      total += lp[prev]
+      if prev == EOS_ID:
+        break
+    assert strip(seqs[i]) == want
+    assert want[-1] == EOS_ID
+    np.testing.assert_allclose(logprobs[i], total, rtol=1e-5)
+
+
+def test_beam_1_alpha_0_equals_greedy():
+  table = toy_table(3)
+  sources = list(range(40, 56))
+  limits = [1, 2, 5, 9] * 4
+  state = run_beam(table, sources, limits, beam_size=1, alpha=0.0,
+                   max_length=10)
+  greedy_seqs, greedy_logprobs = run_greedy(table, sources, limits,
+                                            max_length=10)
+  np.testing.assert_array_equal(state.finished_seqs[:, 0], greedy_seqs)
+  np.testing.assert_allclose(state.finished_scores[:, 0], greedy_logprobs,
+                             rtol=1e-6)
+
+
+def step_table_fn(probs_by_step):
+  """A step function whose distribution depends only on the step."""
+  logits = jnp.log(jnp.asarray(probs_by_step, jnp.float32) + 1e-30)
+
+  def step_fn(tokens, cache, step):
+    return jnp.broadcast_to(logits[step], (tokens.shape[0], VOCAB)), cache
+
+  return step_fn
+
+
+def test_length_penalty_changes_the_choice_as_the_formula_says():
+  # Step 0: P(EOS) = P(a) = 0.5. Step 1: P(EOS) = 0.9, P(a) = 0.1. Then EOS.
+  # Y1 = [EOS]:    log 0.5 / lp(1)
+  # Y2 = [a, EOS]: (log 0.5 + log 0.9) / lp(2)
+  # Y2 wins once lp(2) / lp(1) = (7/6)^alpha > log(0.45) / log(0.5).
+  a = 4
+  probs = np.zeros((4, VOCAB))
+  probs[0, [EOS_ID, a]] = 0.5
+  probs[1, [EOS_ID, a]] = [0.9, 0.1]
+  probs[2:, EOS_ID] = 1.0
+  step_fn = step_table_fn(probs)
+  threshold = math.log(math.log(0.45) / math.log(0.5)) / math.log(7 / 6)
+  assert 0.9 < threshold < 0.95  # 0.9163...
+
+  def best(alpha):
+    fn = jax.jit(functools.partial(
+        decode.beam_search, step_fn, beam_size=2, alpha=alpha, max_length=4))
+    seqs, scores = fn({"dummy": jnp.zeros((1,))}, jnp.array([4]))
+    return strip(seqs[0, 0]), float(scores[0, 0])
+
+  seq, score = best(threshold - 0.05)
+  assert seq == [EOS_ID]
+  np.testing.assert_allclose(score, math.log(0.5), rtol=1e-5)
+  seq, score = best(threshold + 0.05)
+  assert seq == [a, EOS_ID]
+  np.testing.assert_allclose(
+      score, math.log(0.45) / (7 / 6) ** (threshold + 0.05), rtol=1e-5)
+
+
+@pytest.mark.parametrize("alpha", [0.0, 0.6])
+def test_early_termination_equals_running_to_max_length(alpha):
+  table = toy_table(4, eos_bias=2.0)  # EOS likely: sentences finish early.
+  sources = list(range(60, 68))
+  limits = [12] * 8
+  early = run_beam(table, sources, limits, beam_size=4, alpha=alpha,
+                   max_length=12)
+  full = run_beam(table, sources, limits, beam_size=4, alpha=alpha,
+                  max_length=12, early_termination=False)
+  np.testing.assert_array_equal(early.finished_seqs, full.finished_seqs)
+  np.testing.assert_allclose(early.finished_scores, full.finished_scores)
+  assert int(full.step) == 12
+  assert int(early.step) < 12  # It did stop early.
+
+
+def test_sentence_decodes_the_same_alone_and_in_a_batch():
+  table = toy_table(5)
+  sources = [70, 71, 72, 73, 74]
+  limits = [3, 9, 5, 1, 7]
+  batch = run_beam(table, sources, limits, beam_size=4, alpha=0.6,
+                   max_length=16)
+  greedy_batch, _ = run_greedy(table, sources, limits, max_length=16)
+  for i, (source, limit) in enumerate(zip(sources, limits, strict=True)):
+    alone = run_beam(table, [source], [limit], beam_size=4, alpha=0.6,
+                     max_length=limit)
+    np.testing.assert_array_equal(
+        batch.finished_seqs[i, :, :limit], alone.finished_seqs[0])
+    np.testing.assert_array_equal(batch.finished_scores[i],
+                                  alone.finished_scores[0])
+    greedy_alone, _ = run_greedy(table, [source], [limit], max_length=limit)
+    np.testing.assert_array_equal(greedy_batch[i, :limit], greedy_alone[0])
+
+
+def test_output_respects_per_sentence_limit_and_never_emits_pad_or_bos():
+  table = toy_table(6, scale=0.1)  # Nearly uniform: EOS is rarely chosen.
+  limits = [1, 2, 3, 6]
+  state = run_beam(table, [1, 2, 3, 4], limits, beam_size=3, alpha=0.6,
+                   max_length=6)
+  # With |Y| <= 1 only [EOS] exists: the other two slots stay empty.
+  np.testing.assert_array_equal(state.finished_scores[0, 1:], decode.NEG_INF)
+  for i, limit in enumerate(limits):
+    for k in range(1 if limit == 1 else 3):
+      seq = strip(state.finished_seqs[i, k])
+      assert 1 <= len(seq) <= limit
+      assert seq[-1] == EOS_ID and EOS_ID not in seq[:-1]
+      assert BOS_ID not in seq
+    assert np.all(np.diff(np.asarray(state.finished_scores[i])) <= 0)
+
+
+def test_output_limits_and_strip_eos():
+  inputs = np.array([[5, 6, EOS_ID, 0], [EOS_ID, 0, 0, 0], [0, 0, 0, 0]])
+  np.testing.assert_array_equal(decode.output_limits(inputs, 50), [53, 51, 1])
+  assert decode.strip_eos([7, 8, EOS_ID, 0, 0]) == [7, 8]
+  assert decode.strip_eos([EOS_ID, 0]) == []

@@ -1,0 +1,398 @@
+"""Greedy and beam search decoding with the key/value cache (§6.1).
+
+The paper decodes with "beam search with a beam size of 4 and length penalty
+alpha = 0.6", with a maximum output length of "input length + 50", terminating
+early when possible. The length penalty is the GNMT form (Wu et al., 2016):
+
+  lp(Y) = ((5 + |Y|) / 6)^alpha,     score(Y) = log P(Y | X) / lp(Y)
+
+where |Y| counts the target tokens including the final EOS.
+
+Dimension letters: B batch (sentences), K beam size, L maximum output length,
+V vocabulary, N = B * K flattened rows fed to the model.
+
+Two layers:
+
+* ``greedy_search`` and ``beam_search`` are pure JAX over a step function
+  ``step_fn(tokens, cache, step) -> (logits, cache)`` (tokens: (N,) previous
+  token, BOS_ID at step 0; logits: (N, V)). Every leaf of ``cache`` has the
+  batch as its leading axis; beam search tiles it to B * K rows and reorders
+  beams with one generic ``jax.tree.map``. Tests drive them with hand-made
+  step functions.
+* ``translate_batch(model, inputs, ...)`` runs them on a ``Transformer``:
+  encodes once, builds the cache with ``model.init_cache``, pads the batch to
+  a few fixed shapes (powers of two) and returns token ids. It is jitted and
+  compiles once per (batch bucket, length bucket, beam size).
+
+Each sentence gets its own length limit (its own source length + 50) and its
+own termination test, and a finished sentence's state is frozen while the rest
+of the batch runs on, so a sentence decodes the same alone and inside any
+batch.
+"""
+
+import functools
+from typing import Any, Callable, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from transformer.tokens import BOS_ID, EOS_ID, PAD_ID
+
+# Score of an impossible hypothesis. Finite, so that sums never make NaNs.
+NEG_INF = -1.0e9
+
+StepFn = Callable[[jax.Array, Any, jax.Array], tuple[jax.Array, Any]]
+
+
+def length_penalty(length, alpha):
+  """lp(Y) = ((5 + |Y|) / 6)^alpha (GNMT; cited in §6.1)."""
+  return ((5.0 + jnp.asarray(length, jnp.float32)) / 6.0) ** alpha
+
+
+def _allowed_logprobs(logits, step, max_lengths, eos_id):
+  """log_softmax of the logits, with impossible tokens set to NEG_INF.
+
+  PAD_ID and BOS_ID are never targets, so they are never emitted (their
+  probability mass is simply dropped, not renormalized). At a sentence's last
+  allowed position only EOS may be emitted; the forced EOS keeps its own
+  log-probability, so every hypothesis ends with EOS within the limit and is
+  scored like any other.
+
+  Args:
+    logits: (B, ..., V).
+    step: () position being predicted.
+    max_lengths: (B,) limits on |Y|.
+    eos_id: EOS token id.
+
+  Returns:
+    (logprobs (B, ..., V) float32, at_limit (B,) bool).
+  """
+  logprobs = jax.nn.log_softmax(logits.astype(jnp.float32))
+  at_limit = step + 1 >= max_lengths  # (B,)
+  vocab = jnp.arange(logprobs.shape[-1])
+  shape = (-1,) + (1,) * (logprobs.ndim - 1)
+  forbid = (vocab == PAD_ID) | (vocab == BOS_ID)
+  forbid = forbid | (at_limit.reshape(shape) & (vocab != eos_id))
+  return jnp.where(forbid, NEG_INF, logprobs), at_limit
+
+
+def _previous_tokens(seqs, step, bos_id):
+  """Token at position step - 1 along the last axis, BOS_ID at step 0."""
+  prev = jax.lax.dynamic_index_in_dim(
+      seqs, jnp.maximum(step - 1, 0), axis=seqs.ndim - 1, keepdims=False)
+  return jnp.where(step == 0, bos_id, prev)
+
+
+# ----------------------------------------------------------------------------
+# Greedy search.
+# ----------------------------------------------------------------------------
+
+
+class GreedyState(NamedTuple):
+  step: jax.Array  # () int32
+  seqs: jax.Array  # (B, L) int32, PAD_ID after EOS
+  logprobs: jax.Array  # (B,) float32, log P(Y | X)
+  done: jax.Array  # (B,) bool
+  cache: Any
+
+
+def greedy_search(step_fn: StepFn, cache, max_lengths, *, max_length: int,
+                  eos_id: int = EOS_ID, bos_id: int = BOS_ID):
+  """Picks the most probable token at each step until EOS.
+
+  Args:
+    step_fn: ``(tokens (B,), cache, step) -> (logits (B, V), cache)``.
+    cache: pytree, batch leading on every leaf.
+    max_lengths: (B,) int32, per-sentence limit on |Y| (EOS included), in
+      [1, max_length].
+    max_length: static L, the size of the output buffer.
+    eos_id, bos_id: special token ids.
+
+  Returns:
+    (seqs (B, L) int32 ending with EOS then PAD_ID, logprobs (B,) float32).
+  """
+  max_lengths = jnp.clip(jnp.asarray(max_lengths, jnp.int32), 1, max_length)
+  batch = max_lengths.shape[0]
+  state = GreedyState(
+      step=jnp.array(0, jnp.int32),
+      seqs=jnp.full((batch, max_length), PAD_ID, jnp.int32),
+      logprobs=jnp.zeros((batch,), jnp.float32),
+      done=jnp.zeros((batch,), bool),
+      cache=cache)
+
+  def cond(s):
+    return (s.step < max_length) & ~jnp.all(s.done)
+
+  def body(s):
+    prev = _previous_tokens(s.seqs, s.step, bos_id)  # (B,)
+    logits, cache = step_fn(prev, s.cache, s.step)
+    logprobs, _ = _allowed_logprobs(
+        logits, s.step, max_lengths, eos_id)  # (B, V)
+    token = jnp.argmax(logprobs, axis=-1).astype(jnp.int32)  # (B,)
+    token_logprob = jnp.take_along_axis(logprobs, token[:, None], axis=-1)[:, 0]
+    token = jnp.where(s.done, PAD_ID, token)
+    seqs = jax.lax.dynamic_update_index_in_dim(s.seqs, token, s.step, axis=1)
+    return GreedyState(
+        step=s.step + 1,
+        seqs=seqs,
+        logprobs=s.logprobs + jnp.where(s.done, 0.0, token_logprob),
+        done=s.done | (token == eos_id),
+        cache=cache)
+
+  state = jax.lax.while_loop(cond, body, state)
+  return state.seqs, state.logprobs
+
+
+# ----------------------------------------------------------------------------
+# Beam search.
+# ----------------------------------------------------------------------------
+
+
+class BeamState(NamedTuple):
+  step: jax.Array  # () int32, the position being predicted
+  live_seqs: jax.Array  # (B, K, L) int32, hypotheses without EOS
+  live_logprobs: jax.Array  # (B, K) float32, sorted best first
+  finished_seqs: jax.Array  # (B, K, L) int32, hypotheses ending with EOS
+  finished_scores: jax.Array  # (B, K) float32, log P / lp, sorted best first
+  done: jax.Array  # (B,) bool, the finished set can no longer change
+  cache: Any  # batch leading axis of size B * K, row b * K + k
+
+
+def _gather_beams(x, indices):
+  """x: (B, M, ...), indices: (B, K) into M -> (B, K, ...)."""
+  return jnp.take_along_axis(
+      x, indices.reshape(indices.shape + (1,) * (x.ndim - 2)), axis=1)
+
+
+def beam_search(step_fn: StepFn, cache, max_lengths, *, beam_size: int,
+                alpha: float, max_length: int, eos_id: int = EOS_ID,
+                bos_id: int = BOS_ID):
+  """Beam search; see ``beam_search_state``. Returns (seqs, scores)."""
+  state = beam_search_state(
+      step_fn, cache, max_lengths, beam_size=beam_size, alpha=alpha,
+      max_length=max_length, eos_id=eos_id, bos_id=bos_id)
+  return state.finished_seqs, state.finished_scores
+
+
+def beam_search_state(step_fn: StepFn, cache, max_lengths, *, beam_size: int,
+                      alpha: float, max_length: int, eos_id: int = EOS_ID,
+                      bos_id: int = BOS_ID, early_termination: bool = True):
+  """Beam search with the GNMT length penalty and early termination (§6.1).
+
+  Each step extends the K live hypotheses by every token, keeps the 2K best
+  candidates by log-probability, and from them:
+    * the K best that do not end in EOS become the new live hypotheses;
+    * those that end in EOS and rank among the K best candidates (the ones
+      that would have stayed in the beam) are scored log P / lp(|Y|) and
+      merged into the K best finished hypotheses. (tensor2tensor also lets
+      EOS candidates ranked K+1..2K finish; we follow fairseq here, which
+      makes beam size 1 with alpha = 0 exactly greedy decoding.)
+  A sentence stops when no live hypothesis can beat its worst finished one:
+  log-probabilities only fall as a hypothesis grows and lp(|Y|) is largest at
+  the sentence's length limit, so live_logprob / lp(limit) bounds every score
+  a live hypothesis can still reach (this needs alpha >= 0). At the limit
+  only EOS is allowed, so every sentence finishes.
+
+  Args:
+    step_fn: ``(tokens (B*K,), cache, step) -> (logits (B*K, V), cache)``.
+    cache: pytree with batch B leading on every leaf (tiled here to B * K).
+    max_lengths: (B,) int32, per-sentence limit on |Y|, in [1, max_length].
+    beam_size: K.
+    alpha: length penalty exponent, >= 0 (0: no length normalization).
+    max_length: static L, the size of the output buffers.
+    eos_id, bos_id: special token ids.
+    early_termination: False runs every sentence to its length limit (for
+      tests: the result must be the same).
+
+  Returns:
+    The final BeamState: finished_seqs (B, K, L) int32 and finished_scores
+    (B, K) float32, best first; seqs end with EOS followed by PAD_ID. step is
+    the number of decoding steps run.
+  """
+  k = beam_size
+  max_lengths = jnp.clip(jnp.asarray(max_lengths, jnp.int32), 1, max_length)
+  batch = max_lengths.shape[0]
+  cache = jax.tree.map(lambda x: jnp.repeat(x, k, axis=0), cache)
+  lp_at_limit = length_penalty(max_lengths, alpha)  # (B,)
+  state = BeamState(
+      step=jnp.array(0, jnp.int32),
+      live_seqs=jnp.full((batch, k, max_length), PAD_ID, jnp.int32),
+      # Only beam 0 is real at the start; the others are copies that must
+      # never be chosen.
+      live_logprobs=jnp.tile(
+          jnp.array([0.0] + [NEG_INF] * (k - 1), jnp.float32), (batch, 1)),
+      finished_seqs=jnp.full((batch, k, max_length), PAD_ID, jnp.int32),
+      finished_scores=jnp.full((batch, k), NEG_INF, jnp.float32),
+      done=jnp.zeros((batch,), bool),
+      cache=cache)
+
+  def cond(s):
+    return (s.step < max_length) & ~jnp.all(s.done)
+
+  def body(s):
+    prev = _previous_tokens(s.live_seqs, s.step, bos_id)  # (B, K)
+    logits, cache = step_fn(prev.reshape(batch * k), s.cache, s.step)
+    vocab_size = logits.shape[-1]
+    logprobs, at_limit = _allowed_logprobs(
+        logits.reshape(batch, k, vocab_size), s.step, max_lengths,
+        eos_id)  # (B, K, V)
+
+    # The 2K best extensions of the K live hypotheses.
+    candidates = s.live_logprobs[:, :, None] + logprobs  # (B, K, V)
+    cand_logprobs, flat = jax.lax.top_k(
+        candidates.reshape(batch, k * vocab_size), 2 * k)  # (B, 2K)
+    cand_beam = flat // vocab_size  # (B, 2K)
+    cand_token = (flat % vocab_size).astype(jnp.int32)  # (B, 2K)
+    cand_seqs = _gather_beams(s.live_seqs, cand_beam)  # (B, 2K, L)
+    cand_seqs = jax.lax.dynamic_update_index_in_dim(
+        cand_seqs, cand_token, s.step, axis=2)
+    cand_eos = cand_token == eos_id
+
+    # Live: the K best candidates that do not end in EOS.
+    live_logprobs, live_idx = jax.lax.top_k(
+        jnp.where(cand_eos, NEG_INF, cand_logprobs), k)  # (B, K)
+    live_seqs = _gather_beams(cand_seqs, live_idx)
+    live_beam = jnp.take_along_axis(cand_beam, live_idx, axis=1)  # (B, K)
+
+    # Finished: EOS candidates ranked among the K best, scored log P / lp.
+    rank = jnp.arange(2 * k)
+    new_scores = jnp.where(
+        cand_eos & (rank < k),
+        cand_logprobs / length_penalty(s.step + 1, alpha), NEG_INF)
+    finished_scores, fin_idx = jax.lax.top_k(
+        jnp.concatenate([s.finished_scores, new_scores], axis=1), k)
+    finished_seqs = _gather_beams(
+        jnp.concatenate([s.finished_seqs, cand_seqs], axis=1), fin_idx)
+
+    # Early termination: the best live bound cannot beat the worst finished.
+    best_live_bound = live_logprobs[:, 0] / lp_at_limit
+    done = at_limit
+    if early_termination:
+      done = done | (finished_scores[:, -1] > best_live_bound)
+
+    # Sentences that were already done keep their state unchanged.
+    def keep(old, new):
+      return jnp.where(s.done.reshape((-1,) + (1,) * (old.ndim - 1)), old, new)
+
+    # Reorder the cache rows to follow their live hypotheses (row b*K + k).
+    rows = (jnp.arange(batch)[:, None] * k + live_beam).reshape(batch * k)
+    cache = jax.tree.map(lambda x: jnp.take(x, rows, axis=0), cache)
+    return BeamState(
+        step=s.step + 1,
+        live_seqs=keep(s.live_seqs, live_seqs),
+        live_logprobs=keep(s.live_logprobs, live_logprobs),
+        finished_seqs=keep(s.finished_seqs, finished_seqs),
+        finished_scores=keep(s.finished_scores, finished_scores),
+        done=s.done | done,
+        cache=cache)
+
+  return jax.lax.while_loop(cond, body, state)
+
+
+# ----------------------------------------------------------------------------
+# Decoding a Transformer.
+# ----------------------------------------------------------------------------
+
+
+def bucket(n: int, minimum: int = 8) -> int:
+  """Smallest power of two >= max(n, minimum): the padded shapes we compile."""
+  return max(minimum, 1 << max(int(n) - 1, 0).bit_length())
+
+
+@functools.partial(
+    jax.jit,
+    static_argnames=("graphdef", "beam_size", "max_length", "return_all"))
+def _decode(graphdef, state, inputs, max_lengths, alpha, *, beam_size,
+            max_length, return_all=False):
+  """Encodes once, builds the cache and searches. beam_size 1 is greedy."""
+  model = nnx.merge(graphdef, state)
+  model.eval()  # Deterministic: no dropout. Affects only this traced copy.
+  encoded = model.encode(inputs)  # (B, S, D)
+  cache = model.init_cache(encoded, inputs, max_length)
+
+  def step_fn(tokens, cache, step):
+    return model.decode_step(tokens, cache, step)
+
+  if beam_size == 1:
+    seqs, scores = greedy_search(
+        step_fn, cache, max_lengths, max_length=max_length)
+    return (seqs[:, None], scores[:, None]) if return_all else (seqs, scores)
+  seqs, scores = beam_search(
+      step_fn, cache, max_lengths, beam_size=beam_size, alpha=alpha,
+      max_length=max_length)
+  return (seqs, scores) if return_all else (seqs[:, 0], scores[:, 0])
+
+
+def output_limits(inputs, max_extra_length: int):
+  """Per-sentence limit on |Y|: source length (EOS included) + extra (§6.1)."""
+  lengths = (np.asarray(inputs) != PAD_ID).sum(axis=1)
+  return np.where(lengths > 0, lengths + max_extra_length, 1).astype(np.int32)
+
+
+def translate_batch(model, inputs, *, beam_size: int = 4, alpha: float = 0.6,
+                    max_extra_length: int = 50, return_scores: bool = False):
+  """Translates a batch of source sentences with a Transformer.
+
+  Args:
+    model: a ``transformer.model.Transformer`` (its train/eval mode is left
+      untouched; decoding is always deterministic).
+    inputs: (B, S) int source ids, each sentence ending with EOS_ID, PAD_ID
+      after. Rows that are all padding (filler rows) decode to just EOS.
+    beam_size: K; 1 means greedy decoding (alpha is then unused).
+    alpha: length penalty exponent, lp(Y) = ((5 + |Y|) / 6)^alpha.
+    max_extra_length: a sentence's output has at most (its source length,
+      EOS included) + max_extra_length tokens, EOS included.
+    return_scores: also return log P(Y | X) / lp(Y) (greedy: log P(Y | X)).
+
+  Returns:
+    ids: np.ndarray (B, L) int32, the best hypothesis per row, ending with
+      EOS_ID then PAD_ID; L is the longest hypothesis in the batch. Use
+      ``strip_eos`` to get a row's tokens.
+    scores (only with return_scores): np.ndarray (B,) float32.
+
+  Shapes are padded to powers of two (batch and source length, see
+  ``bucket``), so a whole test set compiles only a few times, and each
+  sentence's result does not depend on the rest of the batch.
+  """
+  if beam_size < 1:
+    raise ValueError(f"beam_size must be >= 1, got {beam_size}.")
+  if alpha < 0:
+    raise ValueError(
+        f"alpha must be >= 0 (the early-termination bound needs it), got "
+        f"{alpha}.")
+  inputs = np.asarray(inputs, np.int32)
+  if inputs.ndim != 2:
+    raise ValueError(f"inputs must be (B, S) token ids, got shape "
+                     f"{inputs.shape}.")
+  batch, _ = inputs.shape
+  lengths = (inputs != PAD_ID).sum(axis=1)
+  padded_len = bucket(max(int(lengths.max(initial=0)), 1))
+  padded_batch = bucket(batch, minimum=1)
+  padded = np.full((padded_batch, padded_len), PAD_ID, np.int32)
+  for i in range(batch):
+    padded[i, :lengths[i]] = inputs[i][inputs[i] != PAD_ID]
+  limits = np.ones((padded_batch,), np.int32)
+  limits[:batch] = output_limits(inputs, max_extra_length)
+  empty = (padded != PAD_ID).sum(axis=1) == 0
+  padded[empty, 0] = EOS_ID  # Filler rows: a lone EOS, decoded to one step.
+  graphdef, state = nnx.split(model)
+  seqs, scores = _decode(
+      graphdef, state, padded, limits, jnp.float32(alpha),
+      beam_size=beam_size, max_length=padded_len + max_extra_length)
+  seqs = np.asarray(seqs)[:batch]
+  scores = np.asarray(scores)[:batch]
+  width = max(int((seqs != PAD_ID).sum(axis=1).max(initial=0)), 1)
+  seqs = seqs[:, :width]
+  return (seqs, scores) if return_scores else seqs
+
+
+def strip_eos(ids) -> list[int]:
+  """The tokens of one output row before its first EOS (and padding)."""
+  out = []
+  for t in np.asarray(ids).tolist():
+    if t == EOS_ID or t == PAD_ID:
+      break
+    out.append(int(t))
+  return out
