@@ -1,0 +1,161 @@
+"""Shared defaults for every experiment config.
+
+Each experiment file (``wmt14_ende.py``, ``table3.py``, ...) starts from
+``get_base_config()`` and changes only what differs, so that a config reads as
+a diff against the paper's base model. The four sections are:
+
+* ``model``:  the architecture (§3) and its ablation switches.
+* ``data``:   dataset, tokenizer and batching (§5.1).
+* ``train``:  objective, optimizer, schedule, parallelism, checkpoints (§5.2-5.4).
+* ``decode``: beam search and checkpoint averaging (§6.1).
+
+Every default is the paper's choice. Switches that depart from it say so in
+their comment.
+"""
+
+import ml_collections
+
+# Model sizes of Table 3 ("base" and "big" rows). Paper: Vaswani et al. 2017.
+MODEL_SIZES = {
+    #        N  d_model  d_ff  h  d_k  d_v  P_drop
+    "base": (6, 512, 2048, 8, 64, 64, 0.1),
+    "big": (6, 1024, 4096, 16, 64, 64, 0.3),
+}
+
+
+def model_config(size="base"):
+  """The ``model`` section for a Table 3 size."""
+  num_layers, d_model, d_ff, num_heads, d_k, d_v, dropout = MODEL_SIZES[size]
+  m = ml_collections.ConfigDict()
+  m.vocab_size = 37000  # Shared source/target BPE vocabulary (§5.1).
+  m.num_layers = num_layers  # N, both stacks (§3.1).
+  m.d_model = d_model
+  m.d_ff = d_ff
+  m.num_heads = num_heads  # h (§3.2.2).
+  m.d_k = d_k  # Per-head query/key size.
+  m.d_v = d_v  # Per-head value size.
+  m.dropout_rate = dropout  # P_drop: sub-layer outputs and embedding sums (§5.4).
+  # Deviation from the paper when > 0: dropout on attention weights and on the
+  # FFN hidden activation (tensor2tensor's defaults, not in the paper).
+  m.attention_dropout_rate = 0.0
+  m.ffn_dropout_rate = 0.0
+  # relu is Eq. (2). Deviation from the paper: gelu, elu, silu, reglu, geglu,
+  # swiglu (Shazeer 2020).
+  m.activation = "relu"
+  # "post": LayerNorm(x + Dropout(Sublayer(x))) as in §3.1. Deviation from the
+  # paper: "pre" (x + Dropout(Sublayer(LayerNorm(x))) and a final LayerNorm).
+  m.norm_position = "post"
+  m.layer_norm_epsilon = 1e-6
+  # "sinusoidal" (§3.5) or "learned" (Table 3 row E).
+  m.positional_encoding = "sinusoidal"
+  m.max_len = 1024  # Longest position a learned embedding can encode.
+  # Three-way weight tying (§3.4): source embedding = target embedding =
+  # pre-softmax projection. Each tie can be switched off.
+  m.share_source_target_embedding = True
+  m.share_output_embedding = True
+  # Compute dtype of activations and matmuls; softmax and logits stay float32.
+  m.dtype = "float32"
+  m.param_dtype = "float32"
+  # "xla": einsum implementation of Eq. (1). "dot_product_attention":
+  # jax.nn.dot_product_attention (cuDNN fused attention on GPU when possible).
+  m.attention_impl = "xla"
+  return m
+
+
+def data_config():
+  """The ``data`` section. Filled by the data pipeline (see transformer/data.py)."""
+  d = ml_collections.ConfigDict()
+  # "tfds": a TFDS translate builder; "text": a folder of {split}.{lang} files;
+  # "synthetic": the project's generated EN->DE corpus (offline).
+  d.source = "tfds"
+  d.tfds_name = "wmt14_translate/de-en"
+  d.tfds_data_dir = ""  # Empty: $TFDS_DATA_DIR or TFDS's default.
+  d.dir = ""  # Folder of {split}.{lang} files for source="text".
+  d.source_lang = "en"  # Direction comes from these, never from TFDS key order.
+  d.target_lang = "de"
+  d.train_split = "train"
+  d.dev_split = "validation"  # newstest2013 for wmt14_translate.
+  d.test_split = "test"  # newstest2014 for wmt14_translate.
+  # SentencePiece, one vocabulary shared by source and target; its size is
+  # model.vocab_size.
+  d.tokenizer_type = "bpe"  # "bpe" (the paper's byte-pair encoding) or "unigram".
+  d.tokenizer_path = ""  # Existing .model file; empty: train one in the workdir.
+  d.tokenizer_max_chars = 10_000_000  # Training-text sample for the tokenizer.
+  d.max_length = 256  # Pairs longer than this (in tokens, either side) are dropped.
+  # Token budget per update, summed over all devices and hosts, per side:
+  # each step holds at most this many source and this many target tokens
+  # (the paper: about 25000 + 25000 on 8 GPUs, §5.1).
+  d.batch_tokens = 25000
+  d.batching = "pack"  # "pack" rows with segment ids, or "bucket" by length.
+  d.eval_batch_size = 64  # Sentences per evaluation batch (padded, never dropped).
+  d.prefetch = 4  # Batches prepared ahead in a background thread.
+  d.seed = 0  # Shuffle seed; epochs are reshuffled deterministically.
+  d.cache_dir = ""  # Token-id cache; empty: <workdir>/data_cache.
+  # Generated corpus (source="synthetic").
+  d.synthetic_train_size = 50_000
+  d.synthetic_dev_size = 500
+  d.synthetic_test_size = 500
+  d.synthetic_seed = 0
+  return d
+
+
+def train_config(num_steps=100_000):
+  """The ``train`` section: objective, optimizer and run management."""
+  t = ml_collections.ConfigDict()
+  t.seed = 0
+  t.num_steps = num_steps
+  t.label_smoothing = 0.1  # epsilon_ls (§5.4).
+  # Adam (§5.3).
+  t.adam_b1 = 0.9
+  t.adam_b2 = 0.98
+  t.adam_eps = 1e-9
+  # Eq. (3): lrate = scale * d_model^-0.5 * min(step^-0.5, step * warmup^-1.5).
+  t.warmup_steps = 4000
+  t.learning_rate_scale = 1.0  # Deviation from the paper when != 1.
+  t.grad_clip_norm = 0.0  # Deviation from the paper when > 0 (global norm clip).
+  t.weight_decay = 0.0  # Deviation from the paper when > 0 (decoupled, AdamW).
+  t.accumulate_steps = 1  # Micro-batches per update (gradient accumulation).
+  # Parallelism: mesh axis sizes (-1: all remaining devices) and the rules that
+  # map the model's logical axes to mesh axes. Data parallel by default; set
+  # the "fsdp" rules variant (see configs below) to shard parameters too.
+  t.mesh_shape = ml_collections.ConfigDict({"data": -1, "fsdp": 1, "tensor": 1})
+  t.fsdp = False  # True: shard parameters and optimizer state over "fsdp".
+  # Logging, evaluation and checkpoints.
+  t.log_every_steps = 100
+  t.eval_every_steps = 5000
+  t.eval_bleu_sentences = 500  # Dev sentences decoded for the periodic BLEU.
+  t.checkpoint_every_steps = 5000
+  t.checkpoint_every_minutes = 10.0  # The paper averages 10-minute checkpoints.
+  t.keep_checkpoints = 20
+  return t
+
+
+def decode_config(average_last=5):
+  """The ``decode`` section: beam search of §6.1."""
+  d = ml_collections.ConfigDict()
+  d.beam_size = 4
+  d.alpha = 0.6  # Length penalty lp(Y) = ((5 + |Y|) / 6)^alpha.
+  d.max_extra_length = 50  # Output length <= input length + 50.
+  d.average_last = average_last  # Checkpoints averaged: 5 (base), 20 (big).
+  d.batch_size = 64  # Sentences per decoding batch.
+  return d
+
+
+def get_base_config(size="base"):
+  """The paper's WMT14 EN-DE configuration for a model size."""
+  config = ml_collections.ConfigDict()
+  config.model = model_config(size)
+  config.data = data_config()
+  config.train = train_config(num_steps=100_000 if size == "base" else 300_000)
+  config.decode = decode_config(average_last=5 if size == "base" else 20)
+  return config
+
+
+def parse_variant(arg, choices, default):
+  """Returns the ``file.py:variant`` suffix, checked against ``choices``."""
+  variant = arg or default
+  if variant not in choices:
+    raise ValueError(
+        f"Unknown config variant {variant!r}; choose one of {sorted(choices)} "
+        "(e.g. --config=configs/wmt14_ende.py:base).")
+  return variant

@@ -1,0 +1,1 @@
+"""A faithful JAX/Flax NNX implementation of "Attention Is All You Need"."""

@@ -1,0 +1,620 @@
+"""The Transformer of "Attention Is All You Need" (Vaswani et al., 2017), Flax NNX.
+
+Read it next to the paper: each class is a box of Figure 1, each docstring
+cites its section, and each equation sits above the line that computes it.
+
+Dimension legend (einsum letters and shape comments):
+  B batch                     D d_model
+  S source length             F d_ff
+  T target length             H number of heads h
+  Q query length              K d_k (query/key size per head)
+  M memory (key) length       J d_v (value size per head)
+  L cache length              V vocabulary size
+
+Logical axis names on parameters (mapped to mesh axes only by
+transformer/sharding.py): "vocab", "embed", "mlp", "heads", "kv".
+
+Initialization (our choice; the paper does not state one):
+  * Projections (W^Q, W^K, W^V, W^O, W_1, W_2) are Xavier-uniform, the
+    tensor2tensor default the paper's code used: it keeps activation variance
+    roughly constant through each linear map.
+  * Embeddings are N(0, d_model^-1). Multiplied by sqrt(d_model) (§3.4) they
+    have unit variance, the same scale as the sinusoids; and when tied to the
+    pre-softmax projection, the initial logits of a unit-variance decoder
+    output also have unit variance.
+"""
+
+import functools
+import math
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from transformer import tokens
+
+_DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
+_NORM_POSITIONS = ("post", "pre")
+_POSITIONAL_ENCODINGS = ("sinusoidal", "learned")
+_ATTENTION_IMPLS = ("xla", "dot_product_attention")
+
+
+# ----------------------------------------------------------------------------
+# Registries: swappable parts are strings in config, resolved here.
+# ----------------------------------------------------------------------------
+
+# Activation of the position-wise feed-forward network. relu is Eq. (2).
+# Deviation from the paper (config switch model.activation): the others.
+ACTIVATIONS = {
+    "relu": jax.nn.relu,
+    "gelu": functools.partial(jax.nn.gelu, approximate=False),
+    "elu": jax.nn.elu,
+    "silu": jax.nn.silu,
+}
+# Gated linear units (Shazeer 2020, "GLU Variants Improve Transformer"):
+# FFN(x) = (act(x W) * x W') W_2, without biases, hidden size d_ff.
+GATED_ACTIVATIONS = {
+    "reglu": jax.nn.relu,
+    "geglu": functools.partial(jax.nn.gelu, approximate=False),
+    "swiglu": jax.nn.silu,
+}
+
+
+def get_dtype(name):
+  """Resolves a dtype name from config ("float32", "bfloat16")."""
+  if name not in _DTYPES:
+    raise ValueError(f"Unknown dtype {name!r}; choose one of {sorted(_DTYPES)}.")
+  return _DTYPES[name]
+
+
+def check_config(cfg):
+  """Raises one clear error for an impossible model config."""
+  def choice(field, allowed):
+    if cfg[field] not in allowed:
+      raise ValueError(
+          f"config.model.{field}={cfg[field]!r} is not one of {sorted(allowed)}.")
+  choice("activation", list(ACTIVATIONS) + list(GATED_ACTIVATIONS))
+  choice("norm_position", _NORM_POSITIONS)
+  choice("positional_encoding", _POSITIONAL_ENCODINGS)
+  choice("attention_impl", _ATTENTION_IMPLS)
+  choice("dtype", _DTYPES)
+  choice("param_dtype", _DTYPES)
+  for field in ("vocab_size", "num_layers", "d_model", "d_ff", "num_heads", "d_k",
+                "d_v", "max_len"):
+    if cfg[field] < 1:
+      raise ValueError(f"config.model.{field}={cfg[field]} must be positive.")
+  for field in ("dropout_rate", "attention_dropout_rate", "ffn_dropout_rate"):
+    if not 0.0 <= cfg[field] < 1.0:
+      raise ValueError(f"config.model.{field}={cfg[field]} must be in [0, 1).")
+  if cfg.positional_encoding == "sinusoidal" and cfg.d_model % 2:
+    raise ValueError(
+        f"config.model.d_model={cfg.d_model} must be even for sinusoidal "
+        "positional encoding (sin and cos pairs, §3.5).")
+  if cfg.attention_impl == "dot_product_attention" and cfg.d_k != cfg.d_v:
+    raise ValueError(
+        "config.model.attention_impl='dot_product_attention' needs d_k == d_v "
+        f"(got {cfg.d_k} and {cfg.d_v}); use attention_impl='xla'.")
+
+
+def _param(rngs, init, shape, names, dtype):
+  """A parameter annotated with logical axis names (never mesh axes)."""
+  return nnx.Param(init(rngs.params(), shape, dtype), out_sharding=names,
+                   eager_sharding=False)
+
+
+_xavier = jax.nn.initializers.xavier_uniform
+_zeros = jax.nn.initializers.zeros
+_ones = jax.nn.initializers.ones
+
+
+# ----------------------------------------------------------------------------
+# Positional encoding (§3.5)
+# ----------------------------------------------------------------------------
+
+def sinusoidal_encoding(positions, d_model):
+  """PE(pos, 2i) = sin(pos / 10000^(2i/d_model)), PE(pos, 2i+1) = cos(...).
+
+  Sin and cos are interleaved by dimension, exactly as §3.5 writes them.
+
+  Args:
+    positions: integer positions, any shape (...).
+  Returns:
+    float32 array (..., d_model).
+  """
+  i = jnp.arange(d_model // 2, dtype=jnp.float32)
+  inv_freq = 1.0 / (10000.0 ** (2.0 * i / d_model))  # 1 / 10000^(2i/d_model)
+  angles = positions[..., None].astype(jnp.float32) * inv_freq  # (..., D/2)
+  pe = jnp.stack([jnp.sin(angles), jnp.cos(angles)], axis=-1)  # (..., D/2, 2)
+  return pe.reshape(*positions.shape, d_model)  # dims 2i = sin, 2i+1 = cos
+
+
+class LearnedPositionalEmbedding(nnx.Module):
+  """Learned positional embeddings, Table 3 row (E)."""
+
+  def __init__(self, max_len, d_model, *, param_dtype, rngs):
+    # Deviation from the paper only when selected (model.positional_encoding).
+    # N(0, 1/2) per dimension: the mean square of the sinusoids it replaces.
+    init = jax.nn.initializers.normal(stddev=math.sqrt(0.5))
+    self.max_len = max_len
+    self.embedding = _param(rngs, init, (max_len, d_model), (None, "embed"),
+                            param_dtype)
+
+  def __call__(self, positions):
+    return jnp.take(self.embedding[...], positions, axis=0)
+
+
+# ----------------------------------------------------------------------------
+# Embeddings (§3.4)
+# ----------------------------------------------------------------------------
+
+class Embedding(nnx.Module):
+  """Token embedding, multiplied by sqrt(d_model) (§3.4).
+
+  ``attend`` is the pre-softmax linear transformation when the weights are
+  tied: logits = x E^T.
+  """
+
+  def __init__(self, vocab_size, d_model, *, dtype, param_dtype, rngs):
+    init = jax.nn.initializers.normal(stddev=d_model ** -0.5)
+    self.d_model = d_model
+    self.dtype = dtype
+    self.embedding = _param(rngs, init, (vocab_size, d_model), ("vocab", "embed"),
+                            param_dtype)
+
+  def __call__(self, ids):
+    x = jnp.take(self.embedding[...], ids, axis=0)  # (B, T, D)
+    return (x * math.sqrt(self.d_model)).astype(self.dtype)
+
+  def attend(self, x):
+    e = self.embedding[...].astype(self.dtype)
+    return jnp.einsum("BTD,VD->BTV", x, e, preferred_element_type=jnp.float32)
+
+
+# ----------------------------------------------------------------------------
+# Attention (§3.2)
+# ----------------------------------------------------------------------------
+
+def scaled_dot_product_attention(q, k, v, mask, *, dropout=None):
+  """Eq. (1): Attention(Q, K, V) = softmax(Q K^T / sqrt(d_k)) V.
+
+  Args:
+    q: (B, Q, H, K) queries.   k: (B, M, H, K) keys.   v: (B, M, H, J) values.
+    mask: bool, broadcastable to (B, H, Q, M); True where attending is allowed.
+    dropout: optional callable applied to the attention weights.
+  Returns:
+    (B, Q, H, J) outputs and float32 (B, H, Q, M) attention weights.
+  """
+  d_k = q.shape[-1]
+  # Q K^T / sqrt(d_k), accumulated and soft-maxed in float32.
+  logits = jnp.einsum("BQHK,BMHK->BHQM", q, k, preferred_element_type=jnp.float32)
+  logits = logits / math.sqrt(d_k)
+  # Masked positions get the lowest float: a row with no allowed key (padding
+  # queries) becomes uniform instead of NaN, and is itself masked downstream.
+  logits = jnp.where(mask, logits, jnp.finfo(jnp.float32).min)
+  weights = jax.nn.softmax(logits, axis=-1)  # (B, H, Q, M)
+  probs = dropout(weights) if dropout is not None else weights
+  out = jnp.einsum("BHQM,BMHJ->BQHJ", probs.astype(v.dtype), v)
+  return out, weights
+
+
+class MultiHeadAttention(nnx.Module):
+  """Multi-head attention (§3.2.2).
+
+  MultiHead(Q, K, V) = Concat(head_1, ..., head_h) W^O,
+  head_i = Attention(Q W_i^Q, K W_i^K, V W_i^V).
+
+  The per-head sizes d_k and d_v are independent of d_model (Table 3 A, B).
+  The projections have no bias, as in the paper's equations.
+  """
+
+  def __init__(self, d_model, num_heads, d_k, d_v, *, attention_dropout_rate,
+               attention_impl, dtype, param_dtype, rngs):
+    self.dtype = dtype
+    self.attention_impl = attention_impl
+    x_in = _xavier(in_axis=0, out_axis=(1, 2))  # fan_in = D, fan_out = H * K
+    x_out = _xavier(in_axis=(0, 1), out_axis=2)  # fan_in = H * J, fan_out = D
+    self.w_q = _param(rngs, x_in, (d_model, num_heads, d_k), ("embed", "heads", "kv"),
+                      param_dtype)
+    self.w_k = _param(rngs, x_in, (d_model, num_heads, d_k), ("embed", "heads", "kv"),
+                      param_dtype)
+    self.w_v = _param(rngs, x_in, (d_model, num_heads, d_v), ("embed", "heads", "kv"),
+                      param_dtype)
+    self.w_o = _param(rngs, x_out, (num_heads, d_v, d_model), ("heads", "kv", "embed"),
+                      param_dtype)
+    # Deviation from the paper when rate > 0 (model.attention_dropout_rate).
+    self.attention_dropout = nnx.Dropout(attention_dropout_rate, rngs=rngs)
+
+  def _w(self, w):
+    return w[...].astype(self.dtype)
+
+  def project_kv(self, x):
+    """K W^K and V W^V for memory x (B, M, D): the cacheable part."""
+    k = jnp.einsum("BMD,DHK->BMHK", x, self._w(self.w_k))
+    v = jnp.einsum("BMD,DHJ->BMHJ", x, self._w(self.w_v))
+    return k, v
+
+  def attend(self, x_q, k, v, mask, return_weights=False):
+    """Attention of queries x_q (B, Q, D) over projected keys and values."""
+    q = jnp.einsum("BQD,DHK->BQHK", x_q, self._w(self.w_q))
+    use_fused = (self.attention_impl == "dot_product_attention"
+                 and not return_weights and self.attention_dropout.rate == 0.0)
+    if use_fused:
+      # jax.nn.dot_product_attention: cuDNN fused attention on GPU when the
+      # shapes and dtype allow it, XLA otherwise. Same Eq. (1).
+      out = jax.nn.dot_product_attention(q, k, v, mask=mask)
+      weights = None
+    else:
+      out, weights = scaled_dot_product_attention(
+          q, k, v, mask, dropout=self.attention_dropout)
+    y = jnp.einsum("BQHJ,HJD->BQD", out, self._w(self.w_o))
+    return y, weights
+
+  def __call__(self, x_q, x_kv, mask, return_weights=False):
+    k, v = self.project_kv(x_kv)
+    return self.attend(x_q, k, v, mask, return_weights)
+
+
+# ----------------------------------------------------------------------------
+# Position-wise feed-forward network (§3.3)
+# ----------------------------------------------------------------------------
+
+class FeedForward(nnx.Module):
+  """FFN(x) = max(0, x W_1 + b_1) W_2 + b_2, Eq. (2); inner size d_ff."""
+
+  def __init__(self, d_model, d_ff, *, activation, ffn_dropout_rate, dtype,
+               param_dtype, rngs):
+    self.dtype = dtype
+    self.gated = activation in GATED_ACTIVATIONS
+    self.activation = (GATED_ACTIVATIONS if self.gated else ACTIVATIONS)[activation]
+    init = _xavier()
+    self.w_1 = _param(rngs, init, (d_model, d_ff), ("embed", "mlp"), param_dtype)
+    self.w_2 = _param(rngs, init, (d_ff, d_model), ("mlp", "embed"), param_dtype)
+    if self.gated:
+      # Deviation from the paper (model.activation): the GLU's second input
+      # projection; no biases, as in Shazeer (2020).
+      self.w_gate = _param(rngs, init, (d_model, d_ff), ("embed", "mlp"), param_dtype)
+    else:
+      self.b_1 = _param(rngs, _zeros, (d_ff,), ("mlp",), param_dtype)
+      self.b_2 = _param(rngs, _zeros, (d_model,), ("embed",), param_dtype)
+    # Deviation from the paper when rate > 0 (model.ffn_dropout_rate).
+    self.hidden_dropout = nnx.Dropout(ffn_dropout_rate, rngs=rngs)
+
+  def __call__(self, x):
+    w = lambda p: p[...].astype(self.dtype)  # noqa: E731
+    if self.gated:
+      # act(x W_1) * (x W_gate)
+      h = self.activation(x @ w(self.w_1)) * (x @ w(self.w_gate))  # (B, T, F)
+      return self.hidden_dropout(h) @ w(self.w_2)
+    h = self.activation(x @ w(self.w_1) + w(self.b_1))  # max(0, x W_1 + b_1)
+    return self.hidden_dropout(h) @ w(self.w_2) + w(self.b_2)  # (B, T, D)
+
+
+# ----------------------------------------------------------------------------
+# Encoder and decoder layers (§3.1)
+# ----------------------------------------------------------------------------
+
+class SublayerConnection(nnx.Module):
+  """The residual connection around each sub-layer, followed by LayerNorm.
+
+  post (the paper, §3.1): LayerNorm(x + Dropout(Sublayer(x))).
+  pre (Deviation from the paper, model.norm_position="pre"):
+      x + Dropout(Sublayer(LayerNorm(x))).
+  """
+
+  def __init__(self, d_model, *, norm_position, dropout_rate, epsilon, dtype,
+               param_dtype, rngs):
+    self.pre_norm = norm_position == "pre"
+    self.norm = nnx.LayerNorm(
+        d_model, epsilon=epsilon, dtype=dtype, param_dtype=param_dtype,
+        scale_init=nnx.with_partitioning(_ones, ("embed",), eager_sharding=False),
+        bias_init=nnx.with_partitioning(_zeros, ("embed",), eager_sharding=False),
+        rngs=rngs)
+    self.dropout = nnx.Dropout(dropout_rate, rngs=rngs)  # §5.4, before the add
+
+  def sublayer_input(self, x):
+    return self.norm(x) if self.pre_norm else x
+
+  def __call__(self, x, y):
+    """x: the sub-layer input, y: its output Sublayer(...)."""
+    if self.pre_norm:
+      return x + self.dropout(y)
+    return self.norm(x + self.dropout(y))
+
+
+def _layer_kwargs(cfg, dtype, param_dtype, rngs):
+  return dict(norm_position=cfg.norm_position, dropout_rate=cfg.dropout_rate,
+              epsilon=cfg.layer_norm_epsilon, dtype=dtype, param_dtype=param_dtype,
+              rngs=rngs)
+
+
+def _attention(cfg, dtype, param_dtype, rngs):
+  return MultiHeadAttention(
+      cfg.d_model, cfg.num_heads, cfg.d_k, cfg.d_v,
+      attention_dropout_rate=cfg.attention_dropout_rate,
+      attention_impl=cfg.attention_impl, dtype=dtype, param_dtype=param_dtype,
+      rngs=rngs)
+
+
+def _feed_forward(cfg, dtype, param_dtype, rngs):
+  return FeedForward(cfg.d_model, cfg.d_ff, activation=cfg.activation,
+                     ffn_dropout_rate=cfg.ffn_dropout_rate, dtype=dtype,
+                     param_dtype=param_dtype, rngs=rngs)
+
+
+class EncoderLayer(nnx.Module):
+  """Self-attention, then the feed-forward network (§3.1)."""
+
+  def __init__(self, cfg, *, dtype, param_dtype, rngs):
+    self.self_attention = _attention(cfg, dtype, param_dtype, rngs)
+    self.residual_1 = SublayerConnection(cfg.d_model, **_layer_kwargs(
+        cfg, dtype, param_dtype, rngs))
+    self.feed_forward = _feed_forward(cfg, dtype, param_dtype, rngs)
+    self.residual_2 = SublayerConnection(cfg.d_model, **_layer_kwargs(
+        cfg, dtype, param_dtype, rngs))
+
+  def __call__(self, x, mask, return_weights=False):
+    h = self.residual_1.sublayer_input(x)
+    y, weights = self.self_attention(h, h, mask, return_weights)
+    x = self.residual_1(x, y)
+    x = self.residual_2(x, self.feed_forward(self.residual_2.sublayer_input(x)))
+    return x, weights
+
+
+class DecoderLayer(nnx.Module):
+  """Masked self-attention, encoder-decoder attention, feed-forward (§3.1)."""
+
+  def __init__(self, cfg, *, dtype, param_dtype, rngs):
+    self.self_attention = _attention(cfg, dtype, param_dtype, rngs)
+    self.residual_1 = SublayerConnection(cfg.d_model, **_layer_kwargs(
+        cfg, dtype, param_dtype, rngs))
+    self.cross_attention = _attention(cfg, dtype, param_dtype, rngs)
+    self.residual_2 = SublayerConnection(cfg.d_model, **_layer_kwargs(
+        cfg, dtype, param_dtype, rngs))
+    self.feed_forward = _feed_forward(cfg, dtype, param_dtype, rngs)
+    self.residual_3 = SublayerConnection(cfg.d_model, **_layer_kwargs(
+        cfg, dtype, param_dtype, rngs))
+
+  def __call__(self, x, self_kv, self_mask, cross_kv, cross_mask,
+               return_weights=False):
+    """self_kv / cross_kv: functions from the sub-layer input to (K, V)."""
+    h = self.residual_1.sublayer_input(x)
+    y, self_weights = self.self_attention.attend(h, *self_kv(h), self_mask,
+                                                 return_weights)
+    x = self.residual_1(x, y)
+    h = self.residual_2.sublayer_input(x)
+    y, cross_weights = self.cross_attention.attend(h, *cross_kv, cross_mask,
+                                                   return_weights)
+    x = self.residual_2(x, y)
+    x = self.residual_3(x, self.feed_forward(self.residual_3.sublayer_input(x)))
+    return x, self_weights, cross_weights
+
+
+# ----------------------------------------------------------------------------
+# Masks (§3.2.3) and packed rows
+# ----------------------------------------------------------------------------
+
+def attention_mask(query_segments, key_segments, causal=False):
+  """True where a query may attend to a key: (B, 1, Q, M).
+
+  Segment ids are 1..n for the sentences packed in a row and 0 for padding, so
+  one rule covers padding masks and packed rows: attend only within your own
+  segment, never to padding. ``causal`` adds the decoder's mask of future
+  positions (§3.2.3).
+  """
+  mask = (query_segments[:, :, None] == key_segments[:, None, :])
+  mask &= (key_segments[:, None, :] != 0)
+  if causal:
+    q_len, k_len = query_segments.shape[1], key_segments.shape[1]
+    mask &= jnp.tril(jnp.ones((q_len, k_len), bool))
+  return mask[:, None, :, :]
+
+
+def shift_right(targets, segments):
+  """Decoder inputs: targets shifted right, BOS at every segment's start."""
+  prev_ids = jnp.pad(targets, ((0, 0), (1, 0)))[:, :-1]
+  prev_segments = jnp.pad(segments, ((0, 0), (1, 0)))[:, :-1]
+  return jnp.where(segments != prev_segments, tokens.BOS_ID, prev_ids)
+
+
+def _segments_and_positions(ids, segments, positions):
+  if segments is None:
+    segments = (ids != tokens.PAD_ID).astype(jnp.int32)
+  if positions is None:
+    positions = jnp.broadcast_to(jnp.arange(ids.shape[1]), ids.shape)
+  return segments, positions
+
+
+# ----------------------------------------------------------------------------
+# The Transformer (Figure 1)
+# ----------------------------------------------------------------------------
+
+class Transformer(nnx.Module):
+  """Encoder-decoder Transformer (§3, Figure 1).
+
+  Call it on a batch to get float32 logits (B, T, V) that predict ``targets``;
+  the decoder input is ``targets`` shifted right. For generation use
+  ``encode``, ``init_cache`` and ``decode_step``.
+  """
+
+  def __init__(self, cfg, *, rngs):
+    check_config(cfg)
+    self.cfg = cfg
+    dtype, param_dtype = get_dtype(cfg.dtype), get_dtype(cfg.param_dtype)
+    self.dtype = dtype
+    embed = functools.partial(Embedding, cfg.vocab_size, cfg.d_model, dtype=dtype,
+                              param_dtype=param_dtype, rngs=rngs)
+    # Three-way weight tying (§3.4), each tie switchable.
+    self.target_embedding = embed()
+    self.source_embedding = (self.target_embedding
+                             if cfg.share_source_target_embedding else embed())
+    if not cfg.share_output_embedding:
+      # Deviation from the paper: a separate pre-softmax projection.
+      self.output_projection = _param(rngs, _xavier(), (cfg.d_model, cfg.vocab_size),
+                                      ("embed", "vocab"), param_dtype)
+    if cfg.positional_encoding == "learned":
+      self.source_positions = LearnedPositionalEmbedding(
+          cfg.max_len, cfg.d_model, param_dtype=param_dtype, rngs=rngs)
+      self.target_positions = LearnedPositionalEmbedding(
+          cfg.max_len, cfg.d_model, param_dtype=param_dtype, rngs=rngs)
+    # §5.4: dropout on the sums of embeddings and positional encodings.
+    self.source_dropout = nnx.Dropout(cfg.dropout_rate, rngs=rngs)
+    self.target_dropout = nnx.Dropout(cfg.dropout_rate, rngs=rngs)
+    self.encoder_layers = nnx.List([
+        EncoderLayer(cfg, dtype=dtype, param_dtype=param_dtype, rngs=rngs)
+        for _ in range(cfg.num_layers)])
+    self.decoder_layers = nnx.List([
+        DecoderLayer(cfg, dtype=dtype, param_dtype=param_dtype, rngs=rngs)
+        for _ in range(cfg.num_layers)])
+    if cfg.norm_position == "pre":
+      # Deviation from the paper (model.norm_position="pre"): pre-LN stacks
+      # need a final LayerNorm on each stack's output.
+      norm = functools.partial(
+          nnx.LayerNorm, cfg.d_model, epsilon=cfg.layer_norm_epsilon, dtype=dtype,
+          param_dtype=param_dtype,
+          scale_init=nnx.with_partitioning(_ones, ("embed",), eager_sharding=False),
+          bias_init=nnx.with_partitioning(_zeros, ("embed",), eager_sharding=False),
+          rngs=rngs)
+      self.encoder_norm = norm()
+      self.decoder_norm = norm()
+
+  # -- embeddings -------------------------------------------------------------
+
+  def _embed(self, ids, positions, embedding, learned, dropout):
+    """Token embedding * sqrt(d_model) + positional encoding, then dropout."""
+    x = embedding(ids)  # (B, T, D)
+    if self.cfg.positional_encoding == "learned":
+      pe = learned(positions)
+    else:
+      pe = sinusoidal_encoding(positions, self.cfg.d_model)
+    return dropout(x + pe.astype(self.dtype))
+
+  def _logits(self, y):
+    """The pre-softmax linear transformation, float32 logits (B, T, V)."""
+    if self.cfg.share_output_embedding:
+      return self.target_embedding.attend(y)
+    w = self.output_projection[...].astype(self.dtype)
+    return jnp.einsum("BTD,DV->BTV", y, w, preferred_element_type=jnp.float32)
+
+  # -- encoder ----------------------------------------------------------------
+
+  def encode(self, inputs, inputs_segmentation=None, inputs_position=None,
+             return_attention=False):
+    """Encoder stack: (B, S) ids -> (B, S, D) representations."""
+    segments, positions = _segments_and_positions(
+        inputs, inputs_segmentation, inputs_position)
+    x = self._embed(inputs, positions, self.source_embedding,
+                    getattr(self, "source_positions", None), self.source_dropout)
+    mask = attention_mask(segments, segments)  # (B, 1, S, S)
+    weights = []
+    for layer in self.encoder_layers:
+      x, w = layer(x, mask, return_attention)
+      weights.append(w)
+    if self.cfg.norm_position == "pre":
+      x = self.encoder_norm(x)
+    return (x, weights) if return_attention else x
+
+  # -- decoder (teacher forcing) ----------------------------------------------
+
+  def decode(self, encoded, inputs_segmentation, targets, targets_segmentation=None,
+             targets_position=None, return_attention=False):
+    """Decoder stack over the whole (shifted) target: float32 (B, T, V)."""
+    segments, positions = _segments_and_positions(
+        targets, targets_segmentation, targets_position)
+    decoder_inputs = shift_right(targets, segments)
+    y = self._embed(decoder_inputs, positions, self.target_embedding,
+                    getattr(self, "target_positions", None), self.target_dropout)
+    self_mask = attention_mask(segments, segments, causal=True)  # (B, 1, T, T)
+    cross_mask = attention_mask(segments, inputs_segmentation)  # (B, 1, T, S)
+    self_weights, cross_weights = [], []
+    for layer in self.decoder_layers:
+      cross_kv = layer.cross_attention.project_kv(encoded)
+      y, ws, wc = layer(y, layer.self_attention.project_kv, self_mask, cross_kv,
+                        cross_mask, return_attention)
+      self_weights.append(ws)
+      cross_weights.append(wc)
+    if self.cfg.norm_position == "pre":
+      y = self.decoder_norm(y)
+    logits = self._logits(y)
+    return (logits, self_weights, cross_weights) if return_attention else logits
+
+  def __call__(self, inputs, targets, inputs_segmentation=None,
+               targets_segmentation=None, inputs_position=None,
+               targets_position=None, return_attention=False):
+    """Teacher-forced forward pass: float32 logits (B, T, V) for ``targets``.
+
+    With ``return_attention``, also returns a dict of per-layer attention
+    weights (B, H, Q, M): "encoder_self", "decoder_self", "encoder_decoder".
+    """
+    inputs_segmentation, inputs_position = _segments_and_positions(
+        inputs, inputs_segmentation, inputs_position)
+    encoded = self.encode(inputs, inputs_segmentation, inputs_position,
+                          return_attention)
+    if return_attention:
+      encoded, encoder_weights = encoded
+    out = self.decode(encoded, inputs_segmentation, targets, targets_segmentation,
+                      targets_position, return_attention)
+    if not return_attention:
+      return out
+    logits, self_weights, cross_weights = out
+    return logits, {"encoder_self": encoder_weights, "decoder_self": self_weights,
+                    "encoder_decoder": cross_weights}
+
+  # -- incremental decoding with a key/value cache ----------------------------
+
+  def init_cache(self, encoded, inputs, max_length):
+    """A cache for ``decode_step``: every leaf has batch as its leading axis.
+
+    The encoder-decoder keys and values are computed once here; the decoder
+    self-attention keys and values are filled one position per step.
+    """
+    batch = encoded.shape[0]
+    layers = []
+    for layer in self.decoder_layers:
+      cross_k, cross_v = layer.cross_attention.project_kv(encoded)
+      heads, d_k = cross_k.shape[2:]
+      d_v = cross_v.shape[3]
+      layers.append({
+          "self_k": jnp.zeros((batch, max_length, heads, d_k), self.dtype),
+          "self_v": jnp.zeros((batch, max_length, heads, d_v), self.dtype),
+          "cross_k": cross_k,  # (B, S, H, K)
+          "cross_v": cross_v,  # (B, S, H, J)
+      })
+    return {"encoder_mask": inputs != tokens.PAD_ID, "layers": layers}
+
+  def decode_step(self, tokens_in, cache, step, return_attention=False):
+    """One decoder position: the previous tokens (B,) -> float32 logits (B, V).
+
+    ``step`` is the position being predicted (0 for the first token, whose
+    input is BOS). Equal, to float tolerance, to the full forward pass's
+    logits at that position.
+    """
+    positions = jnp.full((tokens_in.shape[0], 1), step, jnp.int32)
+    y = self._embed(tokens_in[:, None], positions, self.target_embedding,
+                    getattr(self, "target_positions", None), self.target_dropout)
+    max_length = cache["layers"][0]["self_k"].shape[1]
+    # Attend to cached positions 0..step only: (1, 1, 1, L).
+    self_mask = (jnp.arange(max_length) <= step)[None, None, None, :]
+    cross_mask = cache["encoder_mask"][:, None, None, :]  # (B, 1, 1, S)
+    new_layers, self_weights, cross_weights = [], [], []
+    for layer, c in zip(self.decoder_layers, cache["layers"]):
+      new_c = dict(c)
+
+      def self_kv(h, layer=layer, c=c, new_c=new_c):
+        k, v = layer.self_attention.project_kv(h)  # (B, 1, H, K), (B, 1, H, J)
+        new_c["self_k"] = jax.lax.dynamic_update_slice_in_dim(c["self_k"], k, step, 1)
+        new_c["self_v"] = jax.lax.dynamic_update_slice_in_dim(c["self_v"], v, step, 1)
+        return new_c["self_k"], new_c["self_v"]
+
+      y, ws, wc = layer(y, self_kv, self_mask, (c["cross_k"], c["cross_v"]),
+                        cross_mask, return_attention)
+      new_layers.append(new_c)
+      self_weights.append(ws)
+      cross_weights.append(wc)
+    if self.cfg.norm_position == "pre":
+      y = self.decoder_norm(y)
+    logits = self._logits(y)[:, 0, :]  # (B, V)
+    new_cache = {"encoder_mask": cache["encoder_mask"], "layers": new_layers}
+    if return_attention:
+      return logits, new_cache, {"decoder_self": self_weights,
+                                 "encoder_decoder": cross_weights}
+    return logits, new_cache
