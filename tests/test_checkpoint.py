@@ -1,0 +1,107 @@
+"""Tests for transformer/checkpoint.py: save, keep-last-K, resume, params restore."""
+
+import os
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+from configs import common
+from transformer import checkpoint
+
+
+def _state(seed):
+  key = jax.random.key(seed)
+  # Integer keys as in nnx.List layers.
+  params = {"embed": jax.random.normal(key, (5, 4)),
+            "layers": {0: {"w": jnp.full((4, 4), float(seed))}, 1: {"w": jnp.ones((4, 4))}}}
+  opt_state = optax.adam(1e-3).init(params)
+  return {"params": params, "opt_state": opt_state, "step": jnp.int32(seed),
+          "rng": jax.random.key_data(jax.random.PRNGKey(seed))}
+
+
+def _abstract(tree):
+  return jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding), tree)
+
+
+def _assert_tree_equal(a, b):
+  leaves_a, tree_a = jax.tree.flatten(a)
+  leaves_b, tree_b = jax.tree.flatten(b)
+  assert tree_a == tree_b
+  for x, y in zip(leaves_a, leaves_b, strict=True):
+    np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
+
+
+def test_save_restore_keep_last_k(tmp_path):
+  workdir = str(tmp_path)
+  ckpt = checkpoint.Checkpointer(workdir, every_steps=10, every_minutes=0, keep=2)
+  for step in (10, 20, 30):
+    ckpt.save(step, _state(step), {"epoch": 0, "position": step * 3})
+  ckpt.close()
+  assert checkpoint.list_steps(workdir) == [20, 30]
+
+  ckpt = checkpoint.Checkpointer(workdir, every_steps=10, every_minutes=0, keep=2)
+  state, data_state, step = ckpt.restore_latest(_abstract(_state(0)))
+  ckpt.close()
+  assert step == 30
+  assert data_state == {"epoch": 0, "position": 90}
+  _assert_tree_equal(state, _state(30))
+
+  params = checkpoint.restore_params(workdir, 20, target=_abstract(_state(0)["params"]))
+  _assert_tree_equal(params, _state(20)["params"])
+  # Without a target, the saved layout comes back (keys as saved).
+  params = checkpoint.restore_params(workdir, 30)
+  np.testing.assert_array_equal(params["layers"]["0"]["w"], np.full((4, 4), 30.0))
+
+
+def test_incomplete_checkpoint_is_ignored(tmp_path):
+  workdir = str(tmp_path)
+  ckpt = checkpoint.Checkpointer(workdir, every_steps=1, every_minutes=0, keep=5)
+  ckpt.save(1, _state(1), {})
+  ckpt.close()
+  # What kill -9 in the middle of a save leaves behind: a temporary directory.
+  tmp = os.path.join(checkpoint.checkpoint_dir(workdir), "2.orbax-checkpoint-tmp-123")
+  os.makedirs(os.path.join(tmp, "params"))
+  assert checkpoint.list_steps(workdir) == [1]
+  ckpt = checkpoint.Checkpointer(workdir, every_steps=1, every_minutes=0, keep=5)
+  _, _, step = ckpt.restore_latest(_abstract(_state(0)))
+  ckpt.close()
+  assert step == 1
+
+
+def test_restore_latest_without_checkpoint_is_none(tmp_path):
+  ckpt = checkpoint.Checkpointer(str(tmp_path), every_steps=1, every_minutes=0, keep=1)
+  assert ckpt.restore_latest(_abstract(_state(0))) is None
+  ckpt.close()
+  assert checkpoint.list_steps(str(tmp_path / "nothing")) == []
+
+
+def test_restore_params_missing_step_is_clear(tmp_path):
+  with pytest.raises(FileNotFoundError, match="No complete checkpoint for step 7"):
+    checkpoint.restore_params(str(tmp_path), 7)
+
+
+def test_step_and_time_triggers(tmp_path):
+  ckpt = checkpoint.Checkpointer(str(tmp_path), every_steps=100, every_minutes=0.001, keep=1)
+  assert ckpt.due(200)
+  ckpt.last_save_time = time.time()
+  assert not ckpt.due(201)
+  time.sleep(0.07)  # > 0.06 s = 0.001 min
+  assert ckpt.due(202)
+  ckpt.close()
+
+
+def test_config_round_trip(tmp_path):
+  config = common.get_base_config("base")
+  checkpoint.save_config(config, str(tmp_path))
+  loaded = checkpoint.load_config(str(tmp_path))
+  assert loaded.model.d_model == 512
+  assert loaded.train.mesh_shape.data == -1
+  assert checkpoint.config_differences(config, loaded) == []
+  loaded.train.num_steps = 5
+  assert checkpoint.config_differences(config, loaded) == ["train.num_steps"]
+  with pytest.raises(FileNotFoundError, match="config.json"):
+    checkpoint.load_config(str(tmp_path / "missing"))

@@ -1,0 +1,232 @@
+"""What a workdir holds, and the one place that saves and restores it (Orbax).
+
+Layout of a workdir ``DIR``::
+
+  DIR/config.json                  the resolved config of the run (load_config)
+  DIR/checkpoints/<step>/params    model parameters (a pure dict of arrays)
+  DIR/checkpoints/<step>/opt_state Adam's moments and update count
+  DIR/checkpoints/<step>/train     {"step", "rng"}: update count, base PRNG key
+  DIR/checkpoints/<step>/data      JSON: each process's data-iterator state
+
+Checkpoints are written atomically by Orbax (into a temporary directory that
+is renamed when complete), so a run killed at any moment, even by kill -9,
+resumes from the latest complete one. The last ``train.keep_checkpoints``
+are kept.
+
+For evaluation (checkpoint averaging) use the two public functions:
+
+  steps = checkpoint.list_steps(workdir)              # e.g. [1000, 2000, 3000]
+  params = checkpoint.restore_params(workdir, steps[-1], target=abstract)
+
+and ``load_config(workdir)`` to get the run's config back.
+"""
+
+import json
+import os
+import time
+
+import jax
+import ml_collections
+import numpy as np
+import orbax.checkpoint as ocp
+from absl import logging
+from jax.experimental import multihost_utils
+
+CONFIG_FILE = "config.json"
+CHECKPOINT_DIR = "checkpoints"
+
+
+# ---------------------------------------------------------------------------
+# Config of a run.
+# ---------------------------------------------------------------------------
+
+
+def save_config(config: ml_collections.ConfigDict, workdir: str):
+  """Writes ``DIR/config.json`` atomically (process 0 only)."""
+  if jax.process_index() != 0:
+    return
+  os.makedirs(workdir, exist_ok=True)
+  path = os.path.join(workdir, CONFIG_FILE)
+  with open(path + ".tmp", "w", encoding="utf-8") as f:
+    f.write(config.to_json(indent=2, sort_keys=True))
+  os.replace(path + ".tmp", path)
+
+
+def load_config(workdir: str) -> ml_collections.ConfigDict:
+  """The config saved by ``train.py`` in ``DIR/config.json`` (unlocked)."""
+  path = os.path.join(workdir, CONFIG_FILE)
+  if not os.path.exists(path):
+    raise FileNotFoundError(
+        f"No {CONFIG_FILE} in workdir {workdir!r}: is it the --workdir of a "
+        "train.py run? (train.py writes it when it starts.)")
+  with open(path, encoding="utf-8") as f:
+    return ml_collections.ConfigDict(json.load(f))
+
+
+def config_differences(old: ml_collections.ConfigDict, new: ml_collections.ConfigDict) -> list[str]:
+  """Dotted keys whose values differ between two configs (for resume checks)."""
+  def flat(d, prefix=""):
+    out = {}
+    for k, v in d.items():
+      if isinstance(v, dict):
+        out.update(flat(v, f"{prefix}{k}."))
+      else:
+        out[f"{prefix}{k}"] = v
+    return out
+
+  a = flat(json.loads(old.to_json()))
+  b = flat(json.loads(new.to_json()))
+  return sorted(k for k in a.keys() | b.keys() if a.get(k) != b.get(k))
+
+
+# ---------------------------------------------------------------------------
+# Reading checkpoints (evaluation, averaging).
+# ---------------------------------------------------------------------------
+
+
+def checkpoint_dir(workdir: str) -> str:
+  return os.path.join(os.path.abspath(workdir), CHECKPOINT_DIR)
+
+
+def list_steps(workdir: str) -> list[int]:
+  """Steps of the complete checkpoints in ``workdir``, ascending.
+
+  Incomplete checkpoints (a save interrupted by kill -9) are not listed.
+  Returns [] when there is none.
+  """
+  directory = checkpoint_dir(workdir)
+  if not os.path.isdir(directory):
+    return []
+  return sorted(int(s) for s in ocp.utils.checkpoint_steps(directory))
+
+
+def restore_params(workdir: str, step: int, target=None):
+  """The parameters saved at ``step``, as a pure dict of arrays.
+
+  Args:
+    workdir: the run's workdir.
+    step: one of ``list_steps(workdir)``.
+    target: optional tree with the structure of the parameters whose leaves are
+      ``jax.ShapeDtypeStruct``s (with ``sharding``) or arrays: the restored
+      arrays get those shapes, dtypes and shardings. ``None``: restore onto
+      the first local device as saved.
+
+  Returns:
+    The parameter tree, e.g. ``{"encoder": {...}, ...}`` (the model's
+    ``nnx.to_pure_dict(nnx.state(model, nnx.Param))`` layout). Apply it with
+    ``nnx.update(model, params)`` or ``nnx.merge(graphdef, params, rest)``.
+  """
+  steps = list_steps(workdir)
+  if step not in steps:
+    raise FileNotFoundError(
+        f"No complete checkpoint for step {step} in {checkpoint_dir(workdir)}; "
+        f"available steps: {steps or 'none'}.")
+  path = os.path.join(checkpoint_dir(workdir), str(step), "params")
+  with ocp.StandardCheckpointer() as checkpointer:
+    if target is None:
+      metadata = checkpointer.metadata(path).item_metadata
+      sharding = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+      target = jax.tree.map(
+          lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=sharding), metadata)
+    else:
+      target = jax.tree.map(_abstract, target)
+    return checkpointer.restore(path, target)
+
+
+def _abstract(x):
+  if isinstance(x, jax.ShapeDtypeStruct):
+    return x
+  return jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=getattr(x, "sharding", None))
+
+
+# ---------------------------------------------------------------------------
+# Saving and resuming during training.
+# ---------------------------------------------------------------------------
+
+
+def _allgather_json(obj) -> list:
+  """Every process's JSON-serializable ``obj``, in process order."""
+  if jax.process_count() == 1:
+    return [obj]
+  data = np.frombuffer(json.dumps(obj).encode("utf-8"), np.uint8)
+  lengths = multihost_utils.process_allgather(np.array([data.size], np.int32))
+  padded = np.zeros(int(np.max(lengths)), np.uint8)
+  padded[:data.size] = data
+  gathered = multihost_utils.process_allgather(padded)
+  return [json.loads(bytes(row[:int(n)]).decode("utf-8"))
+          for row, n in zip(np.asarray(gathered), np.asarray(lengths).reshape(-1), strict=True)]
+
+
+class Checkpointer:
+  """Saves every N steps and every M minutes, keeps the last K, resumes.
+
+  All processes must call every method together (saving is collective).
+  """
+
+  def __init__(self, workdir: str, *, every_steps: int, every_minutes: float, keep: int):
+    self.every_steps = every_steps
+    self.every_seconds = every_minutes * 60.0
+    self.last_save_time = time.time()
+    options = ocp.CheckpointManagerOptions(
+        max_to_keep=keep, create=True, cleanup_tmp_directories=True,
+        enable_async_checkpointing=True)
+    self.manager = ocp.CheckpointManager(
+        checkpoint_dir(workdir), options=options,
+        item_names=("params", "opt_state", "train", "data"))
+
+  def due(self, step: int) -> bool:
+    """Whether ``step`` is due for a save by the step or the time trigger.
+
+    The time trigger reads this process's clock; the training loop makes all
+    processes agree on the decision before saving.
+    """
+    if self.every_steps > 0 and step % self.every_steps == 0:
+      return True
+    return self.every_seconds > 0 and time.time() - self.last_save_time >= self.every_seconds
+
+  def latest_step(self) -> int | None:
+    return self.manager.latest_step()
+
+  def save(self, step: int, state: dict, data_state):
+    """Saves the train ``state`` (dict with params, opt_state, step, rng) and
+    this process's data-iterator state (any JSON-serializable object)."""
+    if self.manager.latest_step() == step:
+      return  # Already saved (e.g. a final save right after a periodic one).
+    data_states = _allgather_json(data_state)
+    self.manager.save(step, args=ocp.args.Composite(
+        params=ocp.args.StandardSave(state["params"]),
+        opt_state=ocp.args.StandardSave(state["opt_state"]),
+        train=ocp.args.StandardSave({"step": state["step"], "rng": state["rng"]}),
+        data=ocp.args.JsonSave({"process_states": data_states})), force=True)
+    self.last_save_time = time.time()
+
+  def restore_latest(self, abstract_state: dict):
+    """(state, data_state of this process, step) of the latest complete
+    checkpoint, or None when there is none. ``abstract_state`` gives the
+    shapes, dtypes and shardings (``jax.ShapeDtypeStruct``s)."""
+    step = self.manager.latest_step()
+    if step is None:
+      return None
+    restored = self.manager.restore(step, args=ocp.args.Composite(
+        params=ocp.args.StandardRestore(abstract_state["params"]),
+        opt_state=ocp.args.StandardRestore(abstract_state["opt_state"]),
+        train=ocp.args.StandardRestore(
+            {"step": abstract_state["step"], "rng": abstract_state["rng"]}),
+        data=ocp.args.JsonRestore()))
+    state = {"params": restored["params"], "opt_state": restored["opt_state"],
+             "step": restored["train"]["step"], "rng": restored["train"]["rng"]}
+    process_states = restored["data"]["process_states"]
+    if len(process_states) != jax.process_count():
+      raise ValueError(
+          f"Checkpoint {step} was written by {len(process_states)} processes but this run "
+          f"has {jax.process_count()}; resume with the same number of processes.")
+    logging.info("Restored checkpoint at step %d from %s.", step, self.manager.directory)
+    return state, process_states[jax.process_index()], step
+
+  def wait(self):
+    """Blocks until a background save has finished."""
+    self.manager.wait_until_finished()
+
+  def close(self):
+    self.manager.wait_until_finished()
+    self.manager.close()
