@@ -596,7 +596,7 @@ class Transformer(nnx.Module):
     self_mask = (jnp.arange(max_length) <= step)[None, None, None, :]
     cross_mask = cache["encoder_mask"][:, None, None, :]  # (B, 1, 1, S)
     new_layers, self_weights, cross_weights = [], [], []
-    for layer, c in zip(self.decoder_layers, cache["layers"]):
+    for layer, c in zip(self.decoder_layers, cache["layers"], strict=True):
       new_c = dict(c)
 
       def self_kv(h, layer=layer, c=c, new_c=new_c):
