@@ -70,6 +70,9 @@ def data_config():
   d.source = "tfds"
   d.tfds_name = "wmt14_translate/de-en"
   d.tfds_data_dir = ""  # Empty: $TFDS_DATA_DIR or TFDS's default.
+  # False: a dataset that is not prepared is an error naming the command that
+  # prepares it. True: download and prepare it on first use (needs network).
+  d.tfds_download = False
   d.dir = ""  # Folder of {split}.{lang} files for source="text".
   d.source_lang = "en"  # Direction comes from these, never from TFDS key order.
   d.target_lang = "de"
@@ -81,12 +84,21 @@ def data_config():
   d.tokenizer_type = "bpe"  # "bpe" (the paper's byte-pair encoding) or "unigram".
   d.tokenizer_path = ""  # Existing .model file; empty: train one in the workdir.
   d.tokenizer_max_chars = 10_000_000  # Training-text sample for the tokenizer.
-  d.max_length = 256  # Pairs longer than this (in tokens, either side) are dropped.
+  # Fraction of the sample's characters given their own piece; the rest are
+  # UNK. 1.0 keeps every character, so decoding is exact detokenization.
+  d.tokenizer_character_coverage = 1.0
+  # Training pairs longer than this (in tokens, EOS included, either side) are
+  # dropped, and counted in the log. Also the row length of packed batches.
+  # Evaluation sentences are never dropped or truncated.
+  d.max_length = 256
   # Token budget per update, summed over all devices and hosts, per side:
   # each step holds at most this many source and this many target tokens
   # (the paper: about 25000 + 25000 on 8 GPUs, §5.1).
   d.batch_tokens = 25000
-  d.batching = "pack"  # "pack" rows with segment ids, or "bucket" by length.
+  # "pack": several pairs per row of max_length tokens, with segment ids and
+  # positions (one static shape). "bucket": one pair per row, rows of a few
+  # fixed lengths (one shape per bucket).
+  d.batching = "pack"
   d.eval_batch_size = 64  # Sentences per evaluation batch (padded, never dropped).
   d.prefetch = 4  # Batches prepared ahead in a background thread.
   d.seed = 0  # Shuffle seed; epochs are reshuffled deterministically.
