@@ -87,8 +87,8 @@ def test_schedule_values_in_numbers():
       [schedule(1), schedule(4000), schedule(100000)],
       [1.7469e-07, 6.9877e-04, 1.3975e-04], rtol=1e-4)
   # The scale factor multiplies the whole schedule.
-  np.testing.assert_allclose(
-      optim.learning_rate_schedule(_config(learning_rate_scale=2.0))(4000), 2 * 6.9877e-04, rtol=1e-4)
+  scaled = optim.learning_rate_schedule(_config(learning_rate_scale=2.0))
+  np.testing.assert_allclose(scaled(4000), 2 * 6.9877e-04, rtol=1e-4)
 
 
 def test_adam_first_update_uses_step_one_and_paper_hyperparameters():
