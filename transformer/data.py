@@ -64,6 +64,7 @@ import dataclasses
 import gzip
 import hashlib
 import heapq
+import itertools
 import json
 import os
 import queue
@@ -451,7 +452,8 @@ def tokenize_split(config, tokenizer, workdir, split):
     for side, texts in (("source", sources), ("target", targets)):
       ids = tokenizer.encode_batch(texts)
       lengths = np.fromiter((len(x) for x in ids), np.int64, len(ids))
-      flat = np.fromiter((t for x in ids for t in x), dtype, int(lengths.sum()))
+      flat = np.fromiter(itertools.chain.from_iterable(ids), dtype,
+                         int(lengths.sum()))
       parts[side + "_ids"].append(flat)
       parts[side + "_offsets"].append(lengths)
     num_pairs += len(sources)

@@ -1,0 +1,484 @@
+"""Tests for transformer/data.py: sources, caches, batches, resume, sharding."""
+
+import gzip
+import json
+import os
+
+import numpy as np
+import pytest
+
+from configs import common, multi30k
+from transformer import data, synthetic, tokens
+from transformer import tokenizer as tokenizer_lib
+
+MULTI30K = os.path.join(os.path.dirname(__file__), "..", "..", "shared", "data",
+                        "multi30k")
+TRAIN_SIZE = 300
+
+
+def _write(path, lines, compress=False):
+  text = ("\n".join(lines) + "\n").encode("utf-8")
+  if compress:
+    with gzip.open(str(path) + ".gz", "wb") as f:
+      f.write(text)
+  else:
+    path.write_bytes(text)
+
+
+@pytest.fixture(scope="module")
+def corpus_dir(tmp_path_factory):
+  """A folder of {train,validation}.{en,de}: generated sentences, plus one
+  empty pair and one over-long pair in train, one over-long pair in dev."""
+  directory = tmp_path_factory.mktemp("corpus")
+  pairs = synthetic.generate(TRAIN_SIZE, 20, 5, seed=7)
+  en, de = (list(x) for x in pairs["train"])
+  en[10], de[10] = "", ""  # Dropped as empty.
+  long_en = " ".join(["The old dog sees twenty-one cats."] * 12)
+  long_de = " ".join(["Der alte Hund sieht einundzwanzig Katzen."] * 12)
+  en[20], de[20] = long_en, long_de  # Dropped as longer than max_length.
+  _write(directory / "train.en", en)
+  _write(directory / "train.de", de, compress=True)  # Mixed plain and .gz.
+  dev_en, dev_de = (list(x) for x in pairs["validation"])
+  dev_en[3], dev_de[3] = long_en, long_de  # Kept whole in evaluation.
+  _write(directory / "validation.en", dev_en)
+  _write(directory / "validation.de", dev_de)
+  return directory
+
+
+def _config(directory, **data_fields):
+  config = common.get_base_config("base")
+  config.model.vocab_size = 200
+  d = config.data
+  d.source = "text"
+  d.dir = str(directory)
+  d.max_length = 64
+  d.batch_tokens = 512
+  d.prefetch = 2
+  for key, value in data_fields.items():
+    d[key] = value
+  return config
+
+
+@pytest.fixture(scope="module")
+def workdir(tmp_path_factory):
+  return str(tmp_path_factory.mktemp("workdir"))
+
+
+@pytest.fixture(scope="module")
+def tok(corpus_dir, workdir):
+  return data.load_tokenizer(_config(corpus_dir), workdir)
+
+
+def _segments(batch, row, side):
+  """The (ids, positions) of each segment of a row, by segment id."""
+  ids = batch[side][row]
+  segmentation = batch[side + "_segmentation"][row]
+  positions = batch[side + "_position"][row]
+  out = {}
+  for segment in np.unique(segmentation[segmentation > 0]):
+    where = np.flatnonzero(segmentation == segment)
+    out[int(segment)] = (ids[where], positions[where], where)
+  return out
+
+
+def _check_batch(batch, tok):
+  """Masks, segments and positions are consistent; returns the decoded pairs."""
+  pairs = []
+  assert set(batch) >= set(data.FEATURES)
+  for name in data.FEATURES:
+    assert batch[name].dtype == np.int32
+  for side in ("inputs", "targets"):
+    # Tokens exactly where segment ids are, and position 0 on padding.
+    np.testing.assert_array_equal(batch[side] != tokens.PAD_ID,
+                                  batch[side + "_segmentation"] > 0)
+    assert not batch[side + "_position"][batch[side] == tokens.PAD_ID].any()
+  for row in range(batch["inputs"].shape[0]):
+    source = _segments(batch, row, "inputs")
+    target = _segments(batch, row, "targets")
+    assert sorted(source) == sorted(target) == list(range(1, len(source) + 1))
+    for segment in source:
+      for ids, positions, where in (source[segment], target[segment]):
+        np.testing.assert_array_equal(where, np.arange(where[0], where[-1] + 1))
+        np.testing.assert_array_equal(positions, np.arange(len(ids)))
+        assert ids[-1] == tokens.EOS_ID and tokens.EOS_ID not in ids[:-1]
+      pairs.append((tok.decode(source[segment][0]),
+                    tok.decode(target[segment][0])))
+  return pairs
+
+
+def _epoch(iterator, tok):
+  """Decoded pairs of the rest of the iterator's current epoch."""
+  epoch = iterator.get_state()["epoch"]
+  pairs = []
+  while iterator.get_state()["epoch"] == epoch:
+    pairs.extend(_check_batch(next(iterator), tok))
+  return pairs
+
+
+def _kept_pairs(config):
+  sources, targets = data.load_split_text(config, "train")
+  return [(s, t) for i, (s, t) in enumerate(zip(sources, targets, strict=True))
+          if i not in (10, 20)]
+
+
+# ---------------------------------------------------------------------------
+# Sources.
+
+
+def test_text_folder_reads_plain_and_gz(corpus_dir):
+  config = _config(corpus_dir)
+  sources, targets = data.load_split_text(config, "train")
+  expected = synthetic.generate(TRAIN_SIZE, 20, 5, seed=7)["train"]
+  assert len(sources) == len(targets) == TRAIN_SIZE
+  assert sources[0] == expected[0][0] and targets[0] == expected[1][0]
+  assert "Ä" in "".join(targets) or "ü" in "".join(targets)
+  # The direction comes from the config.
+  config.data.source_lang, config.data.target_lang = "de", "en"
+  reverse = data.load_split_text(config, "train")
+  assert reverse == (targets, sources)
+
+
+def test_batches_respect_budget_and_are_consistent(corpus_dir, workdir, tok):
+  config = _config(corpus_dir)
+  kept = set(_kept_pairs(config))
+  with data.make_train_iterator(config, tok, workdir) as iterator:
+    assert iterator.batch_shape == (512 // 64, 64)
+    for _ in range(5):
+      batch = next(iterator)
+      rows, length = iterator.batch_shape
+      for side in ("inputs", "targets"):
+        assert batch[side].shape == (rows, length)
+        assert batch[side].size <= config.data.batch_tokens
+      pairs = _check_batch(batch, tok)
+      assert len(pairs) > rows  # Several pairs per row.
+      assert set(pairs) <= kept
+      assert data.padding_efficiency(batch) > 0.6
+
+
+def test_epoch_covers_every_kept_pair_once_and_drops_the_rest(
+    corpus_dir, workdir, tok):
+  config = _config(corpus_dir)
+  with data.make_train_iterator(config, tok, workdir) as iterator:
+    pairs = _epoch(iterator, tok)
+    second = _epoch(iterator, tok)
+  assert sorted(pairs) == sorted(_kept_pairs(config))
+  assert sorted(second) == sorted(pairs) and second != pairs  # Reshuffled.
+
+
+def test_row_multiple(corpus_dir, workdir, tok):
+  config = _config(corpus_dir, batch_tokens=64 * 7)
+  with data.make_train_iterator(config, tok, workdir,
+                                row_multiple=3) as iterator:
+    assert iterator.batch_shape == (6, 64)
+    assert next(iterator)["inputs"].shape == (6, 64)
+  with pytest.raises(ValueError, match="raise data.batch_tokens"):
+    data.make_train_iterator(config, tok, workdir, row_multiple=8)
+
+
+def test_bucket_batches(corpus_dir, workdir, tok):
+  config = _config(corpus_dir, batching="bucket")
+  kept = set(_kept_pairs(config))
+  with data.make_train_iterator(config, tok, workdir,
+                                row_multiple=2) as iterator:
+    assert iterator.batch_shape is None
+    for _ in range(6):
+      batch = next(iterator)
+      shape = batch["inputs"].shape
+      assert shape in iterator.batch_shapes and shape[0] % 2 == 0
+      assert batch["targets"].shape == shape
+      assert shape[0] * shape[1] <= config.data.batch_tokens
+      pairs = _check_batch(batch, tok)
+      assert len(pairs) == shape[0] and set(pairs) <= kept
+      assert batch["inputs_segmentation"].max() == 1
+
+
+def test_deterministic_by_seed(corpus_dir, workdir, tok):
+  config = _config(corpus_dir, prefetch=0)
+  first = [next(data.make_train_iterator(config, tok, workdir))["inputs"]
+           for _ in range(2)]
+  np.testing.assert_array_equal(first[0], first[1])
+  config.data.seed = 1
+  other = next(data.make_train_iterator(config, tok, workdir))["inputs"]
+  assert not np.array_equal(first[0], other)
+
+
+@pytest.mark.parametrize("batching", ["pack", "bucket"])
+def test_restored_state_reproduces_the_next_batches(corpus_dir, workdir, tok,
+                                                    batching):
+  config = _config(corpus_dir, batching=batching)
+  with data.make_train_iterator(config, tok, workdir) as iterator:
+    for _ in range(7):  # Past the end of the first epoch for "pack".
+      next(iterator)
+    state = iterator.get_state()
+    expected = [next(iterator) for _ in range(12)]
+  state = json.loads(json.dumps(state))  # As a checkpoint would store it.
+  config.data.prefetch = 0  # Restoring works with or without prefetch.
+  with data.make_train_iterator(config, tok, workdir) as restored:
+    restored.set_state(state)
+    for want in expected:
+      got = next(restored)
+      for name in data.FEATURES:
+        np.testing.assert_array_equal(got[name], want[name])
+
+
+def test_state_from_another_setup_is_rejected(corpus_dir, workdir, tok):
+  config = _config(corpus_dir)
+  with data.make_train_iterator(config, tok, workdir) as iterator:
+    state = iterator.get_state()
+  with data.make_train_iterator(config, tok, workdir, process_index=1,
+                                process_count=2) as other:
+    with pytest.raises(ValueError, match="process_index"):
+      other.set_state(state)
+
+
+def test_two_processes_are_disjoint_and_complete(corpus_dir, workdir, tok):
+  config = _config(corpus_dir)
+  halves = []
+  for process_index in range(2):
+    with data.make_train_iterator(config, tok, workdir,
+                                  process_index=process_index,
+                                  process_count=2) as iterator:
+      # Each process holds half of the global budget.
+      assert iterator.batch_shape == (512 // 2 // 64, 64)
+      halves.append(_epoch(iterator, tok))
+  assert not set(halves[0]) & set(halves[1])
+  assert sorted(halves[0] + halves[1]) == sorted(_kept_pairs(config))
+  assert abs(len(halves[0]) - len(halves[1])) <= 1
+
+
+# ---------------------------------------------------------------------------
+# Evaluation.
+
+
+def test_eval_sentences_once_in_order_untruncated(corpus_dir, workdir, tok):
+  config = _config(corpus_dir)
+  sources, references = data.load_split_text(config, "validation")
+  batches = data.eval_batches(config, tok, workdir, "validation", batch_size=8)
+  assert len(batches) == 3  # 20 sentences: 8 + 8 + 4 and 4 filler rows.
+  indices = np.concatenate([b["index"] for b in batches])
+  np.testing.assert_array_equal(indices, list(range(20)) + [-1] * 4)
+  decoded = []
+  for batch in batches:
+    assert batch["inputs"].shape[0] == 8
+    assert batch["inputs"].shape[1] in (8, 16, 32, 64, 128, 256)
+    pairs = _check_batch(batch, tok)
+    filler = batch["index"] < 0
+    assert not batch["inputs"][filler].any() and not batch["targets"][filler].any()
+    decoded.extend(pairs)
+  assert decoded == list(zip(sources, references, strict=True))
+  # The over-long sentence (longer than max_length) is whole.
+  assert len(tok.encode(sources[3])) + 1 > config.data.max_length
+  assert decoded[3][0] == sources[3]
+
+
+# ---------------------------------------------------------------------------
+# Tokenizer and token cache.
+
+
+def test_tokenizer_is_reused_on_restart(corpus_dir, workdir, tok, monkeypatch):
+  def fail(*args, **kwargs):
+    raise AssertionError("retrained")
+  monkeypatch.setattr(tokenizer_lib, "train_tokenizer", fail)
+  again = data.load_tokenizer(_config(corpus_dir), workdir)
+  assert again.fingerprint == tok.fingerprint
+  with pytest.raises(ValueError, match="model.vocab_size=300"):
+    config = _config(corpus_dir)
+    config.model.vocab_size = 300
+    data.load_tokenizer(config, workdir)
+
+
+def test_given_tokenizer_path(corpus_dir, tmp_path, tok):
+  config = _config(corpus_dir, tokenizer_path=tok.path)
+  assert data.load_tokenizer(config, str(tmp_path)).fingerprint == tok.fingerprint
+  config.model.vocab_size = 150
+  with pytest.raises(ValueError, match="--config.model.vocab_size=200"):
+    data.load_tokenizer(config, str(tmp_path))
+
+
+def test_vocab_too_large_for_corpus_names_the_field(corpus_dir, tmp_path):
+  config = _config(corpus_dir)
+  config.model.vocab_size = 50_000
+  with pytest.raises(ValueError, match="config.model.vocab_size"):
+    data.load_tokenizer(config, str(tmp_path))
+
+
+def test_token_ids_are_cached(corpus_dir, workdir, tok, monkeypatch):
+  config = _config(corpus_dir)
+  first = data.tokenize_split(config, tok, workdir, "train")
+  def fail(*args, **kwargs):
+    raise AssertionError("re-tokenized")
+  monkeypatch.setattr(tok, "encode_batch", fail)
+  again = data.tokenize_split(config, tok, workdir, "train")
+  np.testing.assert_array_equal(first.source_ids, again.source_ids)
+  np.testing.assert_array_equal(first.target_offsets, again.target_offsets)
+  assert list(first.source(0)) == tok.encode(data.load_split_text(config, "train")[0][0])
+  cached = os.listdir(os.path.join(workdir, "data_cache"))
+  assert len(cached) == 1 and cached[0].startswith("text-corpus")
+  entries = os.listdir(os.path.join(workdir, "data_cache", cached[0]))
+  assert f"train.en-de.{tok.fingerprint}" in entries
+
+
+# ---------------------------------------------------------------------------
+# Bad input: one clear error each.
+
+
+def _bad_folder(tmp_path, files):
+  for name, content in files.items():
+    (tmp_path / name).write_bytes(content)
+  return _config(tmp_path)
+
+
+def test_line_count_mismatch(tmp_path):
+  config = _bad_folder(tmp_path, {"train.en": b"a\nb\nc\n", "train.de": b"x\ny\n"})
+  with pytest.raises(ValueError, match=r"train.en has 3 lines but .*train.de has 2"):
+    data.load_split_text(config, "train")
+
+
+def test_invalid_utf8_names_file_and_line(tmp_path):
+  config = _bad_folder(tmp_path, {"train.en": b"a\nb\nc\n",
+                                  "train.de": b"x\ny\n\xff\xfe kaputt\n"})
+  with pytest.raises(ValueError, match=r"train.de line 3 is not valid UTF-8"):
+    data.load_split_text(config, "train")
+
+
+def test_invalid_utf8_in_gz(tmp_path):
+  config = _bad_folder(tmp_path, {"train.en": b"a\nb\n",
+                                  "train.de.gz": gzip.compress(b"x\n\xc3(\n")})
+  with pytest.raises(ValueError, match=r"train.de.gz line 2 is not valid UTF-8"):
+    data.load_split_text(config, "train")
+
+
+def test_missing_split_file(tmp_path):
+  config = _bad_folder(tmp_path, {"train.en": b"a\n", "train.de": b"x\n"})
+  with pytest.raises(FileNotFoundError,
+                     match=r"Missing .*validation.en \(or .gz\) for split 'validation'"):
+    data.load_split_text(config, "validation")
+  config.data.target_lang = "fr"
+  with pytest.raises(FileNotFoundError, match=r"train.fr"):
+    data.load_split_text(config, "train")
+
+
+def test_empty_corpus(tmp_path):
+  config = _bad_folder(tmp_path, {"train.en": b"", "train.de": b""})
+  with pytest.raises(ValueError, match="has no sentence pairs"):
+    data.load_split_text(config, "train")
+
+
+def test_all_pairs_dropped(tmp_path):
+  config = _bad_folder(tmp_path, {"train.en": b"a\n\n" * 40,
+                                  "train.de": b"\nb\n" * 40})
+  config.model.vocab_size = 8
+  tok = data.load_tokenizer(config, str(tmp_path / "w"))
+  with pytest.raises(ValueError, match="80 dropped|80 empty"):
+    data.make_train_iterator(config, tok, str(tmp_path / "w"))
+
+
+def test_missing_dir(tmp_path):
+  config = _config(tmp_path / "nope")
+  with pytest.raises(FileNotFoundError, match="does not exist"):
+    data.load_split_text(config, "train")
+  config.data.dir = ""
+  with pytest.raises(ValueError, match="--config.data.dir"):
+    data.load_split_text(config, "train")
+
+
+def test_bad_config_values(corpus_dir):
+  with pytest.raises(ValueError, match="data.source"):
+    data.load_split_text(_config(corpus_dir, source="csv"), "train")
+  with pytest.raises(ValueError, match="data.batching"):
+    data.load_split_text(_config(corpus_dir, batching="sort"), "train")
+
+
+# ---------------------------------------------------------------------------
+# The generated corpus goes through the text path.
+
+
+def test_synthetic_source(tmp_path):
+  config = _config("", source="synthetic", synthetic_train_size=200,
+                   synthetic_dev_size=10, synthetic_test_size=10)
+  workdir = str(tmp_path)
+  tok = data.load_tokenizer(config, workdir)
+  in_memory = data.load_split_text(config, "test")
+  assert data.load_split_text(config, "test", workdir=workdir) == in_memory
+  assert len(in_memory[0]) == 10
+  folder = [n for n in os.listdir(os.path.join(workdir, "data_cache"))
+            if n.startswith("synthetic-")]
+  assert folder == ["synthetic-seed0-200-10-10"]
+  batches = data.eval_batches(config, tok, workdir, "test", batch_size=4)
+  decoded = [p for b in batches for p in _check_batch(b, tok)]
+  assert decoded == list(zip(*in_memory, strict=True))
+  with data.make_train_iterator(config, tok, workdir) as iterator:
+    _check_batch(next(iterator), tok)
+
+
+# ---------------------------------------------------------------------------
+# TFDS (mocked: no download).
+
+
+def _tfds_config(**fields):
+  config = common.get_base_config("base")
+  config.model.vocab_size = 60
+  config.data.source = "tfds"
+  config.data.tfds_name = "wmt14_translate/de-en"
+  config.data.max_length = 128
+  config.data.batch_tokens = 512
+  for key, value in fields.items():
+    config.data[key] = value
+  return config
+
+
+def test_tfds_mock_data_direction_from_config(tmp_path):
+  tfds = pytest.importorskip("tensorflow_datasets")
+  import tensorflow as tf
+
+  pairs = synthetic.generate(40, 5, 5, seed=1)["train"]
+
+  def as_dataset(self, *args, **kwargs):
+    del self, args, kwargs
+    # TFDS's supervised keys for wmt14 de-en are (de, en); ours is en->de.
+    return tf.data.Dataset.from_tensor_slices(
+        {"de": list(pairs[1]), "en": list(pairs[0])})
+
+  config = _tfds_config()
+  with tfds.testing.mock_data(as_dataset_fn=as_dataset):
+    sources, targets = data.load_split_text(config, "validation")
+    assert (sources, targets) == (list(pairs[0]), list(pairs[1]))
+    tok = data.load_tokenizer(config, str(tmp_path))
+    with data.make_train_iterator(config, tok, str(tmp_path)) as iterator:
+      decoded = _epoch(iterator, tok)
+  assert sorted(decoded) == sorted(zip(*pairs, strict=True))
+  assert os.listdir(tmp_path / "data_cache") == ["tfds-wmt14_translate_de-en"]
+
+
+def test_tfds_not_prepared_names_dataset_and_command(tmp_path):
+  pytest.importorskip("tensorflow_datasets")
+  config = _tfds_config(tfds_data_dir=str(tmp_path))
+  with pytest.raises(FileNotFoundError,
+                     match=r"wmt14_translate/de-en is not prepared(.|\n)*"
+                     r"download_and_prepare"):
+    data.load_split_text(config, "validation")
+  config.data.source_lang = "fr"
+  with pytest.raises(ValueError, match="'fr' is not one of them"):
+    data.load_split_text(config, "validation")
+
+
+# ---------------------------------------------------------------------------
+# Multi30k (real data, when present).
+
+
+def test_multi30k_padding_efficiency(tmp_path):
+  if not os.path.isdir(MULTI30K):
+    pytest.skip(f"Multi30k not found at {os.path.abspath(MULTI30K)} "
+                "(../shared/data/multi30k from the project root).")
+  config = multi30k.get_config()
+  config.unlock()
+  config.data.dir = MULTI30K
+  config.data.prefetch = 0
+  workdir = str(tmp_path)
+  tok = data.load_tokenizer(config, workdir)
+  assert tok.vocab_size == config.model.vocab_size
+  with data.make_train_iterator(config, tok, workdir) as iterator:
+    for _ in range(40):
+      batch = next(iterator)
+      assert batch["inputs"].size <= config.data.batch_tokens
+  assert iterator.padding_efficiency >= 0.9
