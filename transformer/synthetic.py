@@ -19,8 +19,18 @@ English sentence, so train, validation and test never share a source sentence.
 ``write_corpus`` writes ``{split}.{en,de}`` files so that the generated corpus
 goes through the same text-folder path as real data.
 
-Example pairs (seed 0):
-  See ``python -m transformer.synthetic --num=3``.
+The first training pairs of seed 0 (``python -m transformer.synthetic --num=3``):
+  His black flower is sad because a table thanks the teacher.
+  Seine schwarze Blume ist traurig, weil ein Tisch dem Lehrer dankt.
+
+  The happy apple is hungry because the green teachers find my clever child.
+  Der glückliche Apfel ist hungrig, weil die grünen Lehrer mein kluges Kind finden.
+
+  We follow the cars.
+  Wir folgen den Autos.
+
+Sentences are 4-18 words (about 10 SentencePiece tokens with a 1000-piece
+vocabulary); 50000 training pairs are generated in about a second.
 """
 
 import hashlib
