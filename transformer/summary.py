@@ -23,11 +23,6 @@ from ml_collections import config_flags
 
 from transformer import model as model_lib
 
-_CONFIG = config_flags.DEFINE_config_file("config", None, "Experiment config file.")
-_JSON = flags.DEFINE_bool("json", False, "Print one JSON object instead of a table.")
-_SEQ_LEN = flags.DEFINE_integer(
-    "seq_len", 128, "Source and target length assumed for FLOPs per token.")
-
 
 def abstract_model(model_config):
   """The model with ShapeDtypeStruct parameters: no memory, no compute."""
@@ -101,6 +96,15 @@ def format_table(summary, config):
   return "\n".join(lines)
 
 
+def _define_flags():
+  """CLI flags, defined only when run as a program (the module is a library too)."""
+  global _CONFIG, _JSON, _SEQ_LEN
+  _CONFIG = config_flags.DEFINE_config_file("config", None, "Experiment config file.")
+  _JSON = flags.DEFINE_bool("json", False, "Print one JSON object instead of a table.")
+  _SEQ_LEN = flags.DEFINE_integer(
+      "seq_len", 128, "Source and target length assumed for FLOPs per token.")
+
+
 def main(argv):
   del argv
   config = _CONFIG.value
@@ -115,4 +119,5 @@ def main(argv):
 
 if __name__ == "__main__":
   jax.config.update("jax_platforms", "cpu")
+  _define_flags()
   app.run(main)

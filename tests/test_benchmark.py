@@ -1,0 +1,49 @@
+"""The benchmark runs end to end on a tiny model and its figures are consistent."""
+
+import jax.numpy as jnp
+import pytest
+from flax import nnx
+
+from benchmarks import benchmark
+from configs import common
+from transformer import model as model_lib
+from transformer import summary
+
+
+def tiny_config():
+  config = common.get_base_config("base")
+  config.model.update(dict(vocab_size=300, num_layers=1, d_model=32, d_ff=64,
+                           num_heads=2, d_k=16, d_v=16))
+  return config
+
+
+@pytest.mark.slow
+def test_benchmark_figures():
+  config = tiny_config()
+  r = benchmark.run_benchmark(config, batch_size=4, seq_len=8, repeats=1,
+                              decode_sentences=2, decode_steps=6, scaling_lengths=(8, 16),
+                              scaling_tokens=32, decode_lengths=(4, 8))
+  t = r["train"]
+  assert t["flops_per_step"] == 3 * summary.flops_per_token(config.model, 8) * 32
+  assert t["target_tokens_per_second"] == pytest.approx(32 / t["step_seconds"])
+  assert t["mfu_vs_measured_matmul_peak"] == pytest.approx(
+      t["achieved_flops_per_second"] / r["measured_matmul_peak_flops_per_second"])
+  assert [(d["beam_size"], d["cached"]) for d in r["decode"]] == [
+      (1, True), (1, False), (4, True), (4, False)]
+  assert all(d["output_tokens"] == 6 for d in r["decode"])
+  assert [t["seq_len"] for t in r["train_scaling"]] == [8, 16]
+  assert [t["batch_size"] for t in r["train_scaling"]] == [4, 2]
+  assert r["peak_memory_bytes"] > 0
+  assert "H100" not in r["device"] or r["spec_peak_flops_per_second"]
+
+
+def test_recomputation_decodes_the_same_tokens_as_the_cache():
+  config = tiny_config()
+  model = model_lib.Transformer(config.model, rngs=nnx.Rngs(0))
+  inputs = jnp.asarray(benchmark.random_batch(2, 5, 300)["inputs"])
+  for beam in (1, 4):
+    cached = benchmark._decode_fixed(model, inputs, beam_size=beam, steps=6, cached=True)
+    recomputed = benchmark._decode_fixed(model, inputs, beam_size=beam, steps=6,
+                                         cached=False)
+    assert (cached == recomputed).all()
+    assert cached.shape[-1] == 6
