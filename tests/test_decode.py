@@ -262,3 +262,156 @@ def test_output_limits_and_strip_eos():
   np.testing.assert_array_equal(decode.output_limits(inputs, 50), [53, 51, 1])
   assert decode.strip_eos([7, 8, EOS_ID, 0, 0]) == [7, 8]
   assert decode.strip_eos([EOS_ID, 0]) == []
+
+
+# ----------------------------------------------------------------------------
+# On a tiny real Transformer (random weights).
+# ----------------------------------------------------------------------------
+
+MODEL_VOCAB = 7  # Emittable: EOS and 4 word pieces (PAD and BOS never are).
+
+
+def tiny_model(vocab_size=MODEL_VOCAB, seed=0, **overrides):
+  from flax import nnx
+
+  from configs import common
+  from transformer import model as model_lib
+
+  cfg = common.model_config("base")
+  cfg.update(dict(vocab_size=vocab_size, num_layers=2, d_model=16, d_ff=32,
+                  num_heads=2, d_k=4, d_v=4, max_len=128))
+  cfg.update(overrides)
+  return model_lib.Transformer(cfg, rngs=nnx.Rngs(seed))
+
+
+def _forward(model, inputs, targets):
+  from flax import nnx
+
+  return nnx.jit(lambda m, i, t: m(i, t))(model, jnp.asarray(inputs), jnp.asarray(targets))
+
+
+def model_exhaustive_best(model, source, limit, alpha):
+  """Best (sequence, score) over every Y with |Y| <= limit, scored by the
+  teacher-forced forward pass (no cache)."""
+  words = [t for t in range(MODEL_VOCAB) if t not in (PAD_ID, BOS_ID, EOS_ID)]
+  seqs = [list(body) + [EOS_ID] for n in range(limit)
+          for body in itertools.product(words, repeat=n)]
+  targets = np.zeros((len(seqs), 4), np.int32)  # One shape: one compilation.
+  for i, s in enumerate(seqs):
+    targets[i, :len(s)] = s
+  inputs = np.tile(np.asarray(source, np.int32), (len(seqs), 1))
+  model.eval()
+  logprobs = jax.nn.log_softmax(_forward(model, inputs, targets))
+  token_lp = np.take_along_axis(np.asarray(logprobs), targets[..., None], -1)[..., 0]
+  totals = np.where(targets != PAD_ID, token_lp, 0.0).sum(axis=1)
+  lengths = (targets != PAD_ID).sum(axis=1)
+  scores = totals / ((5 + lengths) / 6) ** alpha
+  best = int(np.argmax(scores))
+  return seqs[best], float(scores[best])
+
+
+def model_search(model, inputs, limits, search, max_length, **kwargs):
+  """Runs a search function of decode.py on the model's cache directly."""
+  model.eval()
+  inputs = jnp.asarray(inputs, jnp.int32)
+  cache = model.init_cache(model.encode(inputs), inputs, max_length)
+  step_fn = lambda tokens, cache, step: model.decode_step(tokens, cache, step)  # noqa: E731
+  fn = jax.jit(functools.partial(search, step_fn, max_length=max_length, **kwargs))
+  return fn(cache, jnp.asarray(limits, jnp.int32))
+
+
+@pytest.mark.parametrize("alpha", [0.0, 0.6, 3.0])
+def test_model_wide_beam_equals_exhaustive_search(alpha):
+  # Limits |Y| <= 4 and 3: at most 16 live prefixes and 80 candidates per
+  # step, so a beam of 128 is exhaustive.
+  model = tiny_model()
+  inputs = np.array([[4, 5, EOS_ID], [6, EOS_ID, PAD_ID]])
+  ids, scores = decode.translate_batch(
+      model, inputs, beam_size=128, alpha=alpha, max_extra_length=1,
+      return_scores=True)
+  for i, (source, limit) in enumerate([(inputs[0], 4), (inputs[1], 3)]):
+    want_seq, want_score = model_exhaustive_best(model, source, limit, alpha)
+    assert decode.strip_eos(ids[i]) + [EOS_ID] == want_seq
+    np.testing.assert_allclose(scores[i], want_score, rtol=1e-5)
+
+
+def test_model_length_penalty_moves_the_choice_to_longer_outputs():
+  model = tiny_model()
+  inputs = np.array([[4, 5, EOS_ID], [6, EOS_ID, PAD_ID]])
+  lengths = {}
+  for alpha in (0.0, 3.0):
+    ids = decode.translate_batch(model, inputs, beam_size=128, alpha=alpha,
+                                 max_extra_length=1)
+    lengths[alpha] = [len(decode.strip_eos(row)) for row in ids]
+  # Bigger alpha divides long hypotheses' (negative) log-probabilities more.
+  assert all(a <= b for a, b in zip(lengths[0.0], lengths[3.0], strict=True))
+  assert lengths[0.0] != lengths[3.0]
+
+
+def test_model_beam_1_alpha_0_equals_greedy():
+  model = tiny_model(vocab_size=19, seed=1)
+  rng = np.random.default_rng(0)
+  inputs = rng.integers(4, 19, size=(6, 5)).astype(np.int32)
+  inputs[:, -1] = EOS_ID
+  inputs[3, 2:] = [EOS_ID, 0, 0]
+  limits = decode.output_limits(inputs, 10)
+  seqs, scores = model_search(model, inputs, limits, decode.beam_search,
+                              max_length=15, beam_size=1, alpha=0.0)
+  greedy, logprobs = model_search(model, inputs, limits, decode.greedy_search,
+                                  max_length=15)
+  np.testing.assert_array_equal(seqs[:, 0], greedy)
+  np.testing.assert_allclose(scores[:, 0], logprobs, rtol=1e-5)
+  # translate_batch with beam_size=1 is this greedy decoding.
+  ids = decode.translate_batch(model, inputs, beam_size=1, max_extra_length=10)
+  np.testing.assert_array_equal(ids, np.asarray(greedy)[:, :ids.shape[1]])
+
+
+def test_model_early_termination_equals_running_to_max_length():
+  model = tiny_model(vocab_size=19, seed=2)
+  rng = np.random.default_rng(1)
+  inputs = rng.integers(4, 19, size=(4, 4)).astype(np.int32)
+  inputs[:, -1] = EOS_ID
+  limits = decode.output_limits(inputs, 8)
+  runs = [model_search(model, inputs, limits, decode.beam_search_state,
+                       max_length=12, beam_size=4, alpha=0.6,
+                       early_termination=early) for early in (True, False)]
+  np.testing.assert_array_equal(runs[0].finished_seqs, runs[1].finished_seqs)
+  np.testing.assert_allclose(runs[0].finished_scores, runs[1].finished_scores)
+  assert int(runs[1].step) == 12
+
+
+@pytest.mark.parametrize("beam_size", [1, 4])
+def test_model_sentence_decodes_the_same_alone_and_in_a_padded_batch(beam_size):
+  model = tiny_model(vocab_size=19, seed=3)
+  rng = np.random.default_rng(2)
+  lengths = [3, 12, 1]  # Source lengths, EOS included: buckets 8 and 16.
+  inputs = np.zeros((4, 14), np.int32)  # Row 3 is an all-padding filler row.
+  for i, n in enumerate(lengths):
+    inputs[i, :n - 1] = rng.integers(4, 19, size=n - 1)
+    inputs[i, n - 1] = EOS_ID
+  batch = decode.translate_batch(model, inputs, beam_size=beam_size,
+                                 max_extra_length=6)
+  assert decode.strip_eos(batch[3]) == [] and batch[3, 0] == EOS_ID
+  for i, n in enumerate(lengths):
+    alone = decode.translate_batch(model, inputs[i:i + 1, :n],
+                                   beam_size=beam_size, max_extra_length=6)
+    assert decode.strip_eos(batch[i]) == decode.strip_eos(alone[0])
+    assert len(decode.strip_eos(alone[0])) < n + 6
+
+
+def test_translate_batch_is_deterministic_and_keeps_the_model_mode():
+  model = tiny_model(vocab_size=19, seed=4, dropout_rate=0.5)
+  inputs = np.array([[5, 6, 7, EOS_ID]])
+  model.eval()
+  want = decode.translate_batch(model, inputs, beam_size=4)
+  model.train()  # Dropout on: decoding must still not use it.
+  np.testing.assert_array_equal(decode.translate_batch(model, inputs, beam_size=4), want)
+  assert model.source_dropout.deterministic is False
+
+
+def test_translate_batch_rejects_bad_arguments():
+  model = tiny_model()
+  with pytest.raises(ValueError, match="beam_size must be >= 1"):
+    decode.translate_batch(model, np.array([[4, EOS_ID]]), beam_size=0)
+  with pytest.raises(ValueError, match="alpha must be >= 0"):
+    decode.translate_batch(model, np.array([[4, EOS_ID]]), alpha=-1.0)

@@ -302,13 +302,12 @@ def bucket(n: int, minimum: int = 8) -> int:
 
 
 @functools.partial(
-    jax.jit,
-    static_argnames=("graphdef", "beam_size", "max_length", "return_all"))
-def _decode(graphdef, state, inputs, max_lengths, alpha, *, beam_size,
-            max_length, return_all=False):
+    nnx.jit, static_argnames=("beam_size", "max_length", "return_all"))
+def _decode(model, inputs, max_lengths, alpha, *, beam_size, max_length,
+            return_all=False):
   """Encodes once, builds the cache and searches. beam_size 1 is greedy."""
-  model = nnx.merge(graphdef, state)
-  model.eval()  # Deterministic: no dropout. Affects only this traced copy.
+  # Deterministic (no dropout) in a view: the caller's model keeps its mode.
+  model = nnx.view(model, deterministic=True)
   encoded = model.encode(inputs)  # (B, S, D)
   cache = model.init_cache(encoded, inputs, max_length)
 
@@ -377,9 +376,8 @@ def translate_batch(model, inputs, *, beam_size: int = 4, alpha: float = 0.6,
   limits[:batch] = output_limits(inputs, max_extra_length)
   empty = (padded != PAD_ID).sum(axis=1) == 0
   padded[empty, 0] = EOS_ID  # Filler rows: a lone EOS, decoded to one step.
-  graphdef, state = nnx.split(model)
   seqs, scores = _decode(
-      graphdef, state, padded, limits, jnp.float32(alpha),
+      model, padded, limits, jnp.float32(alpha),
       beam_size=beam_size, max_length=padded_len + max_extra_length)
   seqs = np.asarray(seqs)[:batch]
   scores = np.asarray(scores)[:batch]
