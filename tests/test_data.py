@@ -1,8 +1,11 @@
 """Tests for transformer/data.py: sources, caches, batches, resume, sharding."""
 
+import gc
 import gzip
 import json
 import os
+import threading
+import time
 
 import numpy as np
 import pytest
@@ -244,6 +247,35 @@ def test_two_processes_are_disjoint_and_complete(corpus_dir, workdir, tok):
   assert not set(halves[0]) & set(halves[1])
   assert sorted(halves[0] + halves[1]) == sorted(_kept_pairs(config))
   assert abs(len(halves[0]) - len(halves[1])) <= 1
+
+
+def test_bucket_shapes_agree_across_processes(corpus_dir, workdir, tok):
+  config = _config(corpus_dir, batching="bucket", prefetch=0)
+  shapes = []
+  for process_index in range(2):
+    iterator = data.make_train_iterator(config, tok, workdir,
+                                        process_index=process_index,
+                                        process_count=2)
+    shapes.append([next(iterator)["inputs"].shape for _ in range(12)])
+  assert shapes[0] == shapes[1]
+  assert len(set(shapes[0])) > 1  # Several buckets in use.
+
+
+def test_dropped_iterator_stops_its_prefetch_thread(corpus_dir, workdir, tok):
+  def threads():
+    return [t for t in threading.enumerate()
+            if t.name == "TrainIteratorPrefetch" and t.is_alive()]
+  before = len(threads())
+  iterator = data.make_train_iterator(_config(corpus_dir), tok, workdir)
+  next(iterator)
+  assert len(threads()) == before + 1
+  del iterator
+  gc.collect()
+  for _ in range(50):
+    if len(threads()) == before:
+      break
+    time.sleep(0.1)
+  assert len(threads()) == before
 
 
 # ---------------------------------------------------------------------------

@@ -10,7 +10,8 @@ Sources (``config.data.source``):
                the translation of line N of the other.
   "synthetic"  the project's generated EN->DE corpus (transformer/synthetic.py),
                written once as ``{split}.{lang}`` files under the cache dir and
-               then read exactly like "text".
+               then read exactly like "text". Splits: "train", "validation",
+               "test"; languages "en", "de".
 The direction is always ``data.source_lang`` -> ``data.target_lang``, never
 the order of TFDS's supervised keys.
 
@@ -30,20 +31,31 @@ API (everything a trainer or evaluator needs):
       split evenly over processes; the row count is a multiple of
       ``row_multiple`` (pass the number of local devices).
         it.batch_shape  (rows, length) of every batch ("pack"); None for
-                        "bucket", where it.batch_shapes lists the shapes.
+                        "bucket", where it.batch_shapes lists the shapes
+                        (every process gets the same shape at each step).
         it.get_state()  small JSON-serializable dict (this process's epoch and
                         position); it.set_state(state) resumes exactly.
-        it.close()      stops the background prefetch thread.
+                        Each process saves and restores its own state.
+        it.epoch, it.padding_efficiency, it.num_pairs (this process's shard).
+        it.close()      stops the background prefetch thread (``data.prefetch``
+                        batches ahead); also a context manager.
+      Each process packs a disjoint shard of the training pairs (every
+      process_count-th pair); over an epoch the shards cover every kept pair
+      once.
 
   eval_batches(config, tokenizer, workdir, split, *, batch_size) -> list[dict]
       The whole split once, in its original order, ``batch_size`` rows per
       batch, with "index" (original sentence number; -1 on the filler rows of
-      the last batch). Nothing dropped or truncated; lengths are bucketed.
+      the last batch). Nothing dropped or truncated; each batch's S and T are
+      the next power of two (>= 8) above its longest sentence.
 
   load_split_text(config, split, *, workdir=None) -> (sources, references)
       Raw text of a split, in the order of ``eval_batches``.
 
   padding_efficiency(batch) -> float   real tokens / slots, both sides.
+
+  tokenize_split(config, tokenizer, workdir, split) -> TokenizedSplit
+      Token ids (no EOS) of a whole split, from the cache or built once.
 
 Batch format (numpy int32; B rows, S source and T target length):
   "inputs" (B, S), "targets" (B, T): ids, each sentence ending in EOS_ID,
@@ -558,58 +570,156 @@ def eval_batches(config, tokenizer, workdir, split, *, batch_size):
 # ----------------------------------------------------------------------------
 
 
-class TrainIterator:
-  """Endless training batches of one process; see the module docstring."""
+class _Batcher:
+  """Builds one process's batches as a pure function of the iterator state."""
 
-  def __init__(self, data, pair_indices, *, batching, rows, length, seed,
-               process_index, process_count, prefetch, bucket_shapes=None,
-               bucket_weights=None):
-    self._data = data
-    self._pairs = pair_indices  # This process's shard, in corpus order.
-    self._source_lengths = (data.source_lengths[pair_indices] + 1).astype(
-        np.int64)
-    self._target_lengths = (data.target_lengths[pair_indices] + 1).astype(
-        np.int64)
-    self._batching = batching
-    self._rows = rows
-    self._length = length
-    self._seed = seed
-    self._process_index = process_index
+  def __init__(self, data, pair_indices, *, batching, seed, process_index,
+               shapes, bucket_weights=None):
+    self.data = data
+    self.pairs = pair_indices  # This process's shard, in corpus order.
+    self.source_lengths = data.source_lengths[pair_indices].astype(np.int64) + 1
+    self.target_lengths = data.target_lengths[pair_indices].astype(np.int64) + 1
+    self.batching = batching
+    self.seed = seed
+    self.process_index = process_index
+    self.shapes = list(shapes)  # (rows, length) per bucket; one for "pack".
+    if batching == "bucket":
+      longest = np.maximum(self.source_lengths, self.target_lengths)
+      bucket_of = np.searchsorted([length for _, length in self.shapes],
+                                  longest)
+      self.bucket_members = [np.flatnonzero(bucket_of == b)
+                             for b in range(len(self.shapes))]
+      weights = np.asarray(bucket_weights, np.float64)
+      self.bucket_probabilities = weights / weights.sum()
+    self._orders = {}
+
+  def order(self, epoch, bucket=-1):
+    """The shuffled shard (or bucket of it) of an epoch: seed, epoch, process."""
+    key = (epoch, bucket)
+    if key not in self._orders:
+      if len(self._orders) > 2 * len(self.shapes) + 2:
+        self._orders.clear()
+      rng = np.random.default_rng(
+          [self.seed, epoch, self.process_index, bucket + 1])
+      members = (np.arange(len(self.pairs)) if bucket < 0 else
+                 self.bucket_members[bucket])
+      self._orders[key] = members[rng.permutation(len(members))]
+    return self._orders[key]
+
+  def next_batch(self, state):
+    """Returns (batch, state after it)."""
+    state = json.loads(json.dumps(state))
+    if self.batching == "pack":
+      return self._next_packed(state)
+    return self._next_bucketed(state)
+
+  def _next_packed(self, state):
+    """First-fit packing of the next pairs of the epoch's shuffled order.
+
+    A batch is a contiguous run of the order: each pair goes to the first row
+    with room on both sides, and the batch closes at the first pair that fits
+    in no row, or at the end of the epoch (whose last batch may be part-full).
+    """
+    order = self.order(state["epoch"])
+    (rows, length), = self.shapes
+    free_source = np.full(rows, length, np.int64)
+    free_target = np.full(rows, length, np.int64)
+    segments = np.zeros(rows, np.int64)
+    batch = _empty_batch(rows, length, length)
+    position = state["position"]
+    while position < len(order):
+      k = order[position]
+      fits = np.flatnonzero((free_source >= self.source_lengths[k]) &
+                            (free_target >= self.target_lengths[k]))
+      if not len(fits):
+        break
+      row = fits[0]
+      segments[row] += 1
+      pair = self.pairs[k]
+      _fill(batch, "inputs", row, length - free_source[row], segments[row],
+            self.data.source(pair))
+      _fill(batch, "targets", row, length - free_target[row], segments[row],
+            self.data.target(pair))
+      free_source[row] -= self.source_lengths[k]
+      free_target[row] -= self.target_lengths[k]
+      position += 1
+    if position == len(order):
+      state["epoch"] += 1
+      position = 0
+    state["position"] = position
+    return batch, state
+
+  def _next_bucketed(self, state):
+    """One length bucket per step, drawn from a schedule shared by all
+    processes (so that their shapes agree), filled from this process's
+    shuffled pairs of that bucket. Each bucket has its own epochs."""
+    step = state["step"]
+    bucket = int(np.random.default_rng([self.seed, step, 1 << 20]).choice(
+        len(self.shapes), p=self.bucket_probabilities))
+    rows, length = self.shapes[bucket]
+    batch = _empty_batch(rows, length, length)
+    epoch, position = state["buckets"][bucket]
+    for row in range(rows):
+      order = self.order(epoch, bucket)
+      if position >= len(order):
+        epoch, position = epoch + 1, 0
+        order = self.order(epoch, bucket)
+      pair = self.pairs[order[position]]
+      _fill(batch, "inputs", row, 0, 1, self.data.source(pair))
+      _fill(batch, "targets", row, 0, 1, self.data.target(pair))
+      position += 1
+    state["buckets"][bucket] = [epoch, position]
+    state["step"] = step + 1
+    return batch, state
+
+
+def _produce(batcher, state, out, stop):
+  """The prefetch thread: batches ahead into ``out`` until ``stop``."""
+  try:
+    while not stop.is_set():
+      item = batcher.next_batch(state)
+      state = item[1]
+      while not stop.is_set():
+        try:
+          out.put(item, timeout=0.1)
+          break
+        except queue.Full:
+          pass
+  except Exception as e:  # pylint: disable=broad-except
+    out.put((e, None))  # Raised in the consumer.
+
+
+class TrainIterator:
+  """Endless training batches of one process; see the module docstring.
+
+  The state it reports is that of the batches already returned, not of those
+  prefetched, so a checkpoint of ``get_state()`` resumes exactly.
+  """
+
+  def __init__(self, batcher, *, process_count, prefetch):
+    self._batcher = batcher
     self._process_count = process_count
     self._prefetch = prefetch
-    self.batch_shape = (rows, length) if batching == "pack" else None
-    self.batch_shapes = ([(rows, length)] if batching == "pack" else
-                         list(bucket_shapes))
-    if batching == "bucket":
-      longest = np.maximum(self._source_lengths, self._target_lengths)
-      lengths = np.array([shape[1] for shape in bucket_shapes])
-      self._bucket_of = np.searchsorted(lengths, longest)
-      self._bucket_members = [np.flatnonzero(self._bucket_of == b)
-                              for b in range(len(bucket_shapes))]
-      self._bucket_probabilities = np.asarray(bucket_weights, np.float64)
-      self._bucket_probabilities /= self._bucket_probabilities.sum()
-    self._order_cache = {}
+    shapes = batcher.shapes
+    self.batch_shape = shapes[0] if batcher.batching == "pack" else None
+    self.batch_shapes = list(shapes)
+    self.num_pairs = len(batcher.pairs)  # This process's shard.
     self._state = self._initial_state()
-    self._real_tokens = 0
-    self._slots = 0
-    self._batches = 0
-    self._thread = None
-    self._queue = None
-    self._stop = None
+    self._real_tokens = self._slots = self._batches = 0
+    self._thread = self._queue = self._stop = None
     self._start()
 
   # -- State ------------------------------------------------------------------
 
   def _initial_state(self):
-    state = {"batching": self._batching, "seed": self._seed,
-             "process_index": self._process_index,
-             "process_count": self._process_count,
-             "num_pairs": len(self._pairs)}
-    if self._batching == "pack":
+    b = self._batcher
+    state = {"batching": b.batching, "seed": b.seed,
+             "process_index": b.process_index,
+             "process_count": self._process_count, "num_pairs": len(b.pairs)}
+    if b.batching == "pack":
       state.update(epoch=0, position=0)
     else:
-      state.update(step=0,
-                   buckets=[[0, 0] for _ in range(len(self.batch_shapes))])
+      state.update(step=0, buckets=[[0, 0] for _ in b.shapes])
     return state
 
   def get_state(self):
@@ -625,98 +735,29 @@ class TrainIterator:
         raise ValueError(
             f"Cannot restore the data iterator: its saved {key}="
             f"{state.get(key)!r} differs from this run's {expected[key]!r} "
-            "(the data, data.seed, data.batching or the number of processes "
-            "changed since the checkpoint).")
+            "(the data, data.seed, data.batching, data.max_length or the "
+            "number of processes changed since the checkpoint).")
+    if len(state.get("buckets", ())) != len(expected.get("buckets", ())):
+      raise ValueError(
+          "Cannot restore the data iterator: it was saved with "
+          f"{len(state['buckets'])} length buckets, this run has "
+          f"{len(expected['buckets'])} (data.max_length or the data changed).")
     self._stop_thread()
     self._state = json.loads(json.dumps(state))
     self._start()
 
   @property
   def epoch(self):
-    if self._batching == "pack":
+    """Epochs completed over this process's shard (the least-advanced bucket
+    for "bucket")."""
+    if self._batcher.batching == "pack":
       return self._state["epoch"]
     return min(epoch for epoch, _ in self._state["buckets"])
 
-  # -- Batch construction: pure functions of the state -----------------------
-
-  def _order(self, epoch, bucket=-1):
-    key = (epoch, bucket)
-    if key not in self._order_cache:
-      if len(self._order_cache) > 4:
-        self._order_cache.clear()
-      rng = np.random.default_rng(
-          [self._seed, epoch, self._process_index, bucket + 1])
-      members = (np.arange(len(self._pairs)) if bucket < 0 else
-                 self._bucket_members[bucket])
-      self._order_cache[key] = members[rng.permutation(len(members))]
-    return self._order_cache[key]
-
-  def _next_batch(self, state):
-    state = json.loads(json.dumps(state))
-    if self._batching == "pack":
-      return self._next_packed(state)
-    return self._next_bucketed(state)
-
-  def _next_packed(self, state):
-    """First-fit packing of the next pairs of the epoch's shuffled order.
-
-    A batch is a contiguous run of the order: pairs go to the first row with
-    room on both sides, and the batch closes at the first pair that fits in no
-    row (or at the end of the epoch).
-    """
-    order = self._order(state["epoch"])
-    rows, length = self._rows, self._length
-    free_source = np.full(rows, length, np.int64)
-    free_target = np.full(rows, length, np.int64)
-    segments = np.zeros(rows, np.int64)
-    batch = _empty_batch(rows, length, length)
-    position = state["position"]
-    while position < len(order):
-      k = order[position]
-      source_length = self._source_lengths[k]
-      target_length = self._target_lengths[k]
-      fits = np.flatnonzero((free_source >= source_length) &
-                            (free_target >= target_length))
-      if not len(fits):
-        break
-      row = fits[0]
-      segments[row] += 1
-      pair = self._pairs[k]
-      _fill(batch, "inputs", row, length - free_source[row], segments[row],
-            self._data.source(pair))
-      _fill(batch, "targets", row, length - free_target[row], segments[row],
-            self._data.target(pair))
-      free_source[row] -= source_length
-      free_target[row] -= target_length
-      position += 1
-    if position == len(order):  # The epoch's last batch may be part-full.
-      state["epoch"] += 1
-      position = 0
-    state["position"] = position
-    return batch, state
-
-  def _next_bucketed(self, state):
-    """One length bucket per step, drawn from a schedule shared by all
-    processes (so that their shapes agree), filled from this process's
-    shuffled pairs of that bucket."""
-    step = state["step"]
-    bucket = int(np.random.default_rng([self._seed, step, 1 << 20]).choice(
-        len(self.batch_shapes), p=self._bucket_probabilities))
-    rows, length = self.batch_shapes[bucket]
-    batch = _empty_batch(rows, length, length)
-    epoch, position = state["buckets"][bucket]
-    for row in range(rows):
-      order = self._order(epoch, bucket)
-      if position >= len(order):
-        epoch, position = epoch + 1, 0
-        order = self._order(epoch, bucket)
-      pair = self._pairs[order[position]]
-      _fill(batch, "inputs", row, 0, 1, self._data.source(pair))
-      _fill(batch, "targets", row, 0, 1, self._data.target(pair))
-      position += 1
-    state["buckets"][bucket] = [epoch, position]
-    state["step"] = step + 1
-    return batch, state
+  @property
+  def padding_efficiency(self):
+    """Real tokens / slots over the batches returned so far."""
+    return self._real_tokens / max(self._slots, 1)
 
   # -- Prefetch ---------------------------------------------------------------
 
@@ -725,24 +766,13 @@ class TrainIterator:
       return
     self._queue = queue.Queue(maxsize=self._prefetch)
     self._stop = threading.Event()
+    # The thread holds the batcher, not the iterator, so that an iterator
+    # dropped without close() is collected and its thread stopped.
     self._thread = threading.Thread(
-        target=self._produce, args=(self._state, self._queue, self._stop),
+        target=_produce, args=(self._batcher, self._state, self._queue,
+                               self._stop),
         daemon=True, name="TrainIteratorPrefetch")
     self._thread.start()
-
-  def _produce(self, state, out, stop):
-    try:
-      while not stop.is_set():
-        batch, state = self._next_batch(state)
-        item = (batch, state)
-        while not stop.is_set():
-          try:
-            out.put(item, timeout=0.1)
-            break
-          except queue.Full:
-            pass
-    except Exception as e:  # pylint: disable=broad-except
-      out.put((e, None))
 
   def _stop_thread(self):
     if self._thread is None:
@@ -778,34 +808,30 @@ class TrainIterator:
     return self
 
   def __next__(self):
-    if self._thread is None:
-      if self._prefetch > 0:
-        self._start()
-        return next(self)
-      batch, state = self._next_batch(self._state)
+    if self._prefetch <= 0:
+      batch, state = self._batcher.next_batch(self._state)
     else:
+      if self._thread is None:
+        self._start()
       batch, state = self._queue.get()
       if isinstance(batch, Exception):
+        self._thread.join()
         self._thread = None
         raise batch
     previous_epoch = self.epoch
     self._state = state
     self._batches += 1
-    real = np.count_nonzero(batch["inputs_segmentation"]) + np.count_nonzero(
-        batch["targets_segmentation"])
-    self._real_tokens += real
+    self._real_tokens += np.count_nonzero(
+        batch["inputs_segmentation"]) + np.count_nonzero(
+            batch["targets_segmentation"])
     self._slots += batch["inputs"].size + batch["targets"].size
     if self._batches == 100 or self.epoch != previous_epoch:
       logging.info(
-          "Train data (process %d): %d batches, epoch %d, padding efficiency "
-          "%.1f%% (real tokens / slots).", self._process_index, self._batches,
-          self.epoch, 100 * self.padding_efficiency)
+          "Train data (process %d): %d batches, %d epochs done, padding "
+          "efficiency %.1f%% (real tokens / slots).",
+          self._batcher.process_index, self._batches, self.epoch,
+          100 * self.padding_efficiency)
     return batch
-
-  @property
-  def padding_efficiency(self):
-    """Real tokens / slots over the batches returned so far."""
-    return self._real_tokens / max(self._slots, 1)
 
 
 def _rows_for(budget, length, row_multiple, what):
@@ -847,10 +873,11 @@ def make_train_iterator(config, tokenizer, workdir, *, process_index=0,
   budget = d.batch_tokens // process_count
   if d.batching == "pack":
     rows = _rows_for(budget, d.max_length, row_multiple, "data.max_length")
-    return TrainIterator(
-        data, shard, batching="pack", rows=rows, length=d.max_length,
-        seed=d.seed, process_index=process_index, process_count=process_count,
-        prefetch=d.prefetch)
+    batcher = _Batcher(data, shard, batching="pack", seed=d.seed,
+                       process_index=process_index,
+                       shapes=[(rows, d.max_length)])
+    return TrainIterator(batcher, process_count=process_count,
+                         prefetch=d.prefetch)
   # "bucket": one set of length buckets for all processes, each weighted by
   # its share of the global batches. A bucket that some process's shard lacks
   # is merged into a neighbour, so that every process can fill every shape.
@@ -869,7 +896,8 @@ def make_train_iterator(config, tokenizer, workdir, *, process_index=0,
     rows = _rows_for(budget, length, row_multiple, f"bucket of length {length}")
     shapes.append((rows, length))
     weights.append(np.count_nonzero(bucket_of == b) / rows)
-  return TrainIterator(
-      data, shard, batching="bucket", rows=None, length=None, seed=d.seed,
-      process_index=process_index, process_count=process_count,
-      prefetch=d.prefetch, bucket_shapes=shapes, bucket_weights=weights)
+  batcher = _Batcher(data, shard, batching="bucket", seed=d.seed,
+                     process_index=process_index, shapes=shapes,
+                     bucket_weights=weights)
+  return TrainIterator(batcher, process_count=process_count,
+                       prefetch=d.prefetch)
