@@ -1,0 +1,277 @@
+"""Tests for transformer/evaluate.py, transformer/plot.py and the evaluate.py CLI.
+
+A tiny workdir is built once: a text corpus from the synthetic grammar, a
+SentencePiece vocabulary, config.json and three checkpoints of random tiny
+models saved with the training checkpointer (steps 1, 2, 3).
+"""
+
+import io
+import os
+import subprocess
+import sys
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import nnx
+
+from configs import common
+from transformer import checkpoint as checkpoint_lib
+from transformer import data, decode, synthetic
+from transformer import evaluate as ev
+from transformer.model import Transformer
+from transformer.tokens import EOS_ID, PAD_ID
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+VOCAB = 120
+STEPS = (1, 2, 3)
+
+
+def tiny_config(data_dir):
+  config = common.get_base_config("base")
+  config.data.source = "text"
+  config.data.dir = data_dir
+  config.model.update(dict(vocab_size=VOCAB, num_layers=1, d_model=16, d_ff=32, num_heads=2,
+                           d_k=8, d_v=8, max_len=128))
+  config.decode.batch_size = 8
+  config.decode.average_last = 2
+  config.decode.max_extra_length = 5
+  return config
+
+
+def model_params(config, seed):
+  model = Transformer(config.model, rngs=nnx.Rngs(params=seed, dropout=seed + 1))
+  return nnx.to_pure_dict(nnx.state(model, nnx.Param))
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory):
+  root = tmp_path_factory.mktemp("eval")
+  data_dir = str(root / "data")
+  synthetic.write_corpus(data_dir, 300, 12, 12, seed=0)
+  workdir = str(root / "run")
+  config = tiny_config(data_dir)
+  checkpoint_lib.save_config(config, workdir)
+  tokenizer = data.load_tokenizer(config, workdir)
+  checkpointer = checkpoint_lib.Checkpointer(workdir, every_steps=1, every_minutes=0, keep=5)
+  params = {}
+  for step in STEPS:
+    params[step] = model_params(config, seed=step)
+    state = {"params": params[step], "opt_state": {"count": jnp.zeros((), jnp.int32)},
+             "step": jnp.int32(step), "rng": jax.random.key_data(jax.random.PRNGKey(0))}
+    checkpointer.save(step, state, {"epoch": 0})
+  checkpointer.close()
+  return {"config": config, "workdir": workdir, "tokenizer": tokenizer, "params": params,
+          "data_dir": data_dir, "root": root}
+
+
+def copy_translate(inputs):
+  """A stand-in decoder that "translates" by copying the source ids."""
+  return np.asarray(inputs)
+
+
+def test_averaging_gives_the_elementwise_mean(run):
+  model, steps = ev.restore_model(run["config"], run["workdir"], average_last=2)
+  assert steps == [2, 3]
+  got = nnx.to_pure_dict(nnx.state(model, nnx.Param))
+  want = jax.tree.map(lambda a, b: (np.asarray(a) + np.asarray(b)) / 2,
+                      run["params"][2], run["params"][3])
+  jax.tree.map(lambda g, w: np.testing.assert_allclose(g, w, rtol=1e-6, atol=1e-7), got, want)
+  # One checkpoint: exactly its parameters; --step picks an earlier one.
+  model, steps = ev.restore_model(run["config"], run["workdir"], average_last=1, step=2)
+  assert steps == [2]
+  got = nnx.to_pure_dict(nnx.state(model, nnx.Param))
+  jax.tree.map(np.testing.assert_array_equal, got, run["params"][2])
+
+
+def test_average_params_of_three_trees():
+  trees = [{"w": np.full((2,), v, np.float32)} for v in (1.0, 2.0, 6.0)]
+  np.testing.assert_allclose(ev.average_params(trees)["w"], [3.0, 3.0])
+
+
+def test_saved_averaged_parameters_restore_identically(run, tmp_path):
+  model, steps = ev.restore_model(run["config"], run["workdir"], average_last=3)
+  params = nnx.to_pure_dict(nnx.state(model, nnx.Param))
+  ev.save_params(params, str(tmp_path / "avg"), steps)
+  again, again_steps = ev.restore_model(run["config"], run["workdir"],
+                                        params_path=str(tmp_path / "avg"))
+  assert again_steps == [1, 2, 3]
+  jax.tree.map(np.testing.assert_array_equal,
+               nnx.to_pure_dict(nnx.state(again, nnx.Param)), params)
+
+
+def test_clear_errors_for_workdir_checkpoints_and_averaging(run, tmp_path):
+  with pytest.raises(FileNotFoundError, match="does not exist"):
+    ev.check_workdir(str(tmp_path / "missing"))
+  with pytest.raises(FileNotFoundError, match="No config.json"):
+    ev.load_run_config(str(tmp_path))
+  with pytest.raises(FileNotFoundError, match="No checkpoint in"):
+    ev.select_steps(str(tmp_path), 1)
+  with pytest.raises(ValueError, match=r"average the last 5 checkpoints but .* only 3"):
+    ev.select_steps(run["workdir"], 5)
+  with pytest.raises(ValueError, match="No checkpoint at step 7"):
+    ev.select_steps(run["workdir"], 1, step=7)
+  config = tiny_config(run["data_dir"])
+  config.model.d_model = 32
+  with pytest.raises(ValueError, match="do not fit the model config"):
+    ev.restore_model(config, run["workdir"], average_last=1)
+
+
+def test_tokenizer_that_does_not_match_the_run_is_refused(run, tmp_path):
+  from transformer import tokenizer as tokenizer_lib
+
+  other = str(tmp_path / "other.model")
+  sentences = [f"word{i} other{i % 7} text{i % 13}" for i in range(400)]
+  tokenizer_lib.train_tokenizer(sentences, other, vocab_size=VOCAB)
+  config = tiny_config(run["data_dir"])
+  config.data.tokenizer_path = other
+  with pytest.raises(ValueError, match="not the one this run was trained with"):
+    ev.load_run_tokenizer(config, run["workdir"])
+  config.model.vocab_size = VOCAB + 1
+  config.data.tokenizer_path = ""
+  with pytest.raises(ValueError, match="pieces"):
+    ev.load_run_tokenizer(config, run["workdir"])
+
+
+def test_translate_ids_covers_every_sentence_once(run):
+  rng = np.random.default_rng(0)
+  sources = [np.append(rng.integers(4, VOCAB, size=n), EOS_ID).astype(np.int32)
+             for n in rng.integers(1, 20, size=21)]
+  seen = {}
+  for index, ids in ev.translate_ids(copy_translate, sources, batch_size=4):
+    assert index not in seen
+    seen[index] = ids
+  assert sorted(seen) == list(range(21))
+  for i, src in enumerate(sources):
+    np.testing.assert_array_equal(seen[i][:len(src)], src)
+    assert np.all(seen[i][len(src):] == PAD_ID)
+
+
+def test_evaluation_covers_every_sentence_once_in_order(run):
+  tokenizer = run["tokenizer"]
+  report = ev.evaluate(run["config"], run["workdir"], split="test", name="copy",
+                       translate_fn=copy_translate)
+  sources, references = data.load_split_text(run["config"], "test", workdir=run["workdir"])
+  with open(report["hypotheses"], encoding="utf-8") as f:
+    hypotheses = f.read().splitlines()
+  # The copy decoder's output is the source, detokenized, in input order.
+  assert hypotheses == [tokenizer.decode(tokenizer.encode(s)) for s in sources]
+  assert hypotheses == list(sources)
+  assert report["num_sentences"] == 12
+  assert os.path.isfile(os.path.join(run["workdir"], "eval", "copy.json"))
+  for key in ("bleu", "sacrebleu_signature", "bleu_tokenized", "num_sentences",
+              "checkpoint_steps", "beam_size", "alpha", "decode_seconds",
+              "sentences_per_second"):
+    assert key in report
+  from transformer import bleu
+
+  assert report["bleu"] == pytest.approx(bleu.sacrebleu_bleu(list(sources), list(references))[0])
+
+
+def test_evaluate_source_and_reference_files_with_the_averaged_model(run, tmp_path):
+  source, reference = tmp_path / "src.en", tmp_path / "ref.de"
+  source.write_text("The dog sees the car.\nWe follow the cars.\nHe is happy.\n")
+  reference.write_text("Der Hund sieht das Auto.\nWir folgen den Autos.\nEr ist froh.\n")
+  report = ev.evaluate(run["config"], run["workdir"], source=str(source),
+                       reference=str(reference), beam_size=2, alpha=0.6)
+  assert report["name"] == "src.en.avg2"
+  assert report["checkpoint_steps"] == [2, 3]
+  assert report["num_sentences"] == 3 and report["beam_size"] == 2
+  assert 0.0 <= report["bleu"] <= 100.0
+  with open(report["hypotheses"], encoding="utf-8") as f:
+    assert len(f.read().splitlines()) == 3
+  # Each line is what the model gives that sentence alone.
+  model, _ = ev.restore_model(run["config"], run["workdir"], average_last=2)
+  fn = ev.make_translate_fn(model, beam_size=2, alpha=0.6, max_extra_length=5)
+  alone = ev.translate_sentences(fn, run["tokenizer"], ["He is happy."])
+  with open(report["hypotheses"], encoding="utf-8") as f:
+    assert f.read().splitlines()[2] == alone[0]
+
+
+def test_empty_source_file_is_a_clear_error(run, tmp_path):
+  empty = tmp_path / "empty.en"
+  empty.write_text("")
+  with pytest.raises(ValueError, match="is empty"):
+    ev.evaluate(run["config"], run["workdir"], source=str(empty),
+                translate_fn=copy_translate)
+
+
+class RecordingOut(io.StringIO):
+  def __init__(self):
+    super().__init__()
+    self.flushed = []
+
+  def flush(self):
+    self.flushed.append(self.getvalue().count("\n"))
+
+
+def test_translate_mode_round_trips_and_streams(run):
+  lines = ["The dog sees the car.", "We follow the cars.", "He is happy.",
+           "The old dog sees the old dog.", "We follow the dog."]
+  out = RecordingOut()
+
+  def source():
+    for i, line in enumerate(lines):
+      if i == 2:  # The first batch is written before the third line is read.
+        assert out.getvalue().count("\n") == 2
+      yield line + "\n"
+
+  count = ev.translate_stream(copy_translate, run["tokenizer"], source(), out, batch_size=2)
+  assert count == 5
+  assert out.getvalue().splitlines() == lines
+  assert out.flushed == [2, 4, 5]
+
+
+def test_attention_plot_is_a_valid_png(run, tmp_path):
+  model, _ = ev.restore_model(run["config"], run["workdir"], average_last=1)
+  path = str(tmp_path / "attention.png")
+  ev.write_attention_plot(model, run["tokenizer"], "The dog sees the car.", path,
+                          beam_size=2, alpha=0.6, max_extra_length=5)
+  with open(path, "rb") as f:
+    assert f.read(8) == b"\x89PNG\r\n\x1a\n"
+  assert os.path.getsize(path) > 10_000
+
+
+def test_attention_weights_are_distributions(run):
+  model, _ = ev.restore_model(run["config"], run["workdir"], average_last=1)
+  translation, attention, src, tgt, dec_in = ev.attention_for_sentence(
+      model, run["tokenizer"], "The dog sees the car.", beam_size=1, alpha=0.6,
+      max_extra_length=5)
+  assert src[-1] == "</s>" and tgt[-1] == "</s>" and dec_in[0] == "<s>"
+  assert len(dec_in) == len(tgt)
+  enc, dec, cross = (attention[k][0] for k in ("encoder_self", "decoder_self",
+                                                "encoder_decoder"))
+  assert enc.shape == (2, len(src), len(src))
+  assert cross.shape == (2, len(tgt), len(src))
+  np.testing.assert_allclose(cross.sum(-1), 1.0, rtol=1e-5)
+  assert np.all(np.triu(dec[0], k=1) == 0)  # Decoder self-attention sees the past only.
+  greedy = decode.translate_batch(
+      model, ev.encode_sources(run["tokenizer"], ["The dog sees the car."])[0][None],
+      beam_size=1, max_extra_length=5)
+  assert translation == run["tokenizer"].decode(greedy[0])
+
+
+def _cli(*args, stdin=""):
+  return subprocess.run(
+      [sys.executable, os.path.join(REPO, "evaluate.py"), *args], input=stdin,
+      capture_output=True, text=True, cwd=REPO, timeout=300,
+      env={**os.environ, "PYTHONPATH": REPO, "JAX_PLATFORMS": "cpu"})
+
+
+def test_cli_translate_from_stdin(run):
+  result = _cli(f"--workdir={run['workdir']}", "--translate", "--beam_size=1",
+                "--config.decode.batch_size=2",
+                stdin="The dog sees the car.\nWe follow the cars.\nHe is happy.\n")
+  assert result.returncode == 0, result.stderr
+  assert len(result.stdout.splitlines()) == 3
+
+
+def test_cli_errors_are_one_clear_line(run, tmp_path):
+  result = _cli(f"--workdir={tmp_path / 'nope'}")
+  assert result.returncode == 1
+  assert "error: Workdir" in result.stderr and "Traceback" not in result.stderr
+  result = _cli(f"--workdir={run['workdir']}", "--average_last=9")
+  assert result.returncode == 1
+  assert "average the last 9 checkpoints" in result.stderr
+  assert "Traceback" not in result.stderr

@@ -1,0 +1,458 @@
+"""Evaluation of a trained run: checkpoint averaging, beam search, BLEU (§6.1).
+
+Used by the root ``evaluate.py``; every piece is importable:
+
+  config = load_run_config(workdir)                       # DIR/config.json
+  model, steps = restore_model(config, workdir, average_last=5)
+  tokenizer = load_run_tokenizer(config, workdir)
+  hyps = translate_sentences(model, tokenizer, sources, beam_size=4, alpha=0.6)
+  report = evaluate(config, workdir, split="test")       # DIR/eval/test.avg5.json
+
+Checkpoint averaging (§6.1: "averaging the last 5 checkpoints, which were
+written at 10-minute intervals"; 20 for the big model) is the elementwise mean
+of the parameters of the last N complete checkpoints.
+
+Sentences are decoded in batches of ``decode.batch_size`` sorted by source
+length (less padding, fewer steps per batch), and put back in input order.
+Translation results do not depend on the batching (see transformer/decode.py).
+"""
+
+import json
+import os
+import time
+from collections.abc import Callable, Iterable, Iterator
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+from absl import logging
+from flax import nnx
+
+from transformer import bleu as bleu_lib
+from transformer import checkpoint as checkpoint_lib
+from transformer import decode
+from transformer.tokens import EOS_ID, PAD_ID
+
+# (B, S) source ids -> (B, L) output ids; decode.translate_batch by default.
+TranslateFn = Callable[[np.ndarray], np.ndarray]
+
+
+# ----------------------------------------------------------------------------
+# The run: config, tokenizer, checkpoints.
+# ----------------------------------------------------------------------------
+
+
+def check_workdir(workdir: str):
+  if not workdir:
+    raise ValueError("--workdir is required: the directory of a train.py run.")
+  if not os.path.isdir(workdir):
+    raise FileNotFoundError(
+        f"Workdir {workdir!r} does not exist. Pass the --workdir of a train.py "
+        "run (e.g. runs/quickstart).")
+
+
+def load_run_config(workdir: str) -> ml_collections.ConfigDict:
+  """The config the run was trained with (DIR/config.json), unlocked."""
+  check_workdir(workdir)
+  return checkpoint_lib.load_config(workdir)
+
+
+def select_steps(workdir: str, average_last: int, step: int | None = None) -> list[int]:
+  """The checkpoint steps to average: the last ``average_last`` (up to ``step``)."""
+  if average_last < 1:
+    raise ValueError(f"average_last must be >= 1, got {average_last}.")
+  steps = checkpoint_lib.list_steps(workdir)
+  if not steps:
+    raise FileNotFoundError(
+        f"No checkpoint in {checkpoint_lib.checkpoint_dir(workdir)}: train first "
+        f"(python train.py --config=... --workdir={workdir}).")
+  if step is not None:
+    if step not in steps:
+      raise ValueError(f"No checkpoint at step {step}; available steps: {steps}.")
+    steps = [s for s in steps if s <= step]
+  if average_last > len(steps):
+    raise ValueError(
+        f"Asked to average the last {average_last} checkpoints but {workdir} has "
+        f"only {len(steps)} (steps {steps}); use --average_last={len(steps)} or "
+        "fewer (train.keep_checkpoints sets how many are kept).")
+  return steps[-average_last:]
+
+
+def _abstract_model(config):
+  from transformer.model import Transformer  # Imported here: keeps import light.
+
+  return nnx.eval_shape(
+      lambda: Transformer(config.model, rngs=nnx.Rngs(params=0, dropout=1)))
+
+
+def _flat(tree) -> dict:
+  """{"a/b/0": leaf}: paths as strings (checkpoints store list indices as str)."""
+  def name(path):
+    return "/".join(str(getattr(k, "key", getattr(k, "idx", k))) for k in path)
+  return {name(p): x for p, x in jax.tree_util.tree_flatten_with_path(tree)[0]}
+
+
+def _fit(params, abstract, what: str):
+  """``params`` in the structure of ``abstract``, or a clear error."""
+  have, want = _flat(params), _flat(abstract)
+  bad = []
+  for key in sorted(have.keys() | want.keys()):
+    a, b = have.get(key), want.get(key)
+    if a is None or b is None or tuple(a.shape) != tuple(b.shape):
+      bad.append(f"{key}: {what} {None if a is None else tuple(a.shape)}, "
+                 f"config {None if b is None else tuple(b.shape)}")
+  if bad:
+    raise ValueError(
+        f"The parameters of {what} do not fit the model config (was a --config.model "
+        f"field changed?): " + "; ".join(bad[:4]) + (" ..." if len(bad) > 4 else ""))
+  leaves = [have[k] for k in _flat(abstract)]
+  return jax.tree_util.tree_unflatten(jax.tree_util.tree_structure(abstract), leaves)
+
+
+def average_params(param_trees: Iterable) -> dict:
+  """Elementwise mean of parameter trees, accumulated in float32."""
+  total, count, dtypes = None, 0, None
+  for params in param_trees:
+    if total is None:
+      dtypes = jax.tree.map(lambda x: x.dtype, params)
+      total = jax.tree.map(lambda x: jnp.asarray(x, jnp.float32), params)
+    else:
+      total = jax.tree.map(lambda t, x: t + jnp.asarray(x, jnp.float32), total, params)
+    count += 1
+  if total is None:
+    raise ValueError("average_params needs at least one parameter tree.")
+  return jax.tree.map(lambda t, d: (t / count).astype(d), total, dtypes)
+
+
+def restore_model(config, workdir: str, *, average_last: int = 1, step: int | None = None,
+                  params_path: str | None = None):
+  """The model with the mean parameters of the last ``average_last`` checkpoints.
+
+  Args:
+    config: the run's config (``model`` must match the checkpoints).
+    workdir: the run's workdir.
+    average_last: how many of the latest checkpoints to average.
+    step: the latest step to use (default: the latest checkpoint).
+    params_path: restore parameters saved by ``save_params`` instead.
+
+  Returns:
+    (model, steps): an ``nnx.Module`` in eval mode and the averaged steps.
+  """
+  abstract = _abstract_model(config)
+  graphdef, abstract_params, _ = nnx.split(abstract, nnx.Param, ...)
+  abstract_params = nnx.to_pure_dict(abstract_params)
+  if params_path:
+    params, steps = load_params(params_path)
+  else:
+    steps = select_steps(workdir, average_last, step)
+
+    params = average_params(
+        _fit(checkpoint_lib.restore_params(workdir, s), abstract_params, f"checkpoint {s}")
+        for s in steps)
+  params = _fit(params, abstract_params, params_path or "the average")
+
+  def rest_fn():
+    from transformer.model import Transformer
+
+    m = Transformer(config.model, rngs=nnx.Rngs(params=0, dropout=1))
+    return nnx.split(m, nnx.Param, ...)[2]
+
+  rest = jax.jit(rest_fn)()  # RNG streams only; XLA drops the unused params.
+  model = nnx.merge(graphdef, params, rest)
+  model.eval()
+  return model, steps
+
+
+def save_params(params, path: str, steps: list[int]):
+  """Saves (averaged) parameters with Orbax, and the steps they come from."""
+  import orbax.checkpoint as ocp
+
+  path = os.path.abspath(path)
+  with ocp.StandardCheckpointer() as checkpointer:
+    checkpointer.save(os.path.join(path, "params"), params, force=True)
+  with open(os.path.join(path, "steps.json"), "w", encoding="utf-8") as f:
+    json.dump({"checkpoint_steps": [int(s) for s in steps]}, f)
+
+
+def load_params(path: str):
+  """(params, steps) written by ``save_params``."""
+  import orbax.checkpoint as ocp
+
+  path = os.path.abspath(path)
+  if not os.path.isdir(os.path.join(path, "params")):
+    raise FileNotFoundError(f"No saved parameters in {path} (expected {path}/params).")
+  with ocp.StandardCheckpointer() as checkpointer:
+    params = checkpointer.restore(os.path.join(path, "params"))
+  with open(os.path.join(path, "steps.json"), encoding="utf-8") as f:
+    steps = json.load(f)["checkpoint_steps"]
+  return params, steps
+
+
+def load_run_tokenizer(config, workdir: str):
+  """The run's tokenizer, checked against the model's vocabulary.
+
+  The tokenizer the run trained with is ``DIR/tokenizer/spm.model`` or the
+  ``data.tokenizer_path`` saved in its config. A different tokenizer (by
+  content) than that one is refused: its ids would mean other pieces.
+  """
+  from transformer import data
+  from transformer import tokenizer as tokenizer_lib
+
+  trained_path = os.path.join(workdir, "tokenizer", "spm.model")
+  saved = checkpoint_lib.load_config(workdir).data.get("tokenizer_path", "")
+  trained_path = saved or trained_path
+  tokenizer = data.load_tokenizer(config, workdir)
+  if tokenizer.vocab_size != config.model.vocab_size:
+    raise ValueError(
+        f"The tokenizer {tokenizer.path} has {tokenizer.vocab_size} pieces but the "
+        f"model's vocabulary (model.vocab_size) has {config.model.vocab_size}.")
+  if os.path.isfile(trained_path) and os.path.abspath(trained_path) != os.path.abspath(
+      tokenizer.path):
+    trained = tokenizer_lib.Tokenizer(trained_path)
+    if trained.fingerprint != tokenizer.fingerprint:
+      raise ValueError(
+          f"The tokenizer {tokenizer.path} is not the one this run was trained "
+          f"with ({trained_path}): the checkpoint's token ids would mean other "
+          "pieces. Leave --config.data.tokenizer_path as saved in config.json.")
+  return tokenizer
+
+
+# ----------------------------------------------------------------------------
+# Translation.
+# ----------------------------------------------------------------------------
+
+
+def encode_sources(tokenizer, sentences: list[str]) -> list[np.ndarray]:
+  """Source ids, each ending with EOS (as the data pipeline feeds them)."""
+  encoded = tokenizer.encode_batch(sentences) if sentences else []
+  return [np.asarray(list(ids) + [EOS_ID], np.int32) for ids in encoded]
+
+
+def _pad(rows: list[np.ndarray]) -> np.ndarray:
+  out = np.full((len(rows), max(len(r) for r in rows)), PAD_ID, np.int32)
+  for i, r in enumerate(rows):
+    out[i, :len(r)] = r
+  return out
+
+
+def make_translate_fn(model, *, beam_size: int, alpha: float,
+                      max_extra_length: int) -> TranslateFn:
+  def translate(inputs):
+    return decode.translate_batch(model, inputs, beam_size=beam_size, alpha=alpha,
+                                  max_extra_length=max_extra_length)
+  return translate
+
+
+def translate_ids(translate_fn: TranslateFn, sources: list[np.ndarray], *,
+                  batch_size: int, sort: bool = True) -> Iterator[tuple[int, np.ndarray]]:
+  """Yields (index, output ids) for every source once, batch by batch.
+
+  With ``sort``, batches hold sentences of similar length (longest first);
+  results come in batch order, each with its input index.
+  """
+  if batch_size < 1:
+    raise ValueError(f"decode.batch_size must be >= 1, got {batch_size}.")
+  order = list(range(len(sources)))
+  if sort:
+    order.sort(key=lambda i: -len(sources[i]))
+  for start in range(0, len(order), batch_size):
+    indices = order[start:start + batch_size]
+    ids = translate_fn(_pad([sources[i] for i in indices]))
+    yield from zip(indices, ids, strict=True)
+
+
+def translate_sentences(translate_fn: TranslateFn, tokenizer, sentences: list[str], *,
+                        batch_size: int = 64) -> list[str]:
+  """Detokenized translations of ``sentences``, in input order."""
+  sources = encode_sources(tokenizer, sentences)
+  hypotheses = [None] * len(sources)
+  for index, ids in translate_ids(translate_fn, sources, batch_size=batch_size):
+    hypotheses[index] = tokenizer.decode(ids)
+  return hypotheses
+
+
+def translate_stream(translate_fn: TranslateFn, tokenizer, lines: Iterable[str], out, *,
+                     batch_size: int = 64) -> int:
+  """Translates lines as they come, ``batch_size`` at a time, in order.
+
+  Writes one translation per input line to ``out`` and flushes after every
+  batch, so that a long file (or a pipe) starts producing output at once.
+  Returns the number of lines translated.
+  """
+  count = 0
+  batch = []
+
+  def flush(batch):
+    for hypothesis in translate_sentences(translate_fn, tokenizer, batch,
+                                          batch_size=batch_size):
+      out.write(hypothesis + "\n")
+    out.flush()
+
+  for line in lines:
+    batch.append(line.rstrip("\n"))
+    if len(batch) == batch_size:
+      flush(batch)
+      count += len(batch)
+      batch = []
+  if batch:
+    flush(batch)
+    count += len(batch)
+  return count
+
+
+# ----------------------------------------------------------------------------
+# Evaluation reports.
+# ----------------------------------------------------------------------------
+
+
+def read_lines(path: str, what: str) -> list[str]:
+  if not os.path.isfile(path):
+    raise FileNotFoundError(f"{what} file {path!r} does not exist.")
+  with open(path, encoding="utf-8") as f:
+    lines = [line.rstrip("\n") for line in f]
+  if not lines:
+    raise ValueError(f"{what} file {path!r} is empty: nothing to translate.")
+  return lines
+
+
+def evaluate(config, workdir: str, *, split: str | None = None, source: str | None = None,
+             reference: str | None = None, name: str | None = None,
+             average_last: int | None = None, step: int | None = None,
+             beam_size: int | None = None, alpha: float | None = None,
+             save_averaged: bool = False, params_path: str | None = None,
+             translate_fn: TranslateFn | None = None, model=None, steps=None) -> dict:
+  """Translates a split (or a source file) and writes BLEU reports.
+
+  Writes ``DIR/eval/<name>.hyp.txt`` (detokenized hypotheses, one per line, in
+  input order) and ``DIR/eval/<name>.json``; returns the report. ``name`` is
+  the split or the source file's name, with ``.avg<N>`` when N > 1
+  checkpoints are averaged.
+
+  Arguments left None come from ``config.decode`` / ``config.data``.
+  ``translate_fn``/``model``/``steps`` let tests inject a decoder.
+  """
+  from transformer import data
+
+  check_workdir(workdir)
+  d = config.decode
+  average_last = d.average_last if average_last is None else average_last
+  beam_size = d.beam_size if beam_size is None else beam_size
+  alpha = d.alpha if alpha is None else alpha
+  if source:
+    sources = read_lines(source, "Source")
+    references = read_lines(reference, "Reference") if reference else None
+    if references is not None and len(references) != len(sources):
+      raise ValueError(f"{source} has {len(sources)} lines but {reference} has "
+                       f"{len(references)}; they must be parallel.")
+    base = os.path.basename(source)
+  else:
+    split = split or config.data.test_split
+    sources, references = data.load_split_text(config, split, workdir=workdir)
+    sources, references = list(sources), list(references)
+    base = split
+  tokenizer = load_run_tokenizer(config, workdir)
+  if translate_fn is None:
+    if model is None:
+      model, steps = restore_model(config, workdir, average_last=average_last, step=step,
+                                   params_path=params_path)
+    translate_fn = make_translate_fn(model, beam_size=beam_size, alpha=alpha,
+                                     max_extra_length=d.max_extra_length)
+  steps = list(steps or [])
+  if name is None:
+    name = base + (f".avg{len(steps)}" if len(steps) > 1 else "")
+  out_dir = os.path.join(workdir, "eval")
+  os.makedirs(out_dir, exist_ok=True)
+  if save_averaged and model is not None:
+    path = os.path.join(out_dir, f"{name}.params")
+    save_params(nnx.to_pure_dict(nnx.state(model, nnx.Param)), path, steps)
+    logging.info("Saved the averaged parameters of steps %s to %s.", steps, path)
+
+  start = time.time()
+  hypotheses = translate_sentences(translate_fn, tokenizer, sources, batch_size=d.batch_size)
+  seconds = time.time() - start
+  report = {"name": name, "split": None if source else split, "source": source,
+            "reference": reference}
+  if references is not None:
+    report.update(bleu_lib.compute_bleu(hypotheses, references, lang=config.data.target_lang))
+  report.update({
+      "num_sentences": len(hypotheses),
+      "checkpoint_steps": [int(s) for s in steps],
+      "beam_size": beam_size,
+      "alpha": alpha,
+      "max_extra_length": d.max_extra_length,
+      "decode_seconds": seconds,
+      "sentences_per_second": len(hypotheses) / max(seconds, 1e-9),
+      "device": jax.devices()[0].device_kind,
+  })
+  hyp_path = os.path.join(out_dir, f"{name}.hyp.txt")
+  with open(hyp_path, "w", encoding="utf-8") as f:
+    f.writelines(h + "\n" for h in hypotheses)
+  report["hypotheses"] = hyp_path
+  with open(os.path.join(out_dir, f"{name}.json"), "w", encoding="utf-8") as f:
+    json.dump(report, f, indent=2)
+  return report
+
+
+def summary(report: dict) -> str:
+  """A short, readable summary of a report."""
+  lines = [f"{report['name']}: {report['num_sentences']} sentences, beam "
+           f"{report['beam_size']}, alpha {report['alpha']}, checkpoints "
+           f"{report['checkpoint_steps'] or 'n/a'}"]
+  if "bleu" in report:
+    lines.append(f"  BLEU (sacreBLEU, detokenized)          {report['bleu']:6.2f}  "
+                 f"{report['sacrebleu_signature']}")
+    lines.append(f"  BLEU (tokenized, compound-split; the   {report['bleu_tokenized']:6.2f}"
+                 "\n        paper's 27.3 / 28.4 are this kind)")
+  lines.append(f"  decoding: {report['decode_seconds']:.1f} s, "
+               f"{report['sentences_per_second']:.1f} sentences/s on {report['device']}")
+  lines.append(f"  hypotheses: {report['hypotheses']}")
+  return "\n".join(lines)
+
+
+# ----------------------------------------------------------------------------
+# Attention pictures (Figures 3-5).
+# ----------------------------------------------------------------------------
+
+
+def attention_for_sentence(model, tokenizer, sentence: str, *, beam_size: int, alpha: float,
+                           max_extra_length: int):
+  """Translates ``sentence`` and returns its attention weights and tokens.
+
+  Returns:
+    (translation, attention, source_pieces, target_pieces, decoder_input_pieces):
+    attention is {"encoder_self", "decoder_self", "encoder_decoder"} -> list
+    over layers of (H, Q, M) numpy arrays for this one sentence.
+  """
+  from transformer.tokens import BOS_ID
+
+  source = encode_sources(tokenizer, [sentence])[0]
+  ids = decode.translate_batch(model, source[None], beam_size=beam_size, alpha=alpha,
+                               max_extra_length=max_extra_length)[0]
+  target = np.asarray(decode.strip_eos(ids) + [EOS_ID], np.int32)
+  _, attention = nnx.jit(lambda m, x, y: m(x, y, return_attention=True))(
+      model, jnp.asarray(source[None]), jnp.asarray(target[None]))
+  attention = {k: [np.asarray(w[0], np.float32) for w in v] for k, v in attention.items()}
+
+  def pieces(seq):
+    return [tokenizer.id_to_piece(i) for i in seq]
+
+  decoder_inputs = [BOS_ID] + list(target[:-1])
+  return (tokenizer.decode(target), attention, pieces(source), pieces(target),
+          pieces(decoder_inputs))
+
+
+def write_attention_plot(model, tokenizer, sentence: str, path: str, *, beam_size: int,
+                         alpha: float, max_extra_length: int) -> str:
+  """Draws the three attention grids of ``sentence``'s translation to ``path``."""
+  from transformer import plot
+
+  if not sentence.strip():
+    raise ValueError("--plot_attention needs a non-empty --sentence to translate.")
+  translation, attention, src, tgt, dec_in = attention_for_sentence(
+      model, tokenizer, sentence, beam_size=beam_size, alpha=alpha,
+      max_extra_length=max_extra_length)
+  plot.plot_attention(attention, src, tgt, dec_in, path,
+                      title=f"{sentence}  ->  {translation}")
+  return translation
+
