@@ -51,10 +51,11 @@ def plot_attention(attention: dict, source_tokens: list[str], target_tokens: lis
   panel = max(1.2, longest * cell_inches) + 0.6  # inches per layer x head cell
   width = num_heads * panel + 1.0
   heights = [num_layers * panel + 0.8 for _ in KINDS]
-  fig = plt.figure(figsize=(width, sum(heights) + 0.6), dpi=dpi)
-  if title:
-    fig.suptitle(title, fontsize=10)
-  subfigs = fig.subfigures(len(KINDS), 1, height_ratios=heights)
+  title_height = 0.5
+  fig = plt.figure(figsize=(width, sum(heights) + title_height), dpi=dpi)
+  title_fig, *subfigs = fig.subfigures(len(KINDS) + 1, 1,
+                                       height_ratios=[title_height] + heights)
+  title_fig.text(0.5, 0.5, title, ha="center", va="center", fontsize=10, wrap=True)
   for subfig, (key, name, q_kind, k_kind) in zip(subfigs, KINDS, strict=True):
     subfig.suptitle(name, fontsize=11)
     axes = subfig.subplots(num_layers, num_heads, squeeze=False)
