@@ -1,0 +1,257 @@
+"""Tests for transformer/train.py and train.py: the update, resume, signals.
+
+Step-level tests drive the jitted update on random batches; loop-level tests
+run ``train_and_evaluate`` (and the CLI, in subprocesses) on a tiny generated
+corpus with a one-layer model.
+"""
+
+import json
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import time
+
+import jax
+import numpy as np
+import pytest
+
+from configs import quickstart
+from transformer import checkpoint, sharding, train
+from transformer import metrics as metrics_lib
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+# A one-layer model on a small generated corpus: a few seconds per run.
+TINY = {
+    "data.synthetic_train_size": 2000, "data.synthetic_dev_size": 24,
+    "data.synthetic_test_size": 24, "data.max_length": 32, "data.batch_tokens": 256,
+    "data.eval_batch_size": 16, "data.prefetch": 2,
+    "model.vocab_size": 256, "model.num_layers": 1, "model.d_model": 32, "model.d_ff": 64,
+    "model.num_heads": 2, "model.d_k": 16, "model.d_v": 16,
+    "train.num_steps": 6, "train.warmup_steps": 10, "train.log_every_steps": 1,
+    "train.eval_every_steps": 0, "train.eval_bleu_sentences": 0,
+    "train.checkpoint_every_steps": 3, "train.checkpoint_every_minutes": 0.0,
+    "train.keep_checkpoints": 5, "decode.beam_size": 1,
+}
+
+
+def tiny_config(**overrides):
+  config = quickstart.get_config()
+  for key, value in {**TINY, **overrides}.items():
+    section, field = key.split(".")
+    config[section][field] = value
+  return config
+
+
+def cli_args(workdir, **overrides):
+  flags = [f"--config.{k}={v}" for k, v in {**TINY, **overrides}.items()]
+  return [sys.executable, os.path.join(REPO, "train.py"),
+          "--config=" + os.path.join(REPO, "configs", "quickstart.py"),
+          f"--workdir={workdir}", *flags]
+
+
+def _env():
+  return dict(os.environ, PYTHONPATH=REPO, JAX_PLATFORMS="cpu")
+
+
+def losses(workdir):
+  return {r["step"]: r["train/loss"] for r in metrics_lib.read_metrics(workdir)
+          if "train/loss" in r}
+
+
+# ---------------------------------------------------------------------------
+# The update step.
+# ---------------------------------------------------------------------------
+
+
+def _setup(dropout_rate=0.1, **train_overrides):
+  config = tiny_config(**{f"train.{k}": v for k, v in train_overrides.items()})
+  config.model.vocab_size = 32
+  config.model.dropout_rate = dropout_rate
+  mesh = sharding.make_mesh(config)
+  return train.setup_state(config, mesh, train.default_model_fn(config))
+
+
+def _random_batch(rng, rows, vocab=32):
+  inputs = rng.integers(4, vocab, (rows, 9)).astype(np.int32)
+  targets = rng.integers(4, vocab, (rows, 11)).astype(np.int32)
+  inputs[:, -1] = 1
+  # Ragged targets: different numbers of real tokens per row.
+  for r in range(rows):
+    n = 4 + r % 6
+    targets[r, n - 1], targets[r, n:] = 1, 0
+  return {"inputs": inputs, "targets": targets}
+
+
+def test_accumulation_equals_bigger_batch():
+  rng = np.random.default_rng(0)
+  a, b = _random_batch(rng, 4), _random_batch(rng, 4)
+  big = {k: np.concatenate([a[k], b[k]]) for k in a}
+
+  def one_update(accumulate_steps, micro_batches):
+    setup = _setup(dropout_rate=0.0, accumulate_steps=accumulate_steps)
+    state = train.init_state(setup)
+    update = train.make_update_fn(setup)
+    batches = [sharding.global_batch(mb, setup.mesh, setup.rules) for mb in micro_batches]
+    state, metrics = update(state, batches)
+    return jax.tree.map(np.asarray, state["params"]), jax.device_get(metrics)
+
+  params_acc, metrics_acc = one_update(2, [a, b])
+  params_big, metrics_big = one_update(1, [big])
+  # Token counts differ per micro-batch, so averaging the two micro-batch means
+  # would be wrong; summing and dividing once matches the big batch.
+  assert metrics_acc["target_tokens"] == metrics_big["target_tokens"]
+  np.testing.assert_allclose(metrics_acc["loss"], metrics_big["loss"], rtol=1e-6)
+  np.testing.assert_allclose(metrics_acc["grad_norm"], metrics_big["grad_norm"], rtol=1e-5)
+  for x, y in zip(jax.tree.leaves(params_acc), jax.tree.leaves(params_big), strict=True):
+    np.testing.assert_allclose(x, y, rtol=1e-5, atol=1e-7)
+
+
+def test_tiny_batch_overfits():
+  setup = _setup(dropout_rate=0.0, warmup_steps=30, learning_rate_scale=0.2)
+  state = train.init_state(setup)
+  update = train.make_update_fn(setup)
+  batch = sharding.global_batch(_random_batch(np.random.default_rng(1), 2), setup.mesh,
+                                setup.rules)
+  first = None
+  for _ in range(100):
+    state, metrics = update(state, [batch])
+    first = first or float(metrics["loss"])
+  metrics = jax.device_get(metrics)
+  # The loss is a KL divergence to the smoothed targets: 0 is a perfect fit.
+  assert first > 2.5
+  assert metrics["loss"] < 0.01, metrics
+  assert metrics["accuracy"] == 1.0
+
+
+# ---------------------------------------------------------------------------
+# The loop: resume, NaN, logs.
+# ---------------------------------------------------------------------------
+
+
+def test_resume_is_bitwise_identical(tmp_path):
+  straight, resumed = str(tmp_path / "straight"), str(tmp_path / "resumed")
+  final = train.train_and_evaluate(tiny_config(), straight)
+  train.train_and_evaluate(tiny_config(**{"train.num_steps": 3}), resumed)
+  assert checkpoint.list_steps(resumed) == [3]
+  train.train_and_evaluate(tiny_config(), resumed)
+
+  a, b = losses(straight), losses(resumed)
+  assert sorted(a) == sorted(b) == [1, 2, 3, 4, 5, 6]
+  assert a == b  # Bitwise: dropout keys come from (seed, step), data from its state.
+  for x, y in zip(jax.tree.leaves(checkpoint.restore_params(straight, 6)),
+                  jax.tree.leaves(checkpoint.restore_params(resumed, 6)), strict=True):
+    np.testing.assert_array_equal(x, y)
+
+  # Logs, config and evaluation files.
+  row = metrics_lib.read_metrics(straight)[-1]
+  for key in ("step", "train/loss", "train/nll", "train/perplexity", "train/accuracy",
+              "train/learning_rate", "train/target_tokens_per_s", "train/step_time_s"):
+    assert key in row
+  np.testing.assert_allclose(row["train/learning_rate"], 32**-0.5 * 6 * 10**-1.5, rtol=1e-6)
+  assert checkpoint.load_config(straight).model.d_model == 32
+  report = json.load(open(os.path.join(straight, "eval", "test.json")))
+  assert report["num_sentences"] == 24 and report["step"] == 6
+  assert report["bleu"] == final["test/bleu"]
+  with open(os.path.join(straight, "eval", "test.hyp.txt")) as f:
+    assert len(f.read().splitlines()) == 24
+
+
+def test_nan_loss_stops_and_keeps_last_good_checkpoint(tmp_path):
+  workdir = str(tmp_path)
+  config = tiny_config(**{"train.learning_rate_scale": 1e32, "train.num_steps": 20,
+                          "train.checkpoint_every_steps": 1})
+  with pytest.raises(train.NonFiniteLossError, match=r"at step (\d+)") as info:
+    train.train_and_evaluate(config, workdir)
+  bad_step = int(re.search(r"at step (\d+)", str(info.value)).group(1))
+  print(info.value)
+  steps = checkpoint.list_steps(workdir)
+  assert steps and max(steps) < bad_step
+  params = checkpoint.restore_params(workdir, max(steps))
+  assert all(np.all(np.isfinite(x)) for x in jax.tree.leaves(params))
+
+
+def test_changed_model_cannot_resume(tmp_path):
+  workdir = str(tmp_path)
+  train.train_and_evaluate(tiny_config(**{"train.num_steps": 3}), workdir)
+  with pytest.raises(ValueError, match="different model"):
+    train.train_and_evaluate(tiny_config(**{"model.d_ff": 128}), workdir)
+
+
+# ---------------------------------------------------------------------------
+# The CLI: signals, kill -9 and two processes.
+# ---------------------------------------------------------------------------
+
+
+def _wait_for(predicate, process, timeout=120):
+  start = time.time()
+  while not predicate():
+    assert process.poll() is None, process.communicate()[1][-3000:]
+    assert time.time() - start < timeout, "timed out"
+    time.sleep(0.2)
+
+
+@pytest.mark.slow
+def test_sigterm_saves_and_kill9_resumes(tmp_path):
+  workdir = str(tmp_path)
+  args = cli_args(workdir, **{"train.num_steps": 100000, "train.checkpoint_every_steps": 1000})
+  proc = subprocess.Popen(args, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                          text=True)
+  _wait_for(lambda: len(losses(workdir)) >= 2, proc)
+  proc.send_signal(signal.SIGTERM)
+  _, err = proc.communicate(timeout=60)
+  assert proc.returncode == 0, err[-3000:]
+  assert "Stopped by SIGTERM" in err
+  steps = checkpoint.list_steps(workdir)
+  assert len(steps) == 1 and steps[0] >= 2  # Saved at the step it stopped.
+  stopped_at = steps[0]
+
+  # Resume, checkpointing every step, and kill -9 at some moment.
+  args = cli_args(workdir, **{"train.num_steps": 100000, "train.checkpoint_every_steps": 1})
+  proc = subprocess.Popen(args, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                          text=True)
+  _wait_for(lambda: max(losses(workdir)) >= stopped_at + 3, proc)
+  proc.kill()
+  proc.communicate()
+  latest = max(checkpoint.list_steps(workdir))
+  assert latest > stopped_at
+
+  # The same command (with a reachable end) resumes from the latest complete one.
+  args = cli_args(workdir, **{"train.num_steps": latest + 2})
+  out = subprocess.run(args, env=_env(), capture_output=True, text=True, timeout=180)
+  assert out.returncode == 0, out.stderr[-3000:]
+  assert f"Resumed from step {latest}" in out.stderr
+  assert max(checkpoint.list_steps(workdir)) == latest + 2
+  rows = [r["step"] for r in metrics_lib.read_metrics(workdir) if "train/loss" in r]
+  assert rows == list(range(1, latest + 3))  # Each step logged once.
+
+
+def _free_port():
+  with socket.socket() as s:
+    s.bind(("localhost", 0))
+    return s.getsockname()[1]
+
+
+@pytest.mark.slow
+def test_two_processes(tmp_path):
+  workdir = str(tmp_path)
+  port = _free_port()
+  procs = [
+      subprocess.Popen(
+          [*cli_args(workdir, **{"train.num_steps": 4}),
+           f"--coordinator_address=localhost:{port}", "--num_processes=2",
+           f"--process_id={i}"],
+          env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+      for i in range(2)]
+  outputs = [p.communicate(timeout=240) for p in procs]
+  for p, (_, err) in zip(procs, outputs, strict=True):
+    assert p.returncode == 0, err[-3000:]
+  assert "process 0 of 2; devices: 2 global, 1 local" in outputs[0][1]
+  assert checkpoint.list_steps(workdir) == [3, 4]
+  # Only process 0 logs metrics: one row per step.
+  assert sorted(losses(workdir)) == [1, 2, 3, 4]
+  assert "Done: 4 steps" in outputs[0][1] and "Done:" not in outputs[1][1]
+  assert json.load(open(os.path.join(workdir, "eval", "test.json")))["num_sentences"] == 24

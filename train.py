@@ -1,0 +1,53 @@
+r"""Trains a Transformer: ``python train.py --config=CONFIG --workdir=DIR``.
+
+  python train.py --config=configs/quickstart.py --workdir=runs/quickstart
+  python train.py --config=configs/wmt14_ende.py:base --workdir=runs/ende_base \
+      --config.train.accumulate_steps=4 --config.data.batch_tokens=6250
+
+Running the same command again with the same DIR resumes from the latest
+checkpoint. SIGTERM or Ctrl-C saves a checkpoint and exits.
+
+Multi-host: start the same command on every host with
+``--coordinator_address=HOST:PORT --num_processes=N --process_id=I`` (or the
+environment variables JAX_COORDINATOR_ADDRESS, JAX_NUM_PROCESSES,
+JAX_PROCESS_ID). ``data.batch_tokens`` is the global budget over all of them.
+"""
+
+import os
+import sys
+
+from absl import app, flags, logging
+from ml_collections import config_flags
+
+_CONFIG = config_flags.DEFINE_config_file(
+    "config", None, "Experiment config file, e.g. configs/wmt14_ende.py:base.",
+    lock_config=True)
+_WORKDIR = flags.DEFINE_string(
+    "workdir", None, "Directory for checkpoints, logs, config.json and eval results.")
+_COORDINATOR = flags.DEFINE_string(
+    "coordinator_address", os.environ.get("JAX_COORDINATOR_ADDRESS", ""),
+    "HOST:PORT of process 0, for runs over several processes.")
+_NUM_PROCESSES = flags.DEFINE_integer(
+    "num_processes", int(os.environ.get("JAX_NUM_PROCESSES", "1")),
+    "Number of processes (hosts) in the run.")
+_PROCESS_ID = flags.DEFINE_integer(
+    "process_id", int(os.environ.get("JAX_PROCESS_ID", "0")), "This process's index.")
+flags.mark_flags_as_required(["config", "workdir"])
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+  from transformer import train  # After flag parsing: JAX starts here.
+
+  train.initialize_distributed(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value)
+  try:
+    train.train_and_evaluate(_CONFIG.value, _WORKDIR.value)
+  except train.NonFiniteLossError as e:
+    logging.error("%s", e)
+    print(f"error: {e}", file=sys.stderr)
+    sys.exit(1)
+
+
+if __name__ == "__main__":
+  app.run(main)

@@ -1,0 +1,601 @@
+"""Training and evaluation (§5): ``train_and_evaluate(config, workdir)``.
+
+One linear story, in the order of the banners below:
+
+  config    resolve and save the config; join a multi-host run
+  mesh      one device mesh, one logical-axis rules table (sharding.py)
+  state     params, Adam state, step and PRNG key as sharded jax.Arrays
+  update    the jitted train step: label-smoothed loss (§5.4), gradient
+            accumulation over micro-batches, Adam with Eq. (3) (§5.3)
+  eval      dev loss/perplexity and greedy BLEU; test BLEU at the end
+  loop      checkpoints, logging, signals, NaN guard, resume
+
+The train state is a plain dict of arrays, exactly what a checkpoint holds:
+
+  {"params": pure dict of the model's nnx.Param values,
+   "opt_state": optax state, "step": int32 updates done, "rng": uint32 key}
+
+Dropout keys are derived from (rng, step, micro-batch index), never carried
+from step to step, so a resumed run draws the same dropout masks as an
+uninterrupted one.
+"""
+
+import dataclasses
+import json
+import logging as py_logging
+import os
+import signal
+import time
+from collections.abc import Callable
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+from absl import logging
+from flax import nnx
+from jax.experimental import multihost_utils
+
+from transformer import checkpoint as checkpoint_lib
+from transformer import metrics as metrics_lib
+from transformer import optim
+from transformer import sharding as sharding_lib
+
+BATCH_KEYS = ("inputs", "targets", "inputs_segmentation", "targets_segmentation",
+              "inputs_position", "targets_position")
+
+
+# ---------------------------------------------------------------------------
+# Config and processes.
+# ---------------------------------------------------------------------------
+
+
+def initialize_distributed(coordinator_address: str = "", num_processes: int = 1,
+                           process_id: int = 0):
+  """Joins a multi-process run (``jax.distributed.initialize``) when it spans
+  several processes; a no-op for a single process.
+
+  On CPU the processes exchange data with gloo collectives.
+  """
+  if num_processes <= 1:
+    return
+  if not coordinator_address:
+    raise ValueError(
+        f"A run over {num_processes} processes needs a coordinator address "
+        "(--coordinator_address=HOST:PORT or $JAX_COORDINATOR_ADDRESS).")
+  if not 0 <= process_id < num_processes:
+    raise ValueError(f"process id {process_id} is not in [0, {num_processes}).")
+  jax.config.update("jax_cpu_collectives_implementation", "gloo")
+  jax.distributed.initialize(coordinator_address=coordinator_address,
+                             num_processes=num_processes, process_id=process_id)
+
+
+class _OrbaxInfoFilter(py_logging.Filter):
+  """Orbax logs each step of every save at INFO level; keep its warnings."""
+
+  def filter(self, record):
+    return record.levelno >= py_logging.WARNING or "/orbax/" not in record.pathname
+
+
+def quiet_library_logs():
+  absl_logger = logging.get_absl_logger()
+  if not any(isinstance(f, _OrbaxInfoFilter) for f in absl_logger.filters):
+    absl_logger.addFilter(_OrbaxInfoFilter())
+
+
+def resolve_config(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+  """The config as the run uses it (a locked copy): ``model.dtype="auto"``
+  becomes bfloat16 on GPU/TPU and float32 on CPU (mixed precision: params and
+  Adam state stay ``model.param_dtype``)."""
+  config = ml_collections.ConfigDict(config.to_dict())
+  if config.model.dtype == "auto":
+    config.model.dtype = "float32" if jax.default_backend() == "cpu" else "bfloat16"
+  if config.train.accumulate_steps < 1:
+    raise ValueError(
+        f"train.accumulate_steps must be >= 1, got {config.train.accumulate_steps}.")
+  config.lock()
+  return config
+
+
+def _check_resumed_config(workdir: str, config: ml_collections.ConfigDict):
+  """A workdir is resumed only with the same model; other changes are logged."""
+  path = os.path.join(workdir, checkpoint_lib.CONFIG_FILE)
+  if not os.path.exists(path):
+    return
+  old = checkpoint_lib.load_config(workdir)
+  changed = checkpoint_lib.config_differences(old, config)
+  model_changes = [k for k in changed if k.startswith("model.")]
+  if model_changes and checkpoint_lib.list_steps(workdir):
+    raise ValueError(
+        f"Workdir {workdir} holds checkpoints of a different model ({model_changes} "
+        "changed). Use a new --workdir, or the same model config to resume.")
+  if changed:
+    logging.warning("Config differs from %s in %s; continuing with the new values.",
+                    path, changed)
+
+
+# ---------------------------------------------------------------------------
+# Model and sharded train state.
+# ---------------------------------------------------------------------------
+
+
+def default_model_fn(config: ml_collections.ConfigDict) -> Callable:
+  from transformer.model import Transformer  # Imported here: keeps tests light.
+
+  return lambda rngs: Transformer(config.model, rngs=rngs)
+
+
+@dataclasses.dataclass
+class TrainSetup:
+  """Everything the step functions close over."""
+  config: ml_collections.ConfigDict
+  mesh: jax.sharding.Mesh
+  rules: tuple
+  graphdef: nnx.GraphDef
+  rest: nnx.State  # Non-parameter variables (RNG streams): re-seeded each step.
+  tx: optax.GradientTransformation
+  state_shardings: dict
+  abstract_state: dict  # ShapeDtypeStructs with shardings (for restoring).
+  model_fn: Callable
+  init_fn: Callable | None = None  # () -> (state, rest), jitted with out_shardings.
+  rest_fn: Callable | None = None  # () -> rest only.
+
+
+def _make_model(model_fn, seed):
+  with nnx.use_eager_sharding(False):  # Shardings come from sharding.py's rules.
+    return model_fn(nnx.Rngs(params=seed, dropout=seed + 1))
+
+
+def setup_state(config, mesh, model_fn) -> TrainSetup:
+  """Shapes, shardings and step machinery for the train state (no arrays yet)."""
+  rules = sharding_lib.logical_axis_rules(config)
+  seed = config.train.seed
+  abstract_model = nnx.eval_shape(lambda: _make_model(model_fn, seed))
+  graphdef, abstract_params, _ = nnx.split(abstract_model, nnx.Param, ...)
+  param_specs = nnx.to_pure_dict(sharding_lib.state_partition_specs(abstract_params, rules))
+  pure_abstract = nnx.to_pure_dict(abstract_params)
+  sharding_lib.check_divisible(pure_abstract, param_specs, mesh)
+  param_shardings = sharding_lib.named(mesh, param_specs)
+  tx = optim.make_optimizer(config)
+  abstract_opt = jax.eval_shape(tx.init, pure_abstract)
+  replicated = sharding_lib.replicated(mesh)
+  # Adam's moments are sharded like the params; counts are replicated.
+  opt_shardings = optax.tree_utils.tree_map_params(
+      tx, lambda _, s: s, abstract_opt, param_shardings,
+      transform_non_params=lambda _: replicated)
+  state_shardings = {"params": param_shardings, "opt_state": opt_shardings,
+                     "step": replicated, "rng": replicated}
+
+  def init():
+    model = _make_model(model_fn, seed)
+    _, params, rest = nnx.split(model, nnx.Param, ...)
+    params = nnx.to_pure_dict(params)
+    state = {"params": params, "opt_state": tx.init(params), "step": jnp.int32(0),
+             "rng": jax.random.key_data(jax.random.PRNGKey(seed))}
+    return state, rest
+
+  abstract_state, abstract_rest = jax.eval_shape(init)
+  abstract_state = jax.tree.map(
+      lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
+      abstract_state, state_shardings)
+  del abstract_rest
+  init_fn = jax.jit(init, out_shardings=(state_shardings, replicated))
+  rest_fn = jax.jit(lambda: init()[1], out_shardings=replicated)
+  return TrainSetup(config=config, mesh=mesh, rules=rules, graphdef=graphdef,
+                    rest=rest_fn(), tx=tx, state_shardings=state_shardings,
+                    abstract_state=abstract_state, model_fn=model_fn, init_fn=init_fn,
+                    rest_fn=rest_fn)
+
+
+def init_state(setup: TrainSetup) -> dict:
+  """Freshly initialized, sharded train state (params created in place)."""
+  state, _ = setup.init_fn()
+  return state
+
+
+def make_model(setup: TrainSetup, params) -> nnx.Module:
+  """The model with ``params`` (a pure dict), e.g. for decoding."""
+  return nnx.merge(setup.graphdef, params, setup.rest)
+
+
+# ---------------------------------------------------------------------------
+# The update step (§5.3, §5.4).
+# ---------------------------------------------------------------------------
+
+
+def _model_inputs(batch):
+  return {k: batch[k] for k in BATCH_KEYS if k in batch}
+
+
+def _loss_sums(setup, params, rest, batch, dropout_key, *, train: bool):
+  """Summed label-smoothed loss and counts of one (micro-)batch."""
+  model = nnx.merge(setup.graphdef, params, rest, copy=True)
+  if train:
+    nnx.reseed(model, dropout=dropout_key)
+    model.train()
+  else:
+    model.eval()
+  logits = model(**_model_inputs(batch))  # (B, T, V) float32
+  weights = None
+  if "index" in batch:  # Filler rows of an evaluation batch have index -1.
+    weights = jnp.broadcast_to((batch["index"] >= 0)[:, None], batch["targets"].shape)
+  label_smoothing = setup.config.train.label_smoothing
+  return optim.cross_entropy_sums(logits, batch["targets"], label_smoothing, weights)
+
+
+def _grads_and_sums(setup, state, rest, batch, micro_index):
+  """Gradient of the *summed* loss of one micro-batch, and its sums."""
+  key = jax.random.wrap_key_data(state["rng"])
+  key = jax.random.fold_in(jax.random.fold_in(key, state["step"]), micro_index)
+
+  def loss_fn(params):
+    sums = _loss_sums(setup, params, rest, batch, key, train=True)
+    return sums["loss_sum"], sums
+
+  (_, sums), grads = jax.value_and_grad(loss_fn, has_aux=True)(state["params"])
+  return grads, sums
+
+
+def _apply(setup, state, grads, sums):
+  """Adam update with the token-averaged gradient: sum over all micro-batches,
+  divided once by the total number of target tokens."""
+  num_tokens = jnp.maximum(sums["num_tokens"], 1.0)
+  grads = jax.tree.map(lambda g: g / num_tokens, grads)
+  updates, opt_state = setup.tx.update(grads, state["opt_state"], state["params"])
+  params = optax.apply_updates(state["params"], updates)
+  new_state = {"params": params, "opt_state": opt_state, "step": state["step"] + 1,
+               "rng": state["rng"]}
+  schedule = optim.learning_rate_schedule(setup.config)
+  metrics = optim.summarize(sums)
+  metrics.update({
+      "learning_rate": schedule(state["step"] + 1),
+      "grad_norm": optax.tree.norm(grads),
+      "target_tokens": sums["num_tokens"],
+  })
+  return new_state, metrics
+
+
+def make_update_fn(setup: TrainSetup) -> Callable:
+  """``update(state, micro_batches) -> (state, metrics)``: one Adam update.
+
+  ``micro_batches`` is a list of ``train.accumulate_steps`` global batches.
+  An update from k micro-batches equals one update from their concatenation:
+  loss numerators, gradients and token counts are summed over micro-batches
+  and divided once. ``state`` is donated.
+  """
+  replicated = sharding_lib.replicated(setup.mesh)
+  state_sh = setup.state_shardings
+  param_sh = state_sh["params"]
+
+  def fused(state, rest, batch):
+    grads, sums = _grads_and_sums(setup, state, rest, batch, 0)
+    return _apply(setup, state, grads, sums)
+
+  def zeros(state):
+    grads = jax.tree.map(jnp.zeros_like, state["params"])
+    sums = {k: jnp.zeros((), jnp.float32)
+            for k in ("loss_sum", "nll_sum", "correct", "num_tokens")}
+    return grads, sums
+
+  def accumulate(state, rest, batch, micro_index, acc):
+    grads, sums = _grads_and_sums(setup, state, rest, batch, micro_index)
+    acc_grads, acc_sums = acc
+    acc_grads = jax.tree.map(jnp.add, acc_grads, grads)
+    acc_sums = jax.tree.map(jnp.add, acc_sums, sums)
+    return jax.lax.with_sharding_constraint(acc_grads, param_sh), acc_sums
+
+  def apply(state, acc):
+    return _apply(setup, state, *acc)
+
+  acc_sh = (param_sh, replicated)
+  fused_jit = jax.jit(fused, out_shardings=(state_sh, replicated), donate_argnums=(0,))
+  zeros_jit = jax.jit(zeros, out_shardings=acc_sh)
+  accumulate_jit = jax.jit(accumulate, out_shardings=acc_sh, donate_argnums=(4,))
+  apply_jit = jax.jit(apply, out_shardings=(state_sh, replicated), donate_argnums=(0,))
+
+  def update(state, micro_batches):
+    if len(micro_batches) == 1:
+      return fused_jit(state, setup.rest, micro_batches[0])
+    acc = zeros_jit(state)
+    for i, batch in enumerate(micro_batches):
+      acc = accumulate_jit(state, setup.rest, batch, jnp.int32(i), acc)
+    return apply_jit(state, acc)
+
+  return update
+
+
+def make_eval_fn(setup: TrainSetup) -> Callable:
+  """``eval_sums(params, batch) -> sums`` with dropout off (jitted)."""
+  replicated = sharding_lib.replicated(setup.mesh)
+
+  def eval_sums(params, rest, batch):
+    return _loss_sums(setup, params, rest, batch, None, train=False)
+
+  jitted = jax.jit(eval_sums, out_shardings=replicated)
+  return lambda params, batch: jitted(params, setup.rest, batch)
+
+
+# ---------------------------------------------------------------------------
+# Evaluation: dev loss and BLEU, test BLEU.
+# ---------------------------------------------------------------------------
+
+
+def _eval_batch_size(config, setup) -> int:
+  divisor = sharding_lib.batch_divisor(setup.mesh, setup.rules)
+  return -(-config.data.eval_batch_size // divisor) * divisor
+
+
+def evaluate_loss(setup, eval_fn, params, batches) -> dict:
+  """dev/loss, dev/nll, dev/perplexity, dev/accuracy over whole batches."""
+  total = None
+  for batch in batches:
+    batch = sharding_lib.replicated_batch(batch, setup.mesh, setup.rules)
+    sums = eval_fn(params, batch)
+    total = sums if total is None else jax.tree.map(jnp.add, total, sums)
+  if total is None:
+    return {}
+  return {k: float(v) for k, v in optim.summarize(total).items()}
+
+
+def translate_split(setup, tokenizer, params, batches, *, max_sentences=None,
+                    beam_size=1, alpha=0.6):
+  """Detokenized translations of the sentences in ``batches``, in order."""
+  from transformer import decode
+
+  model = make_model(setup, params)
+  hypotheses = {}
+  for batch in batches:
+    ids = decode.translate_batch(model, batch["inputs"], beam_size=beam_size, alpha=alpha,
+                                 max_extra_length=setup.config.decode.max_extra_length)
+    for row, index in zip(ids, batch["index"], strict=True):
+      if index >= 0:
+        hypotheses[int(index)] = tokenizer.decode(decode.strip_eos(row))
+    if max_sentences is not None and len(hypotheses) >= max_sentences:
+      break
+  count = len(hypotheses) if max_sentences is None else min(len(hypotheses), max_sentences)
+  return [hypotheses[i] for i in range(count)]
+
+
+# ---------------------------------------------------------------------------
+# The training loop.
+# ---------------------------------------------------------------------------
+
+
+class _StopSignal:
+  """Records SIGTERM/SIGINT; the loop saves a checkpoint and stops cleanly."""
+
+  def __init__(self):
+    self.received = None
+    self._previous = {}
+
+  def __enter__(self):
+    for sig in (signal.SIGTERM, signal.SIGINT):
+      try:
+        self._previous[sig] = signal.signal(sig, self._handle)
+      except ValueError:  # Not in the main thread: no handlers.
+        pass
+    return self
+
+  def _handle(self, signum, frame):
+    del frame
+    self.received = signal.Signals(signum).name
+
+  def __exit__(self, *exc):
+    for sig, handler in self._previous.items():
+      signal.signal(sig, handler)
+
+
+def _agree(*flags: bool) -> list[bool]:
+  """The same decisions on every process: a flag is set if any process set it."""
+  values = np.array([bool(f) for f in flags], np.int32)
+  if jax.process_count() > 1:
+    values = np.max(multihost_utils.process_allgather(values), axis=0)
+  return [bool(v) for v in values]
+
+
+class NonFiniteLossError(FloatingPointError):
+  pass
+
+
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
+                       model_fn: Callable | None = None) -> dict:
+  """Trains ``config`` in ``workdir`` (resuming what is there), evaluates.
+
+  Returns the final metrics (also in DIR/metrics.jsonl and DIR/eval/).
+  """
+  from transformer import data
+
+  # -- config and workdir ---------------------------------------------------
+  quiet_library_logs()
+  config = resolve_config(config)
+  t = config.train
+  is_primary = jax.process_index() == 0
+  os.makedirs(workdir, exist_ok=True)
+  _check_resumed_config(workdir, config)
+  checkpoint_lib.save_config(config, workdir)
+  writer = metrics_lib.MetricsWriter(workdir, t.num_steps, is_primary=is_primary)
+  writer.info("Workdir %s; process %d of %d; devices: %d global, %d local (%s).", workdir,
+              jax.process_index(), jax.process_count(), jax.device_count(),
+              jax.local_device_count(), jax.default_backend())
+
+  # -- mesh -----------------------------------------------------------------
+  mesh = sharding_lib.make_mesh(config)
+  writer.info("Mesh %s; rules %s.", dict(mesh.shape), sharding_lib.logical_axis_rules(config))
+
+  # -- input ----------------------------------------------------------------
+  # Process 0 prepares the corpus and the tokenizer; the others then reuse them.
+  if not is_primary:
+    multihost_utils.sync_global_devices("tokenizer ready")
+  tokenizer = data.load_tokenizer(config, workdir)
+  if is_primary and jax.process_count() > 1:
+    multihost_utils.sync_global_devices("tokenizer ready")
+  if tokenizer.vocab_size != config.model.vocab_size:
+    raise ValueError(
+        f"The tokenizer has {tokenizer.vocab_size} pieces but model.vocab_size is "
+        f"{config.model.vocab_size}; set --config.model.vocab_size={tokenizer.vocab_size}.")
+  rules = sharding_lib.logical_axis_rules(config)
+  divisor = sharding_lib.batch_divisor(mesh, rules)
+  if divisor % jax.process_count():
+    raise ValueError(f"The batch is split {divisor} ways, not a multiple of the "
+                     f"{jax.process_count()} processes.")
+  train_iter = data.make_train_iterator(
+      config, tokenizer, workdir, process_index=jax.process_index(),
+      process_count=jax.process_count(), row_multiple=divisor // jax.process_count())
+
+  # -- model and state --------------------------------------------------------
+  setup = setup_state(config, mesh, model_fn or default_model_fn(config))
+  update = make_update_fn(setup)
+  eval_fn = make_eval_fn(setup)
+  num_params = sum(x.size for x in jax.tree.leaves(setup.abstract_state["params"]))
+  writer.info("Model: %s parameters.", f"{num_params:,}")
+
+  # -- checkpoints and resume ---------------------------------------------------
+  checkpointer = checkpoint_lib.Checkpointer(
+      workdir, every_steps=t.checkpoint_every_steps,
+      every_minutes=t.checkpoint_every_minutes, keep=t.keep_checkpoints)
+  restored = checkpointer.restore_latest(setup.abstract_state)
+  if restored is None:
+    state = init_state(setup)
+  else:
+    state, data_state, step = restored
+    train_iter.set_state(data_state)
+    writer.truncate_after(step)
+    writer.info("Resumed from step %d.", step)
+  step = int(state["step"])
+
+  # -- loop -------------------------------------------------------------------
+  eval_batch_size = _eval_batch_size(config, setup)
+
+  def dev_batches():
+    return data.eval_batches(config, tokenizer, workdir, config.data.dev_split,
+                             batch_size=eval_batch_size)
+
+  last = {}  # Metrics of the latest checked update.
+  stopped_by = None
+  pending = None  # (step, device metrics) of the latest update, not yet checked.
+  interval = {"start": time.time(), "steps": 0, "tokens": 0.0}
+
+  def check(pending):
+    """Fetches an update's metrics (one step behind, to keep the device busy)
+    and stops on a NaN/Inf loss before anything is saved."""
+    done_step, device_metrics = pending
+    values = {k: float(v) for k, v in jax.device_get(device_metrics).items()}
+    if not (np.isfinite(values["loss"]) and np.isfinite(values["grad_norm"])):
+      raise NonFiniteLossError(
+          f"Loss is {values['loss']} (gradient norm {values['grad_norm']}) at step "
+          f"{done_step}; stopping. The last good "
+          f"checkpoint (step {checkpointer.latest_step()}) is intact. Lower the learning "
+          "rate (train.learning_rate_scale) or set train.grad_clip_norm.")
+    interval["steps"] += 1
+    interval["tokens"] += values["target_tokens"]
+    return values
+
+  with _StopSignal() as stop:
+    try:
+      while step < t.num_steps:
+        micro_batches = [
+            sharding_lib.global_batch(next(train_iter), mesh, rules)
+            for _ in range(t.accumulate_steps)]
+        state, device_metrics = update(state, micro_batches)
+        step += 1
+        if pending is not None:
+          last = check(pending)
+        pending = (step, device_metrics)
+
+        is_log = step % t.log_every_steps == 0 or step == t.num_steps
+        is_eval = t.eval_every_steps > 0 and step % t.eval_every_steps == 0
+        save_due, signalled = _agree(checkpointer.due(step) or step == t.num_steps,
+                                     stop.received is not None)
+        if not (is_log or is_eval or save_due or signalled):
+          continue
+        last, pending = check(pending), None
+        row, eta = {}, None
+        if is_log:
+          elapsed = time.time() - interval["start"]
+          step_time = elapsed / max(interval["steps"], 1)
+          row.update({f"train/{k}": v for k, v in last.items()})
+          row["train/target_tokens_per_s"] = interval["tokens"] / max(elapsed, 1e-9)
+          row["train/step_time_s"] = step_time
+          eta = step_time * (t.num_steps - step)
+        if is_eval:
+          row.update(_periodic_eval(setup, eval_fn, tokenizer, state["params"], dev_batches,
+                                    config, data, workdir))
+        if row:
+          writer.write(step, row, eta_s=eta)
+        if save_due or signalled:
+          checkpointer.save(step, state, train_iter.get_state())
+        if signalled:
+          stopped_by = stop.received or "a signal to another process"
+          break
+        if is_log or is_eval:  # Rates exclude evaluation and checkpoint time.
+          interval = {"start": time.time(), "steps": 0, "tokens": 0.0}
+      if pending is not None:
+        last = check(pending)
+    finally:
+      checkpointer.close()
+      train_iter.close()
+
+  if stopped_by is not None:
+    writer.info("Stopped by %s at step %d; checkpoint saved. Run the same command to "
+                "resume.", stopped_by, step)
+    writer.close()
+    return {"step": step, "stopped_by": stopped_by, **last}
+
+  # -- final evaluation ----------------------------------------------------------
+  final = {"step": step, **{f"train/{k}": v for k, v in last.items()}}
+  final.update(evaluate_test(setup, tokenizer, state["params"], config, workdir, data, step))
+  writer.info(
+      "Done: %d steps in %s; train loss %.4f; %s BLEU %.2f on %d sentences -> %s",
+      step, metrics_lib.format_duration(time.time() - writer.start_time),
+      final.get("train/loss", float("nan")), config.data.test_split,
+      final["test/bleu"], final["test/num_sentences"],
+      os.path.join(workdir, "eval", f"{config.data.test_split}.json"))
+  writer.close()
+  return final
+
+
+def _periodic_eval(setup, eval_fn, tokenizer, params, dev_batches, config, data,
+                   workdir) -> dict:
+  row = {f"dev/{k}": v for k, v in evaluate_loss(setup, eval_fn, params, dev_batches()).items()}
+  n = config.train.eval_bleu_sentences
+  if n > 0:
+    from transformer import bleu
+
+    hypotheses = translate_split(setup, tokenizer, params, dev_batches(), max_sentences=n,
+                                 beam_size=1)
+    _, references = data.load_split_text(config, config.data.dev_split, workdir=workdir)
+    score, _ = bleu.sacrebleu_bleu(hypotheses, list(references)[:len(hypotheses)])
+    row["dev/bleu"] = score
+    row["dev/bleu_sentences"] = len(hypotheses)
+  return row
+
+
+def evaluate_test(setup, tokenizer, params, config, workdir, data, step) -> dict:
+  """Translates the whole test split (config.decode beam and alpha), writes
+  DIR/eval/<split>.json and DIR/eval/<split>.hyp.txt; returns test/* values."""
+  from transformer import bleu
+
+  split = config.data.test_split
+  start = time.time()
+  batches = data.eval_batches(config, tokenizer, workdir, split,
+                              batch_size=_eval_batch_size(config, setup))
+  hypotheses = translate_split(setup, tokenizer, params, batches,
+                               beam_size=config.decode.beam_size, alpha=config.decode.alpha)
+  seconds = time.time() - start
+  _, references = data.load_split_text(config, split, workdir=workdir)
+  references = list(references)
+  scores = bleu.compute_bleu(hypotheses, references, lang=config.data.target_lang)
+  report = {**scores, "num_sentences": len(hypotheses), "step": int(step), "split": split,
+            "beam_size": config.decode.beam_size, "alpha": config.decode.alpha,
+            "checkpoint_steps": [int(step)], "decode_seconds": seconds,
+            "sentences_per_second": len(hypotheses) / max(seconds, 1e-9)}
+  if jax.process_index() == 0:
+    out_dir = os.path.join(workdir, "eval")
+    os.makedirs(out_dir, exist_ok=True)
+    with open(os.path.join(out_dir, f"{split}.hyp.txt"), "w", encoding="utf-8") as f:
+      f.writelines(h + "\n" for h in hypotheses)
+    with open(os.path.join(out_dir, f"{split}.json"), "w", encoding="utf-8") as f:
+      json.dump(report, f, indent=2)
+  return {"test/bleu": scores["bleu"], "test/bleu_tokenized": scores["bleu_tokenized"],
+          "test/num_sentences": len(hypotheses)}
