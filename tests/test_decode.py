@@ -415,3 +415,17 @@ def test_translate_batch_rejects_bad_arguments():
     decode.translate_batch(model, np.array([[4, EOS_ID]]), beam_size=0)
   with pytest.raises(ValueError, match="alpha must be >= 0"):
     decode.translate_batch(model, np.array([[4, EOS_ID]]), alpha=-1.0)
+
+
+def test_constant_cache_leaves_are_hoisted_out_of_the_beam_loop():
+  # The encoder-decoder keys/values and the source mask never change: beam
+  # search keeps them out of the loop state instead of reordering them.
+  model = tiny_model()
+  model.eval()
+  inputs = jnp.array([[4, 5, EOS_ID]])
+  cache = model.init_cache(model.encode(inputs), inputs, 6)
+  step_fn = lambda tokens, cache, step: model.decode_step(tokens, cache, step)  # noqa: E731
+  _, carried = decode._hoist_constant_leaves(step_fn, cache, rows=1)
+  layer = cache["layers"][0]
+  assert len(carried) == 2 * len(cache["layers"])  # self_k, self_v per layer.
+  assert {x.shape for x in carried} == {layer["self_k"].shape, layer["self_v"].shape}

@@ -160,6 +160,40 @@ class BeamState(NamedTuple):
   cache: Any  # batch leading axis of size B * K, row b * K + k
 
 
+def _hoist_constant_leaves(step_fn: StepFn, cache, rows: int):
+  """Takes the cache leaves that ``step_fn`` returns unchanged out of the loop.
+
+  Leaves such as the encoder-decoder keys and values are the same for every
+  beam of a sentence and never change, so reordering them each step is wasted
+  memory traffic. A leaf counts as constant when ``step_fn`` hands back the
+  very same array it was given (checked by tracing it once). Returns a step
+  function over the remaining leaves and those leaves (a list).
+  """
+  leaves, treedef = jax.tree.flatten(cache)
+  constant = []
+
+  def probe(leaves):
+    _, new = step_fn(jnp.zeros((rows,), jnp.int32), jax.tree.unflatten(treedef, leaves),
+                     jnp.array(0, jnp.int32))
+    new_leaves, new_treedef = jax.tree.flatten(new)
+    if new_treedef == treedef:
+      constant.extend(a is b for a, b in zip(leaves, new_leaves, strict=True))
+    return 0
+
+  jax.eval_shape(probe, leaves)
+  if not any(constant):
+    return step_fn, cache
+
+  def carried_step_fn(tokens, carried, step):
+    it = iter(carried)
+    full = [leaf if c else next(it) for leaf, c in zip(leaves, constant, strict=True)]
+    logits, new = step_fn(tokens, jax.tree.unflatten(treedef, full), step)
+    new_leaves = jax.tree.leaves(new)
+    return logits, [x for x, c in zip(new_leaves, constant, strict=True) if not c]
+
+  return carried_step_fn, [x for x, c in zip(leaves, constant, strict=True) if not c]
+
+
 def _gather_beams(x, indices):
   """x: (B, M, ...), indices: (B, K) into M -> (B, K, ...)."""
   return jnp.take_along_axis(
@@ -215,6 +249,7 @@ def beam_search_state(step_fn: StepFn, cache, max_lengths, *, beam_size: int,
   max_lengths = jnp.clip(jnp.asarray(max_lengths, jnp.int32), 1, max_length)
   batch = max_lengths.shape[0]
   cache = jax.tree.map(lambda x: jnp.repeat(x, k, axis=0), cache)
+  step_fn, cache = _hoist_constant_leaves(step_fn, cache, batch * k)
   lp_at_limit = length_penalty(max_lengths, alpha)  # (B,)
   state = BeamState(
       step=jnp.array(0, jnp.int32),
