@@ -415,6 +415,9 @@ def test_translate_batch_rejects_bad_arguments():
     decode.translate_batch(model, np.array([[4, EOS_ID]]), beam_size=0)
   with pytest.raises(ValueError, match="alpha must be >= 0"):
     decode.translate_batch(model, np.array([[4, EOS_ID]]), alpha=-1.0)
+  learned = tiny_model(positional_encoding="learned", max_len=16)
+  with pytest.raises(ValueError, match="model.max_len=16"):
+    decode.translate_batch(learned, np.array([[4, EOS_ID]]), max_extra_length=50)
 
 
 def test_constant_cache_leaves_are_hoisted_out_of_the_beam_loop():

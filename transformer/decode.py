@@ -411,9 +411,18 @@ def translate_batch(model, inputs, *, beam_size: int = 4, alpha: float = 0.6,
   limits[:batch] = output_limits(inputs, max_extra_length)
   empty = (padded != PAD_ID).sum(axis=1) == 0
   padded[empty, 0] = EOS_ID  # Filler rows: a lone EOS, decoded to one step.
+  max_length = padded_len + max_extra_length
+  cfg = getattr(model, "cfg", None)
+  if cfg is not None and cfg.positional_encoding == "learned" and (
+      max_length > cfg.max_len):
+    raise ValueError(
+        f"Decoding up to {max_length} positions (source bucket {padded_len} + "
+        f"max_extra_length {max_extra_length}) but the learned positional "
+        f"embedding has model.max_len={cfg.max_len}; shorten the inputs or "
+        "lower decode.max_extra_length.")
   seqs, scores = _decode(
       model, padded, limits, jnp.float32(alpha),
-      beam_size=beam_size, max_length=padded_len + max_extra_length)
+      beam_size=beam_size, max_length=max_length)
   seqs = np.asarray(seqs)[:batch]
   scores = np.asarray(scores)[:batch]
   width = max(int((seqs != PAD_ID).sum(axis=1).max(initial=0)), 1)
