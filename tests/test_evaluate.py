@@ -167,6 +167,8 @@ def test_evaluation_covers_every_sentence_once_in_order(run):
   from transformer import bleu
 
   assert report["bleu"] == pytest.approx(bleu.sacrebleu_bleu(list(sources), list(references))[0])
+  text = ev.summary(report)
+  assert f"BLEU {report['bleu']:6.2f}  sacreBLEU" in text and "12 sentences" in text
 
 
 def test_evaluate_source_and_reference_files_with_the_averaged_model(run, tmp_path):

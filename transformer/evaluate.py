@@ -330,6 +330,8 @@ def evaluate(config, workdir: str, *, split: str | None = None, source: str | No
   checkpoints are averaged.
 
   Arguments left None come from ``config.decode`` / ``config.data``.
+  ``decode_seconds`` is the wall time of translating (tokenization, decoding
+  and detokenization), compilation of the few padded shapes included.
   ``translate_fn``/``model``/``steps`` let tests inject a decoder.
   """
   from transformer import data
@@ -400,10 +402,10 @@ def summary(report: dict) -> str:
            f"{report['beam_size']}, alpha {report['alpha']}, checkpoints "
            f"{report['checkpoint_steps'] or 'n/a'}"]
   if "bleu" in report:
-    lines.append(f"  BLEU (sacreBLEU, detokenized)          {report['bleu']:6.2f}  "
-                 f"{report['sacrebleu_signature']}")
-    lines.append(f"  BLEU (tokenized, compound-split; the   {report['bleu_tokenized']:6.2f}"
-                 "\n        paper's 27.3 / 28.4 are this kind)")
+    lines.append(f"  BLEU {report['bleu']:6.2f}  sacreBLEU on detokenized text "
+                 f"({report['sacrebleu_signature']})")
+    lines.append(f"  BLEU {report['bleu_tokenized']:6.2f}  tokenized, compound-split: "
+                 "comparable to the paper's 27.3 / 28.4")
   lines.append(f"  decoding: {report['decode_seconds']:.1f} s, "
                f"{report['sentences_per_second']:.1f} sentences/s on {report['device']}")
   lines.append(f"  hypotheses: {report['hypotheses']}")
