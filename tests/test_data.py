@@ -118,10 +118,17 @@ def _epoch(iterator, tok):
   return pairs
 
 
-def _kept_pairs(config):
+def _kept_pairs(config, tok):
+  """Training pairs with both sides non-empty and at most max_length tokens
+  (EOS included): not pair 10 (empty) nor pair 20 (too long)."""
   sources, targets = data.load_split_text(config, "train")
-  return [(s, t) for i, (s, t) in enumerate(zip(sources, targets, strict=True))
-          if i not in (10, 20)]
+  kept = [(s, t) for s, t in zip(sources, targets, strict=True)
+          if s and t and max(len(tok.encode(s)), len(tok.encode(t))) + 1
+          <= config.data.max_length]
+  assert (sources[10], targets[10]) not in kept
+  assert (sources[20], targets[20]) not in kept
+  assert len(kept) > 0.9 * len(sources)
+  return kept
 
 
 # ---------------------------------------------------------------------------
@@ -143,7 +150,7 @@ def test_text_folder_reads_plain_and_gz(corpus_dir):
 
 def test_batches_respect_budget_and_are_consistent(corpus_dir, workdir, tok):
   config = _config(corpus_dir)
-  kept = set(_kept_pairs(config))
+  kept = set(_kept_pairs(config, tok))
   with data.make_train_iterator(config, tok, workdir) as iterator:
     assert iterator.batch_shape == (512 // 64, 64)
     for _ in range(5):
@@ -164,7 +171,7 @@ def test_epoch_covers_every_kept_pair_once_and_drops_the_rest(
   with data.make_train_iterator(config, tok, workdir) as iterator:
     pairs = _epoch(iterator, tok)
     second = _epoch(iterator, tok)
-  assert sorted(pairs) == sorted(_kept_pairs(config))
+  assert sorted(pairs) == sorted(_kept_pairs(config, tok))
   assert sorted(second) == sorted(pairs) and second != pairs  # Reshuffled.
 
 
@@ -180,7 +187,7 @@ def test_row_multiple(corpus_dir, workdir, tok):
 
 def test_bucket_batches(corpus_dir, workdir, tok):
   config = _config(corpus_dir, batching="bucket")
-  kept = set(_kept_pairs(config))
+  kept = set(_kept_pairs(config, tok))
   with data.make_train_iterator(config, tok, workdir,
                                 row_multiple=2) as iterator:
     assert iterator.batch_shape is None
@@ -245,7 +252,7 @@ def test_two_processes_are_disjoint_and_complete(corpus_dir, workdir, tok):
       assert iterator.batch_shape == (512 // 2 // 64, 64)
       halves.append(_epoch(iterator, tok))
   assert not set(halves[0]) & set(halves[1])
-  assert sorted(halves[0] + halves[1]) == sorted(_kept_pairs(config))
+  assert sorted(halves[0] + halves[1]) == sorted(_kept_pairs(config, tok))
   assert abs(len(halves[0]) - len(halves[1])) <= 1
 
 

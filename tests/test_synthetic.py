@@ -1,11 +1,16 @@
 """Tests for transformer/synthetic.py: the generated EN->DE corpus."""
 
 import os
+import random
 import re
 
 import pytest
 
 from transformer import synthetic
+
+
+def _capitalize(text):
+  return text[0].upper() + text[1:]
 
 
 @pytest.fixture(scope="module")
@@ -24,6 +29,11 @@ def corpus():
     (37, "thirty-seven", "siebenunddreißig"),
     (71, "seventy-one", "einundsiebzig"),
     (99, "ninety-nine", "neunundneunzig"),
+    (100, "one hundred", "einhundert"),
+    (191, "one hundred and ninety-one", "einhunderteinundneunzig"),
+    (342, "three hundred and forty-two", "dreihundertzweiundvierzig"),
+    (705, "seven hundred and five", "siebenhundertfünf"),
+    (999, "nine hundred and ninety-nine", "neunhundertneunundneunzig"),
 ])
 def test_numbers_put_the_unit_before_the_ten(n, english, german):
   assert synthetic.number_en(n) == english
@@ -54,15 +64,15 @@ def test_train_prefix_does_not_depend_on_the_other_sizes(corpus):
 
 def test_gender_and_case_agreement(corpus):
   pairs = list(zip(*corpus["train"], strict=True))
-  subjects = {"The dog ": "Der Hund ", "The cat ": "Die Katze ",
-              "The child ": "Das Kind ", "The old dog ": "Der alte Hund ",
-              "A small dog ": "Ein kleiner Hund ",
-              "A small house ": "Ein kleines Haus "}
+  subjects = {"The dog ": "Der Hund", "The cat ": "Die Katze",
+              "The child ": "Das Kind", "The old dog ": "Der alte Hund",
+              "A small dog ": "Ein kleiner Hund",
+              "A small house ": "Ein kleines Haus"}
   checked = 0
   for en, de in pairs:
     for en_start, de_start in subjects.items():
       if en.startswith(en_start):
-        assert de.startswith(de_start), (en, de)
+        assert re.match(re.escape(de_start) + "[ ,]", de), (en, de)
         checked += 1
     # Accusative and dative of masculine nouns after the verb.
     if re.search(r" sees the dog\b", en):
@@ -78,14 +88,67 @@ def test_gender_and_case_agreement(corpus):
 
 
 def test_subordinate_clauses_are_verb_final(corpus):
-  finite = {form for verb in synthetic.VERBS for form in verb[2:5]}
+  finite = {form for verb in synthetic.VERBS for form in verb[3:6]}
+  finite |= {form for forms in synthetic.AUXILIARIES.values()
+             for form in forms.values()}
   clauses = 0
   for en, de in zip(*corpus["train"], strict=True):
-    if " that " in en or " because " in en:
+    introduced = any(en.startswith(_capitalize(intro))
+                     for intro, _ in synthetic.INTRODUCTIONS)
+    if introduced or " because " in en:
       assert re.search(r", (dass|weil) ", de), (en, de)
       assert de.rstrip(".").split()[-1] in finite, (en, de)
       clauses += 1
   assert clauses > 300
+
+
+@pytest.mark.parametrize("gender, person", [("m", "3s"), ("f", "3s"),
+                                            ("n", "3s"), ("p", "p")])
+def test_relative_pronoun_agrees_and_verb_is_final(gender, person):
+  grammar = synthetic._Grammar(random.Random(0))
+  verbs_en = {form for verb in synthetic.VERBS for form in verb[:2]}
+  kinds = set()
+  for _ in range(60):
+    en, de = grammar.relative_clause(gender, person)
+    words = de.split()
+    verb = next(v for v in synthetic.VERBS if words[-1] in v[3:6])
+    if en.split()[1] in verbs_en:  # "that sees the cat": the subject.
+      assert words[0] == synthetic.RELATIVE[gender]["nom"], (en, de)
+      assert words[-1] == verb[4 if person == "3s" else 5], (en, de)
+      kinds.add("subject")
+    else:  # "that the cat sees": the object, in the verb's case.
+      assert words[0] == synthetic.RELATIVE[gender][verb[8]], (en, de)
+      kinds.add(verb[8])
+  assert kinds == {"subject", "acc", "dat"}
+
+
+def test_relative_clauses_are_set_off_by_commas(corpus):
+  count = 0
+  for en, de in zip(*corpus["train"], strict=True):
+    match = re.match(r"The (?:\w+ )?(dog|cat|child) that ", en)
+    if match:
+      noun = {"dog": "Hund", "cat": "Katze", "child": "Kind"}[match.group(1)]
+      pronoun = {"dog": "(der|den|dem)", "cat": "(die|der)",
+                 "child": "(das|dem)"}[match.group(1)]
+      assert re.match(rf"\w+ (\w+ )?{noun}, {pronoun} .*, \w+", de), (en, de)
+      count += 1
+  assert count >= 5
+
+
+def test_perfect_tense_makes_a_verb_bracket(corpus):
+  count = 0
+  for en, de in zip(*corpus["train"], strict=True):
+    match = re.search(r" (has|have) (\w+) ", en)
+    if match and " that " not in en and " because " not in en:
+      verb = next(v for v in synthetic.VERBS if v[2] == match.group(2))
+      auxiliaries = synthetic.AUXILIARIES[verb[7]].values()
+      assert de.rstrip(".").split()[-1] == verb[6], (en, de)
+      assert set(de.split()) & set(auxiliaries), (en, de)
+      count += 1
+  assert count >= 50
+  # "folgen" takes "sein": "ist ... gefolgt".
+  assert any(" ist " in de and de.endswith(" gefolgt.")
+             for de in corpus["train"][1])
 
 
 def test_numbers_appear_in_sentences(corpus):

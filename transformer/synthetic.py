@@ -8,11 +8,16 @@ translation more than word substitution:
   ("the old dog sees the old dog" -> "Der alte Hund sieht den alten Hund"),
   with dative after prepositions and after verbs such as "helfen", and the
   contractions "im" and "vom";
-* numbers written out, German putting the unit before the ten
-  ("twenty-one" -> "einundzwanzig", "ninety-seven" -> "siebenundneunzig"),
-  with strong plural adjective endings after them;
+* numbers written out as one word, German putting the unit before the ten
+  ("twenty-one" -> "einundzwanzig", "three hundred and forty-two" ->
+  "dreihundertzweiundvierzig"), with strong adjective endings after them;
 * verb-final subordinate clauses ("... that the dog sees the car" ->
-  "..., dass der Hund das Auto sieht") and verb agreement with the subject.
+  "..., dass der Hund das Auto sieht") and verb agreement with the subject;
+* relative clauses set off by commas, whose pronoun takes the antecedent's
+  gender and its own clause's case ("the girl that the man helps" ->
+  "das Mädchen, dem der Mann hilft");
+* the present perfect's verb bracket ("has seen the cat in the garden" ->
+  "hat die Katze im Garten gesehen"), with "sein" for "folgen".
 
 The corpus is deterministic by seed. Splits are assigned by a hash of the
 English sentence, so train, validation and test never share a source sentence.
@@ -20,17 +25,19 @@ English sentence, so train, validation and test never share a source sentence.
 goes through the same text-folder path as real data.
 
 The first training pairs of seed 0 (``python -m transformer.synthetic --num=3``):
-  His black flower is sad because a table thanks the teacher.
-  Seine schwarze Blume ist traurig, weil ein Tisch dem Lehrer dankt.
+  His black flower is hungry because a table helps four hundred and nineteen
+  children that the black car likes.
+  Seine schwarze Blume ist hungrig, weil ein Tisch vierhundertneunzehn
+  Kindern, die das schwarze Auto mag, hilft.
 
-  The happy apple is hungry because the green teachers find my clever child.
-  Der glückliche Apfel ist hungrig, weil die grünen Lehrer mein kluges Kind finden.
+  She says that the black bottle watches a bird.
+  Sie sagt, dass die schwarze Flasche einen Vogel beobachtet.
 
-  We follow the cars.
-  Wir folgen den Autos.
+  The green cats that help an apple like his street.
+  Die grünen Katzen, die einem Apfel helfen, mögen seine Straße.
 
-Sentences are 4-18 words (about 10 SentencePiece tokens with a 1000-piece
-vocabulary); 50000 training pairs are generated in about a second.
+Sentences are 4-31 words (about 13 SentencePiece tokens on average, at most
+~40, with a 1000-piece vocabulary); 50000 training pairs take about a second.
 """
 
 import hashlib
@@ -81,23 +88,36 @@ ADJECTIVES = (
 PREDICATES = (("tired", "müde"), ("happy", "glücklich"), ("hungry", "hungrig"),
               ("sad", "traurig"), ("angry", "wütend"))
 
-# Verbs: English base, English 3rd singular, German 1st singular,
-# 3rd singular, plural (1st and 3rd), case of the object.
+# Verbs: English base, 3rd singular, past participle; German 1st singular,
+# 3rd singular, plural (1st and 3rd), past participle, perfect auxiliary;
+# case of the object.
 VERBS = (
-    ("see", "sees", "sehe", "sieht", "sehen", "acc"),
-    ("like", "likes", "mag", "mag", "mögen", "acc"),
-    ("buy", "buys", "kaufe", "kauft", "kaufen", "acc"),
-    ("find", "finds", "finde", "findet", "finden", "acc"),
-    ("have", "has", "habe", "hat", "haben", "acc"),
-    ("carry", "carries", "trage", "trägt", "tragen", "acc"),
-    ("paint", "paints", "male", "malt", "malen", "acc"),
-    ("visit", "visits", "besuche", "besucht", "besuchen", "acc"),
-    ("know", "knows", "kenne", "kennt", "kennen", "acc"),
-    ("watch", "watches", "beobachte", "beobachtet", "beobachten", "acc"),
-    ("help", "helps", "helfe", "hilft", "helfen", "dat"),
-    ("follow", "follows", "folge", "folgt", "folgen", "dat"),
-    ("thank", "thanks", "danke", "dankt", "danken", "dat"),
+    ("see", "sees", "seen", "sehe", "sieht", "sehen", "gesehen", "haben", "acc"),
+    ("like", "likes", "liked", "mag", "mag", "mögen", "gemocht", "haben", "acc"),
+    ("buy", "buys", "bought", "kaufe", "kauft", "kaufen", "gekauft", "haben",
+     "acc"),
+    ("find", "finds", "found", "finde", "findet", "finden", "gefunden", "haben",
+     "acc"),
+    ("carry", "carries", "carried", "trage", "trägt", "tragen", "getragen",
+     "haben", "acc"),
+    ("paint", "paints", "painted", "male", "malt", "malen", "gemalt", "haben",
+     "acc"),
+    ("visit", "visits", "visited", "besuche", "besucht", "besuchen", "besucht",
+     "haben", "acc"),
+    ("know", "knows", "known", "kenne", "kennt", "kennen", "gekannt", "haben",
+     "acc"),
+    ("watch", "watches", "watched", "beobachte", "beobachtet", "beobachten",
+     "beobachtet", "haben", "acc"),
+    ("help", "helps", "helped", "helfe", "hilft", "helfen", "geholfen", "haben",
+     "dat"),
+    ("follow", "follows", "followed", "folge", "folgt", "folgen", "gefolgt",
+     "sein", "dat"),
+    ("thank", "thanks", "thanked", "danke", "dankt", "danken", "gedankt",
+     "haben", "dat"),
 )
+AUXILIARIES = {"haben": {"1s": "habe", "3s": "hat", "p": "haben"},
+               "sein": {"1s": "bin", "3s": "ist", "p": "sind"}}
+EN_HAVE = {"1s": "have", "3s": "has", "p": "have"}
 
 # Subject pronouns: English, German, person ("1s", "3s", "p" = plural).
 PRONOUNS = (("I", "ich", "1s"), ("he", "er", "3s"), ("she", "sie", "3s"),
@@ -155,13 +175,26 @@ MIXED = {
     "n": {"nom": "es", "acc": "es", "dat": "en"},
     "p": {"nom": "en", "acc": "en", "dat": "en"},
 }
+# Relative pronouns: gender and number of the antecedent, case of their role
+# in the relative clause.
+RELATIVE = {
+    "m": {"nom": "der", "acc": "den", "dat": "dem"},
+    "f": {"nom": "die", "acc": "die", "dat": "der"},
+    "n": {"nom": "das", "acc": "das", "dat": "dem"},
+    "p": {"nom": "die", "acc": "die", "dat": "denen"},
+}
 # Plural after a number: no article (strong declension).
 STRONG_PLURAL = {"nom": "e", "acc": "e", "dat": "en"}
 POSSESSIVES = (("my", "mein"), ("his", "sein"))
 
 
 def number_en(n):
-  """1..99 in English words: 21 -> "twenty-one"."""
+  """1..999 in English words: 21 -> "twenty-one", 342 -> "three hundred
+  and forty-two"."""
+  if n >= 100:
+    hundreds, rest = divmod(n, 100)
+    words = EN_ONES[hundreds] + " hundred"
+    return words + (" and " + number_en(rest) if rest else "")
   if n < 20:
     return EN_ONES[n]
   tens, unit = divmod(n, 10)
@@ -169,7 +202,12 @@ def number_en(n):
 
 
 def number_de(n):
-  """1..99 in German words, unit before ten: 21 -> "einundzwanzig"."""
+  """1..999 in German words, unit before ten, one word: 21 ->
+  "einundzwanzig", 342 -> "dreihundertzweiundvierzig"."""
+  if n >= 100:
+    hundreds, rest = divmod(n, 100)
+    words = ("ein" if hundreds == 1 else DE_ONES[hundreds]) + "hundert"
+    return words + (number_de(rest) if rest else "")
   if n < 20:
     return DE_ONES[n]
   tens, unit = divmod(n, 10)
@@ -195,8 +233,23 @@ class _Grammar:
   def __init__(self, rng):
     self.rng = rng
 
-  def noun_phrase(self, case):
-    """Returns (english, german, person) of a random noun phrase."""
+  def number(self):
+    """2..99 mostly, 102..999 a quarter of the time (not x01: "hunderteins"
+    does not stand before a noun)."""
+    if self.rng.random() < 0.75:
+      return self.rng.randint(2, 99)
+    while True:
+      n = self.rng.randint(102, 999)
+      if n % 100 != 1:
+        return n
+
+  def noun_phrase(self, case, relative=False):
+    """Returns (english, german, person, gender) of a random noun phrase.
+
+    ``gender`` is "m", "f", "n" or "p" (plural). With ``relative``, the phrase
+    may carry a relative clause; its German ends with a comma, which the
+    sentence drops before final punctuation.
+    """
     rng = self.rng
     en_sg, en_pl, de_sg, de_pl, gender = rng.choice(NOUNS)
     adjective = rng.choice(ADJECTIVES) if rng.random() < 0.5 else None
@@ -222,8 +275,8 @@ class _Grammar:
       en_words.append(en_poss)
       de_words.append(de_poss + INDEFINITE_ENDINGS[g][case])
       declension = MIXED
-    else:  # A written-out number, 2..99.
-      n = rng.randint(2, 99)
+    else:  # A written-out number.
+      n = self.number()
       en_words.append(number_en(n))
       de_words.append(number_de(n))
       declension = None
@@ -233,35 +286,74 @@ class _Grammar:
       de_words.append(_inflect(adjective[1], ending))
     en_words.append(en_pl if plural else en_sg)
     de_words.append(noun_de)
-    return " ".join(en_words), " ".join(de_words), "p" if plural else "3s"
+    person = "p" if plural else "3s"
+    en, de = " ".join(en_words), " ".join(de_words)
+    if relative and rng.random() < 0.2:
+      en_clause, de_clause = self.relative_clause(g, person)
+      en, de = f"{en} {en_clause}", f"{de}, {de_clause},"
+    return en, de, person, g
+
+  def relative_clause(self, gender, person):
+    """"that sees the cat" -> "der die Katze sieht" (antecedent = subject) or
+    "that the cat sees" -> "den die Katze sieht" (antecedent = object): the
+    pronoun takes the antecedent's gender and its own clause's case, and the
+    verb goes last."""
+    rng = self.rng
+    verb = rng.choice(VERBS)
+    if rng.random() < 0.5:  # The antecedent is the subject.
+      en_obj, de_obj, _, _ = self.noun_phrase(verb[8])
+      en_verb, de_verb = self.present(verb, person)
+      return (f"that {en_verb} {en_obj}",
+              f"{RELATIVE[gender]['nom']} {de_obj} {de_verb}")
+    en_subj, de_subj, inner_person, _ = self.noun_phrase("nom")
+    en_verb, de_verb = self.present(verb, inner_person)
+    return (f"that {en_subj} {en_verb}",
+            f"{RELATIVE[gender][verb[8]]} {de_subj} {de_verb}")
+
+  def present(self, verb, person):
+    en = verb[1] if person == "3s" else verb[0]
+    de = {"1s": verb[3], "3s": verb[4], "p": verb[5]}[person]
+    return en, de
 
   def subject(self):
     if self.rng.random() < 0.25:
       en, de, person = self.rng.choice(PRONOUNS)
       return en, de, person
-    return self.noun_phrase("nom")
+    en, de, person, _ = self.noun_phrase("nom", relative=True)
+    return en, de, person
 
   def prepositional_phrase(self):
     en_prep, de_prep = self.rng.choice(PREPOSITIONS)
-    en, de, _ = self.noun_phrase("dat")
+    en, de, _, _ = self.noun_phrase("dat")
     article, _, rest = de.partition(" ")
     contracted = CONTRACTIONS.get((de_prep, article))
     de = f"{contracted} {rest}" if contracted else f"{de_prep} {de}"
     return f"{en_prep} {en}", de
 
   def clause(self):
-    """Returns (english, german_main_order, german_verb_final) of a clause."""
+    """Returns (english, german_main_order, german_verb_final) of a clause.
+
+    In the perfect, the German participle goes to the end of a main clause
+    (the verb bracket: "hat ... gesehen"), and the auxiliary after it in a
+    subordinate clause ("... gesehen hat"); "folgen" takes "sein".
+    """
     rng = self.rng
     en_subj, de_subj, person = self.subject()
-    en_base, en_3s, de_1s, de_3s, de_pl, case = rng.choice(VERBS)
-    en_verb = en_3s if person == "3s" else en_base
-    de_verb = {"1s": de_1s, "3s": de_3s, "p": de_pl}[person]
-    en_obj, de_obj, _ = self.noun_phrase(case)
-    en_pp, de_pp = self.prepositional_phrase() if rng.random() < 0.35 else ("", "")
+    verb = rng.choice(VERBS)
+    pp = rng.random() < 0.35
+    en_obj, de_obj, _, _ = self.noun_phrase(verb[8], relative=not pp)
+    en_pp, de_pp = self.prepositional_phrase() if pp else ("", "")
+    if rng.random() < 0.3:  # Present perfect.
+      en_verb = f"{EN_HAVE[person]} {verb[2]}"
+      aux, participle = AUXILIARIES[verb[7]][person], verb[6]
+      main = (de_subj, aux, de_obj, de_pp, participle)
+      final = (de_subj, de_obj, de_pp, participle, aux)
+    else:
+      en_verb, de_verb = self.present(verb, person)
+      main = (de_subj, de_verb, de_obj, de_pp)
+      final = (de_subj, de_obj, de_pp, de_verb)
     en = " ".join(w for w in (en_subj, en_verb, en_obj, en_pp) if w)
-    main = " ".join(w for w in (de_subj, de_verb, de_obj, de_pp) if w)
-    final = " ".join(w for w in (de_subj, de_obj, de_pp, de_verb) if w)
-    return en, main, final
+    return en, " ".join(w for w in main if w), " ".join(w for w in final if w)
 
   def sentence(self):
     rng = self.rng
@@ -275,11 +367,12 @@ class _Grammar:
     else:
       en_subj, de_subj, person = self.subject()
       en_be = {"1s": "am", "3s": "is", "p": "are"}[person]
-      de_be = {"1s": "bin", "3s": "ist", "p": "sind"}[person]
+      de_be = AUXILIARIES["sein"][person]
       en_pred, de_pred = rng.choice(PREDICATES)
       en_clause, _, de_clause = self.clause()
       en = f"{en_subj} {en_be} {en_pred} because {en_clause}"
       de = f"{de_subj} {de_be} {de_pred}, weil {de_clause}"
+    de = de.replace(",,", ",").rstrip(",")  # Relative clause before "weil"/".".
     return _capitalize(en) + ".", _capitalize(de) + "."
 
 
