@@ -93,7 +93,7 @@ from transformer import tokenizer as tokenizer_lib
 SOURCES = ("tfds", "text", "synthetic")
 BATCHINGS = ("pack", "bucket")
 _CHUNK = 20_000  # Pairs per tokenization chunk.
-# Length buckets: training rows in "bucket" mode and every evaluation batch.
+# Row lengths of data.batching="bucket" (capped at data.max_length).
 _BUCKETS = (8, 12, 16, 24, 32, 48, 64, 96, 128, 192, 256, 384, 512, 768, 1024)
 
 
@@ -357,7 +357,12 @@ def _tokenizer_sample(config, workdir):
 
 
 def load_tokenizer(config, workdir):
-  """The shared SentencePiece tokenizer: given, reused, or trained once."""
+  """The shared SentencePiece tokenizer: given, reused, or trained once.
+
+  Training is deterministic (seeded sample, SentencePiece's own training), so
+  the processes of a multi-host run that each train it get the same
+  vocabulary, and on a shared workdir they write the same file.
+  """
   _check_config(config)
   vocab_size = config.model.vocab_size
   if config.data.tokenizer_path:
