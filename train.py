@@ -38,15 +38,20 @@ flags.mark_flags_as_required(["config", "workdir"])
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
-  from transformer import train  # After flag parsing: JAX starts here.
+  import jax  # After flag parsing: JAX starts here.
+
+  from transformer import train
 
   train.initialize_distributed(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value)
   try:
-    train.train_and_evaluate(_CONFIG.value, _WORKDIR.value)
+    final = train.train_and_evaluate(_CONFIG.value, _WORKDIR.value)
   except train.NonFiniteLossError as e:
     logging.error("%s", e)
     print(f"error: {e}", file=sys.stderr)
     sys.exit(1)
+  if "test/bleu" in final and jax.process_index() == 0:
+    print(f"Test BLEU {final['test/bleu']:.2f} (sacreBLEU) after {final['step']} steps; "
+          f"report: {os.path.join(_WORKDIR.value, 'eval')}")
 
 
 if __name__ == "__main__":

@@ -47,12 +47,12 @@ def get_config(arg=None):
   m.dropout_rate = 0.1
 
   t = config.train
-  t.num_steps = 1000
-  t.warmup_steps = 400
-  t.log_every_steps = 50
-  t.eval_every_steps = 500
-  t.eval_bleu_sentences = 100
-  t.checkpoint_every_steps = 500
+  t.num_steps = 300
+  t.warmup_steps = 200  # Peak rate 128^-0.5 * 200^-0.5 = 6.25e-3 (Eq. 3).
+  t.log_every_steps = 25
+  t.eval_every_steps = 100
+  t.eval_bleu_sentences = 100  # Greedy, on the first 100 dev sentences.
+  t.checkpoint_every_steps = 100
   t.checkpoint_every_minutes = 10.0
   t.keep_checkpoints = 3
 

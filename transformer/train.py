@@ -137,9 +137,7 @@ class TrainSetup:
   tx: optax.GradientTransformation
   state_shardings: dict
   abstract_state: dict  # ShapeDtypeStructs with shardings (for restoring).
-  model_fn: Callable
-  init_fn: Callable | None = None  # () -> (state, rest), jitted with out_shardings.
-  rest_fn: Callable | None = None  # () -> rest only.
+  init_fn: Callable  # () -> (state, rest), jitted with the state's out_shardings.
 
 
 def _make_model(model_fn, seed):
@@ -175,17 +173,15 @@ def setup_state(config, mesh, model_fn) -> TrainSetup:
              "rng": jax.random.key_data(jax.random.PRNGKey(seed))}
     return state, rest
 
-  abstract_state, abstract_rest = jax.eval_shape(init)
+  abstract_state, _ = jax.eval_shape(init)
   abstract_state = jax.tree.map(
       lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
       abstract_state, state_shardings)
-  del abstract_rest
-  init_fn = jax.jit(init, out_shardings=(state_shardings, replicated))
-  rest_fn = jax.jit(lambda: init()[1], out_shardings=replicated)
-  return TrainSetup(config=config, mesh=mesh, rules=rules, graphdef=graphdef,
-                    rest=rest_fn(), tx=tx, state_shardings=state_shardings,
-                    abstract_state=abstract_state, model_fn=model_fn, init_fn=init_fn,
-                    rest_fn=rest_fn)
+  # The RNG streams only (the parameters are computed and dropped by XLA).
+  rest = jax.jit(lambda: init()[1], out_shardings=replicated)()
+  return TrainSetup(config=config, mesh=mesh, rules=rules, graphdef=graphdef, rest=rest,
+                    tx=tx, state_shardings=state_shardings, abstract_state=abstract_state,
+                    init_fn=jax.jit(init, out_shardings=(state_shardings, replicated)))
 
 
 def init_state(setup: TrainSetup) -> dict:
