@@ -132,6 +132,12 @@ def test_tokenizer_that_does_not_match_the_run_is_refused(run, tmp_path):
   config.data.tokenizer_path = ""
   with pytest.raises(ValueError, match="pieces"):
     ev.load_run_tokenizer(config, run["workdir"])
+  # A workdir without its tokenizer: an error, never a newly trained one.
+  bare = tmp_path / "bare"
+  checkpoint_lib.save_config(tiny_config(run["data_dir"]), str(bare))
+  with pytest.raises(FileNotFoundError, match="tokenizer .* is missing"):
+    ev.load_run_tokenizer(tiny_config(run["data_dir"]), str(bare))
+  assert not (bare / "tokenizer").exists()
 
 
 def test_translate_ids_covers_every_sentence_once(run):

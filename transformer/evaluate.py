@@ -202,6 +202,12 @@ def load_run_tokenizer(config, workdir: str):
   trained_path = os.path.join(workdir, "tokenizer", "spm.model")
   saved = checkpoint_lib.load_config(workdir).data.get("tokenizer_path", "")
   trained_path = saved or trained_path
+  if not config.data.tokenizer_path and not os.path.isfile(trained_path):
+    # data.load_tokenizer would train a new vocabulary: never for evaluation.
+    raise FileNotFoundError(
+        f"The run's tokenizer {trained_path} is missing; without it the "
+        "checkpoint's token ids cannot be read. Restore it, or pass the one the "
+        "run used with --config.data.tokenizer_path=FILE.")
   tokenizer = data.load_tokenizer(config, workdir)
   if tokenizer.vocab_size != config.model.vocab_size:
     raise ValueError(
