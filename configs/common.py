@@ -126,16 +126,22 @@ def train_config(num_steps=100_000):
   t.learning_rate_scale = 1.0  # Deviation from the paper when != 1.
   t.grad_clip_norm = 0.0  # Deviation from the paper when > 0 (global norm clip).
   t.weight_decay = 0.0  # Deviation from the paper when > 0 (decoupled, AdamW).
-  t.accumulate_steps = 1  # Micro-batches per update (gradient accumulation).
-  # Parallelism: mesh axis sizes (-1: all remaining devices) and the rules that
-  # map the model's logical axes to mesh axes. Data parallel by default; set
-  # the "fsdp" rules variant (see configs below) to shard parameters too.
+  # Micro-batches per update: k micro-batches of data.batch_tokens each give
+  # the same update as one batch of k * data.batch_tokens (losses, gradients
+  # and token counts are summed, then divided once).
+  t.accumulate_steps = 1
+  # Parallelism: mesh axis sizes over all devices of all hosts (-1: the rest).
+  # transformer/sharding.py maps the model's logical axes to these axes. Data
+  # parallel by default. FSDP for big models: --config.train.fsdp=True
+  # --config.train.mesh_shape.data=1 --config.train.mesh_shape.fsdp=-1.
   t.mesh_shape = ml_collections.ConfigDict({"data": -1, "fsdp": 1, "tensor": 1})
   t.fsdp = False  # True: shard parameters and optimizer state over "fsdp".
-  # Logging, evaluation and checkpoints.
+  # Logging (console, DIR/metrics.jsonl, TensorBoard), evaluation, checkpoints.
   t.log_every_steps = 100
-  t.eval_every_steps = 5000
+  t.eval_every_steps = 5000  # Dev loss/perplexity and greedy BLEU; 0: never.
   t.eval_bleu_sentences = 500  # Dev sentences decoded for the periodic BLEU.
+  # A checkpoint is saved every N steps and every M minutes (0: that trigger
+  # off), at the end, and on SIGTERM/SIGINT; the last K are kept.
   t.checkpoint_every_steps = 5000
   t.checkpoint_every_minutes = 10.0  # The paper averages 10-minute checkpoints.
   t.keep_checkpoints = 20

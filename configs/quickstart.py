@@ -7,8 +7,14 @@ Run card
   gender/case agreement and verb-final subordinate clauses), trains a shared
   BPE vocabulary, trains the model, translates the whole test split and
   writes DIR/eval/test.json and DIR/eval/test.hyp.txt.
-  Hardware and time: TBD (measured on 2 CPU cores).
-  Expected result: TBD.
+  Hardware and time: 3 min 26 s wall on 2 CPU cores that were shared with
+  other jobs (load average ~5), first run included: corpus generation and
+  BPE training ~3 s, compilation ~10 s, 300 steps at ~0.5 s, 3 periodic dev
+  evaluations, beam-4 decoding of the 500 test sentences ~20 s. An idle
+  machine is faster.
+  Expected result (2026-11-24, CPU): test BLEU 88.4 (sacreBLEU, beam 4), dev
+  greedy BLEU 87 at step 300 on 100 sentences; train loss 0.30.
+  tests/test_train.py runs a 120-step version (BLEU ~42) in CI.
 
 Deviation from the paper: a much smaller model (2 layers, d_model 128, d_ff
 512, 4 heads), a small vocabulary and a short warmup, sized for minutes on a

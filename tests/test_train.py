@@ -272,3 +272,19 @@ def test_quickstart_end_to_end(tmp_path):
   report = json.load(open(os.path.join(workdir, "eval", "test.json")))
   assert report["num_sentences"] == 200 and report["step"] == 120
   assert report["bleu"] > 25.0, report  # Measured: 41.6.
+
+
+def test_mixed_precision_keeps_float32_params():
+  config = tiny_config(**{"model.dtype": "auto", "model.vocab_size": 32})
+  resolved = train.resolve_config(config)
+  assert resolved.model.dtype == "float32"  # "auto" on CPU; bfloat16 on GPU/TPU.
+  config.model.dtype = "bfloat16"  # bfloat16 compute, float32 params and Adam state.
+  setup = train.setup_state(config, sharding.make_mesh(config), train.default_model_fn(config))
+  state = train.init_state(setup)
+  update = train.make_update_fn(setup)
+  batch = sharding.global_batch(_random_batch(np.random.default_rng(2), 2), setup.mesh,
+                                setup.rules)
+  state, metrics = update(state, [batch])
+  assert np.isfinite(float(metrics["loss"]))
+  assert {x.dtype for x in jax.tree.leaves(state["params"])} == {np.dtype("float32")}
+  assert {x.dtype for x in jax.tree.leaves(state["opt_state"]) if x.ndim} == {np.dtype("float32")}
