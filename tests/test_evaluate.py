@@ -184,7 +184,7 @@ def test_evaluate_source_and_reference_files_with_the_averaged_model(run, tmp_pa
   report = ev.evaluate(run["config"], run["workdir"], source=str(source),
                        reference=str(reference), beam_size=2, alpha=0.6)
   assert report["name"] == "src.en.avg2"
-  assert report["checkpoint_steps"] == [2, 3]
+  assert report["checkpoint_steps"] == [2, 3] and report["step"] == 3
   assert report["num_sentences"] == 3 and report["beam_size"] == 2
   assert 0.0 <= report["bleu"] <= 100.0
   with open(report["hypotheses"], encoding="utf-8") as f:

@@ -386,6 +386,7 @@ def evaluate(config, workdir: str, *, split: str | None = None, source: str | No
   report.update({
       "num_sentences": len(hypotheses),
       "checkpoint_steps": [int(s) for s in steps],
+      "step": int(max(steps)) if steps else None,  # The latest step averaged.
       "beam_size": beam_size,
       "alpha": alpha,
       "max_extra_length": d.max_extra_length,
