@@ -375,7 +375,11 @@ class _StopSignal:
 
   def _handle(self, signum, frame):
     del frame
+    if self.received is not None:  # A second signal: stop now, without saving.
+      raise KeyboardInterrupt(f"{signal.Signals(signum).name} received twice")
     self.received = signal.Signals(signum).name
+    logging.warning("Received %s: saving a checkpoint after this step, then stopping "
+                    "(send it again to stop at once).", self.received)
 
   def __exit__(self, *exc):
     for sig, handler in self._previous.items():
@@ -528,6 +532,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
           interval = {"start": time.time(), "steps": 0, "tokens": 0.0}
       if pending is not None:
         last = check(pending)
+    except BaseException:
+      writer.close()
+      raise
     finally:
       checkpointer.close()
       train_iter.close()
