@@ -241,7 +241,8 @@ def test_two_processes(tmp_path):
   port = _free_port()
   procs = [
       subprocess.Popen(
-          [*cli_args(workdir, **{"train.num_steps": 4}),
+          [*cli_args(workdir, **{"train.num_steps": 4, "train.eval_every_steps": 4,
+                                 "train.eval_bleu_sentences": 8}),
            f"--coordinator_address=localhost:{port}", "--num_processes=2",
            f"--process_id={i}"],
           env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
@@ -253,6 +254,7 @@ def test_two_processes(tmp_path):
   assert checkpoint.list_steps(workdir) == [3, 4]
   # Only process 0 logs metrics: one row per step.
   assert sorted(losses(workdir)) == [1, 2, 3, 4]
+  assert metrics_lib.read_metrics(workdir)[-1]["dev/bleu_sentences"] == 8
   assert "Done: 4 steps" in outputs[0][1] and "Done:" not in outputs[1][1]
   assert json.load(open(os.path.join(workdir, "eval", "test.json")))["num_sentences"] == 24
 
