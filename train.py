@@ -16,7 +16,7 @@ JAX_PROCESS_ID). ``data.batch_tokens`` is the global budget over all of them.
 import os
 import sys
 
-from absl import app, flags, logging
+from absl import app, flags
 from ml_collections import config_flags
 
 _CONFIG = config_flags.DEFINE_config_file(
@@ -45,8 +45,8 @@ def main(argv):
   train.initialize_distributed(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value)
   try:
     final = train.train_and_evaluate(_CONFIG.value, _WORKDIR.value)
-  except train.NonFiniteLossError as e:
-    logging.error("%s", e)
+  except (FileNotFoundError, ValueError, train.NonFiniteLossError) as e:
+    # A user's mistake (config, data, workdir) or a diverged run: one message.
     print(f"error: {e}", file=sys.stderr)
     sys.exit(1)
   if "test/bleu" in final and jax.process_index() == 0:

@@ -482,11 +482,14 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
     done_step, device_metrics = pending
     values = {k: float(v) for k, v in jax.device_get(device_metrics).items()}
     if not (np.isfinite(values["loss"]) and np.isfinite(values["grad_norm"])):
+      good = checkpointer.latest_step()
       raise NonFiniteLossError(
           f"Loss is {values['loss']} (gradient norm {values['grad_norm']}) at step "
-          f"{done_step}; stopping. The last good "
-          f"checkpoint (step {checkpointer.latest_step()}) is intact. Lower the learning "
-          "rate (train.learning_rate_scale) or set train.grad_clip_norm.")
+          f"{done_step}; stopping. "
+          + (f"The last good checkpoint (step {good}) is intact. " if good is not None
+             else "No checkpoint was saved before it. ")
+          + "Lower the learning rate (train.learning_rate_scale) or set "
+          "train.grad_clip_norm.")
     interval["steps"] += 1
     interval["tokens"] += values["target_tokens"]
     return values
