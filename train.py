@@ -50,8 +50,9 @@ def main(argv):
     print(f"error: {e}", file=sys.stderr)
     sys.exit(1)
   if "test/bleu" in final and jax.process_index() == 0:
-    print(f"Test BLEU {final['test/bleu']:.2f} (sacreBLEU) after {final['step']} steps; "
-          f"report: {os.path.join(_WORKDIR.value, 'eval')}")
+    split = _CONFIG.value.data.test_split
+    print(f"{split} BLEU {final['test/bleu']:.2f} (sacreBLEU) after {final['step']} steps; "
+          f"report: {os.path.join(_WORKDIR.value, 'eval', split + '.json')}")
 
 
 if __name__ == "__main__":

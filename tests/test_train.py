@@ -270,7 +270,7 @@ def test_quickstart_end_to_end(tmp_path):
           "--config.decode.beam_size=1", "--config.data.synthetic_test_size=200"]
   out = subprocess.run(args, env=_env(), capture_output=True, text=True, timeout=600)
   assert out.returncode == 0, out.stderr[-3000:]
-  assert "Test BLEU" in out.stdout
+  assert "test BLEU" in out.stdout
   report = json.load(open(os.path.join(workdir, "eval", "test.json")))
   assert report["num_sentences"] == 200 and report["step"] == 120
   assert report["bleu"] > 25.0, report  # Measured: 41.6.
