@@ -236,10 +236,10 @@ def run_benchmark(config, *, batch_size=16, seq_len=64, repeats=3, decode_senten
   dtype = model_lib.get_dtype(cfg.dtype)
   summary = summary_lib.summarize(config, seq_len)
   peak = matmul_peak(dtype, repeats)
-  spec = spec_peak(cfg.dtype)
+  spec = spec_peak(model_lib.dtype_name(cfg.dtype))
   result = {
       "device": jax.devices()[0].device_kind, "backend": jax.default_backend(),
-      "num_devices": jax.device_count(), "dtype": cfg.dtype,
+      "num_devices": jax.device_count(), "dtype": model_lib.dtype_name(cfg.dtype),
       "total_params": summary["total_params"],
       "forward_flops_per_target_token": summary["flops_per_token"],
       "measured_matmul_peak_flops_per_second": peak,

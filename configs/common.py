@@ -54,7 +54,9 @@ def model_config(size="base"):
   m.share_source_target_embedding = True
   m.share_output_embedding = True
   # Compute dtype of activations and matmuls; softmax and logits stay float32.
-  m.dtype = "float32"
+  # "auto": bfloat16 on GPU/TPU, float32 on CPU (mixed precision: parameters
+  # and optimizer state stay param_dtype). Or "float32" / "bfloat16".
+  m.dtype = "auto"
   m.param_dtype = "float32"
   # "xla": einsum implementation of Eq. (1). "dot_product_attention":
   # jax.nn.dot_product_attention (cuDNN fused attention on GPU when possible).

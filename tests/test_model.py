@@ -252,3 +252,12 @@ def test_parameters_carry_logical_axis_names():
 def test_impossible_config_has_clear_error(field, value, message):
   with pytest.raises(ValueError, match=message):
     build(**{field: value})
+
+
+def test_auto_dtype_is_float32_on_cpu_and_bfloat16_elsewhere(monkeypatch):
+  assert model_lib.get_dtype("auto") == jnp.float32  # tests run on CPU
+  monkeypatch.setattr(jax, "default_backend", lambda: "gpu")
+  assert model_lib.dtype_name("auto") == "bfloat16"
+  assert model_lib.dtype_name("float32") == "float32"
+  with pytest.raises(ValueError, match="Unknown dtype 'fp8'"):
+    model_lib.dtype_name("fp8")

@@ -39,6 +39,7 @@ from jax.experimental import multihost_utils
 
 from transformer import checkpoint as checkpoint_lib
 from transformer import metrics as metrics_lib
+from transformer import model as model_lib
 from transformer import optim
 from transformer import sharding as sharding_lib
 
@@ -89,8 +90,7 @@ def resolve_config(config: ml_collections.ConfigDict) -> ml_collections.ConfigDi
   becomes bfloat16 on GPU/TPU and float32 on CPU (mixed precision: params and
   Adam state stay ``model.param_dtype``)."""
   config = ml_collections.ConfigDict(config.to_dict())
-  if config.model.dtype == "auto":
-    config.model.dtype = "float32" if jax.default_backend() == "cpu" else "bfloat16"
+  config.model.dtype = model_lib.dtype_name(config.model.dtype)  # Resolves "auto".
   if config.train.accumulate_steps < 1:
     raise ValueError(
         f"train.accumulate_steps must be >= 1, got {config.train.accumulate_steps}.")
@@ -121,9 +121,7 @@ def _check_resumed_config(workdir: str, config: ml_collections.ConfigDict):
 
 
 def default_model_fn(config: ml_collections.ConfigDict) -> Callable:
-  from transformer.model import Transformer  # Imported here: keeps tests light.
-
-  return lambda rngs: Transformer(config.model, rngs=rngs)
+  return lambda rngs: model_lib.Transformer(config.model, rngs=rngs)
 
 
 @dataclasses.dataclass
