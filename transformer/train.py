@@ -222,6 +222,10 @@ def _grads_and_sums(setup, state, rest, batch, micro_index):
   """Gradient of the *summed* loss of one micro-batch, and its sums."""
   key = jax.random.wrap_key_data(state["rng"])
   key = jax.random.fold_in(jax.random.fold_in(key, state["step"]), micro_index)
+  # Dropout masks are drawn with XLA's RngBitGenerator ("rbg"), keyed from the
+  # threefry key above: just as deterministic, and cheaper than threefry on CPU
+  # (the base model's step went from 2.32 s to 2.25 s, benchmarks/benchmark.py).
+  key = jax.random.wrap_key_data(jax.random.bits(key, (4,), jnp.uint32), impl="rbg")
 
   def loss_fn(params):
     sums = _loss_sums(setup, params, rest, batch, key, train=True)
