@@ -42,8 +42,8 @@ def main(argv):
 
   from transformer import train
 
-  train.initialize_distributed(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value)
   try:
+    train.initialize_distributed(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value)
     final = train.train_and_evaluate(_CONFIG.value, _WORKDIR.value)
   except (FileNotFoundError, ValueError, train.NonFiniteLossError) as e:
     # A user's mistake (config, data, workdir) or a diverged run: one message.

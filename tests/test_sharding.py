@@ -103,6 +103,7 @@ def _run_equivalence():
   }))
 
 
+@pytest.mark.slow
 def test_one_device_equals_eight_devices():
   env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=8",
              JAX_PLATFORMS="cpu", PYTHONPATH=REPO)

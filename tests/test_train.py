@@ -181,6 +181,29 @@ def test_changed_model_cannot_resume(tmp_path):
     train.train_and_evaluate(tiny_config(**{"model.d_ff": 128}), workdir)
 
 
+def test_bad_rerun_keeps_the_runs_config_and_checkpoints(tmp_path):
+  workdir = str(tmp_path)
+  train.train_and_evaluate(tiny_config(**{"train.num_steps": 3}), workdir)
+  saved = open(os.path.join(workdir, "config.json")).read()
+  steps = checkpoint.list_steps(workdir)
+  bad = tiny_config(**{"train.num_steps": 3, "data.source": "text",
+                       "data.dir": str(tmp_path / "no_such_folder")})
+  with pytest.raises(FileNotFoundError, match="no_such_folder"):
+    train.train_and_evaluate(bad, workdir)
+  assert open(os.path.join(workdir, "config.json")).read() == saved
+  assert checkpoint.list_steps(workdir) == steps
+
+
+@pytest.mark.parametrize("overrides,message", [
+    ({"train.log_every_steps": 0}, "train.log_every_steps must be >= 1"),
+    ({"model.positional_encoding": "learned", "model.max_len": 16},
+     "longer than the learned positional embedding"),
+])
+def test_impossible_train_config_is_one_clear_error(overrides, message):
+  with pytest.raises(ValueError, match=message):
+    train.resolve_config(tiny_config(**overrides))
+
+
 # ---------------------------------------------------------------------------
 # The CLI: signals, kill -9 and two processes.
 # ---------------------------------------------------------------------------

@@ -177,7 +177,7 @@ def _find_file(directory, split, lang):
       "Check data.dir, data.*_split and data.source_lang/target_lang.")
 
 
-def _read_lines(path):
+def read_lines(path):
   """UTF-8 lines of a plain or gzipped file, stripped, split on '\\n' only."""
   opener = gzip.open if path.endswith(".gz") else open
   try:
@@ -202,8 +202,8 @@ def _read_lines(path):
 def _read_text_split(directory, split, source_lang, target_lang):
   source_path = _find_file(directory, split, source_lang)
   target_path = _find_file(directory, split, target_lang)
-  sources = _read_lines(source_path)
-  targets = _read_lines(target_path)
+  sources = read_lines(source_path)
+  targets = read_lines(target_path)
   if len(sources) != len(targets):
     raise ValueError(
         f"{source_path} has {len(sources)} lines but {target_path} has "

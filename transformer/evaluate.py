@@ -313,10 +313,12 @@ def translate_stream(translate_fn: TranslateFn, tokenizer, lines: Iterable[str],
 
 
 def read_lines(path: str, what: str) -> list[str]:
+  """A source or reference file, read exactly as the data pipeline reads splits."""
+  from transformer import data
+
   if not os.path.isfile(path):
     raise FileNotFoundError(f"{what} file {path!r} does not exist.")
-  with open(path, encoding="utf-8") as f:
-    lines = [line.rstrip("\n") for line in f]
+  lines = data.read_lines(path)
   if not lines:
     raise ValueError(f"{what} file {path!r} is empty: nothing to translate.")
   return lines
@@ -370,8 +372,12 @@ def evaluate(config, workdir: str, *, split: str | None = None, source: str | No
   if name is None:
     name = base + (f".avg{len(steps)}" if len(steps) > 1 else "")
   out_dir = os.path.join(workdir, "eval")
-  os.makedirs(out_dir, exist_ok=True)
-  if save_averaged and model is not None:
+  # Every process of a multi-host run decodes (the model may be sharded over
+  # all of them); only process 0 writes.
+  writer = jax.process_index() == 0
+  if writer:
+    os.makedirs(out_dir, exist_ok=True)
+  if save_averaged and model is not None:  # Orbax: every process takes part.
     path = os.path.join(out_dir, f"{name}.params")
     save_params(nnx.to_pure_dict(nnx.state(model, nnx.Param)), path, steps)
     logging.info("Saved the averaged parameters of steps %s to %s.", steps, path)
@@ -395,11 +401,12 @@ def evaluate(config, workdir: str, *, split: str | None = None, source: str | No
       "device": jax.devices()[0].device_kind,
   })
   hyp_path = os.path.join(out_dir, f"{name}.hyp.txt")
-  with open(hyp_path, "w", encoding="utf-8") as f:
-    f.writelines(h + "\n" for h in hypotheses)
   report["hypotheses"] = hyp_path
-  with open(os.path.join(out_dir, f"{name}.json"), "w", encoding="utf-8") as f:
-    json.dump(report, f, indent=2)
+  if writer:
+    with open(hyp_path, "w", encoding="utf-8") as f:
+      f.writelines(h + "\n" for h in hypotheses)
+    with open(os.path.join(out_dir, f"{name}.json"), "w", encoding="utf-8") as f:
+      json.dump(report, f, indent=2)
   return report
 
 

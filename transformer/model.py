@@ -457,6 +457,8 @@ class Transformer(nnx.Module):
                               param_dtype=param_dtype, rngs=rngs)
     # Three-way weight tying (§3.4), each tie switchable.
     self.target_embedding = embed()
+    # Deviation from the paper when False (model.share_source_target_embedding):
+    # a separate source embedding.
     self.source_embedding = (self.target_embedding
                              if cfg.share_source_target_embedding else embed())
     if not cfg.share_output_embedding:

@@ -21,7 +21,6 @@ uninterrupted one.
 """
 
 import dataclasses
-import json
 import logging as py_logging
 import os
 import signal
@@ -37,14 +36,16 @@ from absl import logging
 from flax import nnx
 from jax.experimental import multihost_utils
 
+from transformer import bleu as bleu_lib
 from transformer import checkpoint as checkpoint_lib
+from transformer import data as data_lib
+from transformer import evaluate as evaluate_lib
 from transformer import metrics as metrics_lib
 from transformer import model as model_lib
 from transformer import optim
 from transformer import sharding as sharding_lib
 
-BATCH_KEYS = ("inputs", "targets", "inputs_segmentation", "targets_segmentation",
-              "inputs_position", "targets_position")
+BATCH_KEYS = data_lib.FEATURES
 
 
 # ---------------------------------------------------------------------------
@@ -91,6 +92,15 @@ def resolve_config(config: ml_collections.ConfigDict) -> ml_collections.ConfigDi
   Adam state stay ``model.param_dtype``)."""
   config = ml_collections.ConfigDict(config.to_dict())
   config.model.dtype = model_lib.dtype_name(config.model.dtype)  # Resolves "auto".
+  for field in ("log_every_steps", "accumulate_steps"):
+    if config.train[field] < 1:
+      raise ValueError(f"train.{field} must be >= 1, got {config.train[field]}.")
+  if (config.model.positional_encoding == "learned"
+      and config.data.max_length > config.model.max_len):
+    raise ValueError(
+        f"data.max_length={config.data.max_length} is longer than the learned positional "
+        f"embedding (model.max_len={config.model.max_len}); raise "
+        "--config.model.max_len or lower --config.data.max_length.")
   if config.train.accumulate_steps < 1:
     raise ValueError(
         f"train.accumulate_steps must be >= 1, got {config.train.accumulate_steps}.")
@@ -336,25 +346,6 @@ def evaluate_loss(setup, eval_fn, params, batches) -> dict:
   return {k: float(v) for k, v in optim.summarize(total).items()}
 
 
-def translate_split(setup, tokenizer, params, batches, *, max_sentences=None,
-                    beam_size=1, alpha=0.6):
-  """Detokenized translations of the sentences in ``batches``, in order."""
-  from transformer import decode
-
-  model = make_model(setup, params)
-  hypotheses = {}
-  for batch in batches:
-    ids = decode.translate_batch(model, batch["inputs"], beam_size=beam_size, alpha=alpha,
-                                 max_extra_length=setup.config.decode.max_extra_length)
-    for row, index in zip(ids, batch["index"], strict=True):
-      if index >= 0:
-        hypotheses[int(index)] = tokenizer.decode(decode.strip_eos(row))
-    if max_sentences is not None and len(hypotheses) >= max_sentences:
-      break
-  count = len(hypotheses) if max_sentences is None else min(len(hypotheses), max_sentences)
-  return [hypotheses[i] for i in range(count)]
-
-
 # ---------------------------------------------------------------------------
 # The training loop.
 # ---------------------------------------------------------------------------
@@ -406,7 +397,6 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
 
   Returns the final metrics (also in DIR/metrics.jsonl and DIR/eval/).
   """
-  from transformer import data
 
   # -- config and workdir ---------------------------------------------------
   quiet_library_logs()
@@ -415,7 +405,6 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
   is_primary = jax.process_index() == 0
   os.makedirs(workdir, exist_ok=True)
   _check_resumed_config(workdir, config)
-  checkpoint_lib.save_config(config, workdir)
   writer = metrics_lib.MetricsWriter(workdir, t.num_steps, is_primary=is_primary)
   writer.info("Workdir %s; process %d of %d; devices: %d global, %d local (%s).", workdir,
               jax.process_index(), jax.process_count(), jax.device_count(),
@@ -429,7 +418,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
   # Process 0 prepares the corpus and the tokenizer; the others then reuse them.
   if not is_primary:
     multihost_utils.sync_global_devices("tokenizer ready")
-  tokenizer = data.load_tokenizer(config, workdir)
+  tokenizer = data_lib.load_tokenizer(config, workdir)
   if is_primary and jax.process_count() > 1:
     multihost_utils.sync_global_devices("tokenizer ready")
   if tokenizer.vocab_size != config.model.vocab_size:
@@ -441,7 +430,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
   if divisor % jax.process_count():
     raise ValueError(f"The batch is split {divisor} ways, not a multiple of the "
                      f"{jax.process_count()} processes.")
-  train_iter = data.make_train_iterator(
+  train_iter = data_lib.make_train_iterator(
       config, tokenizer, workdir, process_index=jax.process_index(),
       process_count=jax.process_count(), row_multiple=divisor // jax.process_count())
 
@@ -459,18 +448,22 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
   restored = checkpointer.restore_latest(setup.abstract_state)
   if restored is None:
     state = init_state(setup)
+    writer.truncate_after(0)  # A run killed before its first checkpoint restarts.
   else:
     state, data_state, step = restored
     train_iter.set_state(data_state)
     writer.truncate_after(step)
     writer.info("Resumed from step %d.", step)
+  # Written only now that data, tokenizer, mesh and checkpoint all fit the
+  # config, so a mistyped re-run never replaces a good run's config.json.
+  checkpoint_lib.save_config(config, workdir)
   step = int(state["step"])
 
   # -- loop -------------------------------------------------------------------
   eval_batch_size = _eval_batch_size(config, setup)
 
   def dev_batches():
-    return data.eval_batches(config, tokenizer, workdir, config.data.dev_split,
+    return data_lib.eval_batches(config, tokenizer, workdir, config.data.dev_split,
                              batch_size=eval_batch_size)
 
   last = {}  # Metrics of the latest checked update.
@@ -525,7 +518,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
           eta = step_time * (t.num_steps - step)
         if is_eval:
           row.update(_periodic_eval(setup, eval_fn, tokenizer, state["params"], dev_batches,
-                                    config, data, workdir))
+                                    config, workdir))
         if row:
           writer.write(step, row, eta_s=eta)
         if save_due or signalled:
@@ -552,7 +545,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
 
   # -- final evaluation ----------------------------------------------------------
   final = {"step": step, **{f"train/{k}": v for k, v in last.items()}}
-  final.update(evaluate_test(setup, tokenizer, state["params"], config, workdir, data, step))
+  final.update(evaluate_test(setup, state["params"], config, workdir, step))
   writer.info(
       "Done: %d steps in %s; train loss %.4f; %s BLEU %.2f on %d sentences -> %s",
       step, metrics_lib.format_duration(time.time() - writer.start_time),
@@ -563,47 +556,26 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
   return final
 
 
-def _periodic_eval(setup, eval_fn, tokenizer, params, dev_batches, config, data,
-                   workdir) -> dict:
+def _periodic_eval(setup, eval_fn, tokenizer, params, dev_batches, config, workdir) -> dict:
   row = {f"dev/{k}": v for k, v in evaluate_loss(setup, eval_fn, params, dev_batches()).items()}
   n = config.train.eval_bleu_sentences
   if n > 0:
-    from transformer import bleu
-
-    hypotheses = translate_split(setup, tokenizer, params, dev_batches(), max_sentences=n,
-                                 beam_size=1)
-    _, references = data.load_split_text(config, config.data.dev_split, workdir=workdir)
-    score, _ = bleu.sacrebleu_bleu(hypotheses, list(references)[:len(hypotheses)])
-    row["dev/bleu"] = score
+    sources, references = data_lib.load_split_text(config, config.data.dev_split, workdir=workdir)
+    translate_fn = evaluate_lib.make_translate_fn(
+        make_model(setup, params), beam_size=1, alpha=config.decode.alpha,
+        max_extra_length=config.decode.max_extra_length)
+    hypotheses = evaluate_lib.translate_sentences(
+        translate_fn, tokenizer, list(sources)[:n], batch_size=config.decode.batch_size)
+    row["dev/bleu"], _ = bleu_lib.sacrebleu_bleu(hypotheses, list(references)[:n])
     row["dev/bleu_sentences"] = len(hypotheses)
   return row
 
 
-def evaluate_test(setup, tokenizer, params, config, workdir, data, step) -> dict:
-  """Translates the whole test split (config.decode beam and alpha), writes
-  DIR/eval/<split>.json and DIR/eval/<split>.hyp.txt; returns test/* values."""
-  from transformer import bleu
-
-  split = config.data.test_split
-  start = time.time()
-  batches = data.eval_batches(config, tokenizer, workdir, split,
-                              batch_size=_eval_batch_size(config, setup))
-  hypotheses = translate_split(setup, tokenizer, params, batches,
-                               beam_size=config.decode.beam_size, alpha=config.decode.alpha)
-  seconds = time.time() - start
-  _, references = data.load_split_text(config, split, workdir=workdir)
-  references = list(references)
-  scores = bleu.compute_bleu(hypotheses, references, lang=config.data.target_lang)
-  report = {**scores, "num_sentences": len(hypotheses), "step": int(step), "split": split,
-            "beam_size": config.decode.beam_size, "alpha": config.decode.alpha,
-            "checkpoint_steps": [int(step)], "decode_seconds": seconds,
-            "sentences_per_second": len(hypotheses) / max(seconds, 1e-9)}
-  if jax.process_index() == 0:
-    out_dir = os.path.join(workdir, "eval")
-    os.makedirs(out_dir, exist_ok=True)
-    with open(os.path.join(out_dir, f"{split}.hyp.txt"), "w", encoding="utf-8") as f:
-      f.writelines(h + "\n" for h in hypotheses)
-    with open(os.path.join(out_dir, f"{split}.json"), "w", encoding="utf-8") as f:
-      json.dump(report, f, indent=2)
-  return {"test/bleu": scores["bleu"], "test/bleu_tokenized": scores["bleu_tokenized"],
-          "test/num_sentences": len(hypotheses)}
+def evaluate_test(setup, params, config, workdir, step) -> dict:
+  """Translates the whole test split with ``config.decode`` (beam 4, alpha 0.6),
+  writes DIR/eval/<split>.json and DIR/eval/<split>.hyp.txt through
+  ``transformer.evaluate`` (the code path of evaluate.py); returns test/* values."""
+  report = evaluate_lib.evaluate(config, workdir, split=config.data.test_split,
+                                 model=make_model(setup, params), steps=[step])
+  return {"test/bleu": report["bleu"], "test/bleu_tokenized": report["bleu_tokenized"],
+          "test/num_sentences": report["num_sentences"]}
