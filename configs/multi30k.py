@@ -6,16 +6,17 @@ Run card
   pairs of image descriptions). No path is built in:
     python train.py --config=configs/multi30k.py \
         --config.data.dir=../shared/data/multi30k --workdir=runs/multi30k
-  Hardware and time: 2 CPU cores. The model has 7.6M parameters; a step of
-  4096 + 4096 token slots measured 4.7 s on 2 cores shared with other jobs
-  (2026-11-24), so the 1500 steps take about 60 minutes on an idle machine
-  and up to 2 hours on a busy one. Tokenizer training and tokenization of the
-  corpus take ~2 s.
+  Hardware and time: 2 CPU cores, 42 min 37 s for the whole run (1500 steps
+  at ~1.55 s, six dev evaluations, beam-4 decoding of val), measured
+  2026-11-24. The model has 7.6M parameters. Tokenizer training and
+  tokenization of the corpus take under a second.
   Input: an 8000-piece shared BPE vocabulary; packed rows of 128 tokens,
   4096 source + 4096 target token slots per step, 94.8% of them real tokens
   (tests/test_data.py checks >= 90%), 116 steps per epoch (~13 epochs).
-  Expected result: roughly 30 BLEU on val (an estimate, not yet measured;
-  small Transformers reach ~35 on Multi30k test2016 with longer training).
+  Expected result (measured, same date): val sacreBLEU 36.5 (beam 4, all
+  1014 sentences; tokenized BLEU 36.4); greedy dev BLEU on the first 200
+  val sentences 5.9 / 22.1 / 28.4 / 33.5 / 35.0 / 37.3 at steps 250 to 1500.
+  Curve: python benchmarks/plot_curve.py --workdir=runs/multi30k
   This is a learning check, not a paper number. The raw folder above has no
   test split, so the final evaluation runs on val; put test.{en,de} in the
   folder and pass --config.data.test_split=test to evaluate on test2016.

@@ -9,13 +9,13 @@ Run card
   BPE vocabulary, trains the model, translates the whole test split and
   writes DIR/eval/test.json and DIR/eval/test.hyp.txt.
   Hardware and time (2026-11-24, 2 CPU cores, first run included): 1 min
-  45 s on a quiet machine (corpus generation and BPE training ~3 s,
-  compilation ~10 s, 400 steps at 0.2 s, 4 periodic dev evaluations, beam-4
-  decoding of the 500 test sentences ~8 s); 3.5-4.5 min while other jobs
-  shared the two cores (load average ~5).
-  Expected result: test BLEU 92.7 (sacreBLEU, beam 4, 500 sentences); dev
-  greedy BLEU 89 on 100 sentences and train loss 0.21 at step 400 (runs are
-  deterministic on a given machine).
+  25 s to 1 min 30 s on a quiet machine (corpus generation and BPE training
+  ~3 s, compilation ~10 s, 400 steps at ~0.15 s, 4 periodic dev evaluations,
+  beam-4 decoding of the 500 test sentences ~6 s); 3.5-4.5 min while other
+  jobs shared the two cores (load average ~5).
+  Expected result: test BLEU 93.19 (sacreBLEU, beam 4, 500 sentences); dev
+  greedy BLEU 14 / 62 / 89 / 86 on 100 sentences at steps 100-400 and train
+  loss 0.21 at step 400 (runs are deterministic on a given machine).
   tests/test_train.py runs a 120-step version (BLEU ~42) in CI.
 
 Deviation from the paper: a much smaller model (2 layers, d_model 128, d_ff

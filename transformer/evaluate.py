@@ -32,6 +32,7 @@ from flax import nnx
 from transformer import bleu as bleu_lib
 from transformer import checkpoint as checkpoint_lib
 from transformer import decode
+from transformer import summary as summary_lib
 from transformer.tokens import EOS_ID, PAD_ID
 
 # (B, S) source ids -> (B, L) output ids; decode.translate_batch by default.
@@ -77,13 +78,6 @@ def select_steps(workdir: str, average_last: int, step: int | None = None) -> li
         f"only {len(steps)} (steps {steps}); use --average_last={len(steps)} or "
         "fewer (train.keep_checkpoints sets how many are kept).")
   return steps[-average_last:]
-
-
-def _abstract_model(config):
-  from transformer.model import Transformer  # Imported here: keeps import light.
-
-  return nnx.eval_shape(
-      lambda: Transformer(config.model, rngs=nnx.Rngs(params=0, dropout=1)))
 
 
 def _flat(tree) -> dict:
@@ -139,7 +133,7 @@ def restore_model(config, workdir: str, *, average_last: int = 1, step: int | No
   Returns:
     (model, steps): an ``nnx.Module`` in eval mode and the averaged steps.
   """
-  abstract = _abstract_model(config)
+  abstract = summary_lib.abstract_model(config.model)
   graphdef, abstract_params, _ = nnx.split(abstract, nnx.Param, ...)
   abstract_params = nnx.to_pure_dict(abstract_params)
   if params_path:
