@@ -47,3 +47,18 @@ def test_read_metrics_skips_a_line_cut_by_kill9(tmp_path):
   with open(tmp_path / "metrics.jsonl", "w") as f:
     f.write('{"step": 1, "train/loss": 2.0}\n{"step": 2, "train/lo')
   assert metrics.read_metrics(str(tmp_path)) == [{"step": 1, "train/loss": 2.0}]
+
+
+def test_resume_truncates_jsonl_and_purges_tensorboard(tmp_path):
+  writer = metrics.MetricsWriter(str(tmp_path), 10)
+  for step in range(1, 6):
+    writer.write(step, {"train/loss": float(step)}, console=False)
+  writer.truncate_after(3)  # Resumed from the checkpoint of step 3.
+  writer.write(4, {"train/loss": 40.0}, console=False)
+  writer.close()
+  rows = metrics.read_metrics(str(tmp_path))
+  assert [(r["step"], r["train/loss"]) for r in rows] == [(1, 1.0), (2, 2.0), (3, 3.0),
+                                                          (4, 40.0)]
+  # A second event file, opened with purge_step=4, tells TensorBoard to drop
+  # the first file's events from step 4 on.
+  assert len(os.listdir(tmp_path / "tensorboard")) == 2

@@ -109,6 +109,13 @@ class MetricsWriter:
     self._jsonl.close()
     truncate_after(os.path.dirname(self.path), step)
     self._jsonl = open(self.path, "a", encoding="utf-8")
+    if self._tb is not None:
+      # TensorBoard drops the killed run's events after ``step`` too.
+      from tensorboardX import SummaryWriter
+
+      logdir = self._tb.logdir
+      self._tb.close()
+      self._tb = SummaryWriter(logdir, purge_step=step + 1, filename_suffix=f".resume{step}")
 
   def info(self, message: str, *args):
     """A console message from process 0 only."""
