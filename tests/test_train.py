@@ -278,7 +278,7 @@ def test_two_processes(tmp_path):
   # Only process 0 logs metrics: one row per step.
   assert sorted(losses(workdir)) == [1, 2, 3, 4]
   assert metrics_lib.read_metrics(workdir)[-1]["dev/bleu_sentences"] == 8
-  assert "Done: 4 steps" in outputs[0][1] and "Done:" not in outputs[1][1]
+  assert "Done at step 4" in outputs[0][1] and "Done at" not in outputs[1][1]
   assert json.load(open(os.path.join(workdir, "eval", "test.json")))["num_sentences"] == 24
 
 

@@ -547,9 +547,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
   final = {"step": step, **{f"train/{k}": v for k, v in last.items()}}
   final.update(evaluate_test(setup, state["params"], config, workdir, step))
   writer.info(
-      "Done: %d steps in %s; train loss %.4f; %s BLEU %.2f on %d sentences -> %s",
+      "Done at step %d (this process: %s); last train loss %s; %s BLEU %.2f on %d sentences -> %s",
       step, metrics_lib.format_duration(time.time() - writer.start_time),
-      final.get("train/loss", float("nan")), config.data.test_split,
+      f"{final['train/loss']:.4f}" if "train/loss" in final else "n/a (no step run now)",
+      config.data.test_split,
       final["test/bleu"], final["test/num_sentences"],
       os.path.join(workdir, "eval", f"{config.data.test_split}.json"))
   writer.close()
