@@ -305,6 +305,15 @@ class FeedForward(nnx.Module):
 # Encoder and decoder layers (§3.1)
 # ----------------------------------------------------------------------------
 
+def layer_norm(d_model, *, epsilon, dtype, param_dtype, rngs):
+  """LayerNorm over d_model, its scale and bias on the "embed" logical axis."""
+  return nnx.LayerNorm(
+      d_model, epsilon=epsilon, dtype=dtype, param_dtype=param_dtype,
+      scale_init=nnx.with_partitioning(_ones, ("embed",), eager_sharding=False),
+      bias_init=nnx.with_partitioning(_zeros, ("embed",), eager_sharding=False),
+      rngs=rngs)
+
+
 class SublayerConnection(nnx.Module):
   """The residual connection around each sub-layer, followed by LayerNorm.
 
@@ -316,11 +325,8 @@ class SublayerConnection(nnx.Module):
   def __init__(self, d_model, *, norm_position, dropout_rate, epsilon, dtype,
                param_dtype, rngs):
     self.pre_norm = norm_position == "pre"
-    self.norm = nnx.LayerNorm(
-        d_model, epsilon=epsilon, dtype=dtype, param_dtype=param_dtype,
-        scale_init=nnx.with_partitioning(_ones, ("embed",), eager_sharding=False),
-        bias_init=nnx.with_partitioning(_zeros, ("embed",), eager_sharding=False),
-        rngs=rngs)
+    self.norm = layer_norm(d_model, epsilon=epsilon, dtype=dtype, param_dtype=param_dtype,
+                           rngs=rngs)
     self.dropout = nnx.Dropout(dropout_rate, rngs=rngs)  # §5.4, before the add
 
   def sublayer_input(self, x):
@@ -333,10 +339,10 @@ class SublayerConnection(nnx.Module):
     return self.norm(x + self.dropout(y))
 
 
-def _layer_kwargs(cfg, dtype, param_dtype, rngs):
-  return dict(norm_position=cfg.norm_position, dropout_rate=cfg.dropout_rate,
-              epsilon=cfg.layer_norm_epsilon, dtype=dtype, param_dtype=param_dtype,
-              rngs=rngs)
+def _sublayer_connection(cfg, dtype, param_dtype, rngs):
+  return SublayerConnection(cfg.d_model, norm_position=cfg.norm_position,
+                            dropout_rate=cfg.dropout_rate, epsilon=cfg.layer_norm_epsilon,
+                            dtype=dtype, param_dtype=param_dtype, rngs=rngs)
 
 
 def _attention(cfg, dtype, param_dtype, rngs):
@@ -358,11 +364,9 @@ class EncoderLayer(nnx.Module):
 
   def __init__(self, cfg, *, dtype, param_dtype, rngs):
     self.self_attention = _attention(cfg, dtype, param_dtype, rngs)
-    self.residual_1 = SublayerConnection(cfg.d_model, **_layer_kwargs(
-        cfg, dtype, param_dtype, rngs))
+    self.residual_1 = _sublayer_connection(cfg, dtype, param_dtype, rngs)
     self.feed_forward = _feed_forward(cfg, dtype, param_dtype, rngs)
-    self.residual_2 = SublayerConnection(cfg.d_model, **_layer_kwargs(
-        cfg, dtype, param_dtype, rngs))
+    self.residual_2 = _sublayer_connection(cfg, dtype, param_dtype, rngs)
 
   def __call__(self, x, mask, return_weights=False):
     h = self.residual_1.sublayer_input(x)
@@ -377,14 +381,11 @@ class DecoderLayer(nnx.Module):
 
   def __init__(self, cfg, *, dtype, param_dtype, rngs):
     self.self_attention = _attention(cfg, dtype, param_dtype, rngs)
-    self.residual_1 = SublayerConnection(cfg.d_model, **_layer_kwargs(
-        cfg, dtype, param_dtype, rngs))
+    self.residual_1 = _sublayer_connection(cfg, dtype, param_dtype, rngs)
     self.cross_attention = _attention(cfg, dtype, param_dtype, rngs)
-    self.residual_2 = SublayerConnection(cfg.d_model, **_layer_kwargs(
-        cfg, dtype, param_dtype, rngs))
+    self.residual_2 = _sublayer_connection(cfg, dtype, param_dtype, rngs)
     self.feed_forward = _feed_forward(cfg, dtype, param_dtype, rngs)
-    self.residual_3 = SublayerConnection(cfg.d_model, **_layer_kwargs(
-        cfg, dtype, param_dtype, rngs))
+    self.residual_3 = _sublayer_connection(cfg, dtype, param_dtype, rngs)
 
   def __call__(self, x, self_kv, self_mask, cross_kv, cross_mask,
                return_weights=False):
@@ -482,12 +483,8 @@ class Transformer(nnx.Module):
     if cfg.norm_position == "pre":
       # Deviation from the paper (model.norm_position="pre"): pre-LN stacks
       # need a final LayerNorm on each stack's output.
-      norm = functools.partial(
-          nnx.LayerNorm, cfg.d_model, epsilon=cfg.layer_norm_epsilon, dtype=dtype,
-          param_dtype=param_dtype,
-          scale_init=nnx.with_partitioning(_ones, ("embed",), eager_sharding=False),
-          bias_init=nnx.with_partitioning(_zeros, ("embed",), eager_sharding=False),
-          rngs=rngs)
+      norm = functools.partial(layer_norm, cfg.d_model, epsilon=cfg.layer_norm_epsilon,
+                               dtype=dtype, param_dtype=param_dtype, rngs=rngs)
       self.encoder_norm = norm()
       self.decoder_norm = norm()
 
