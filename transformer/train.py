@@ -21,6 +21,7 @@ uninterrupted one.
 """
 
 import dataclasses
+import functools
 import logging as py_logging
 import os
 import signal
@@ -462,9 +463,14 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
   # -- loop -------------------------------------------------------------------
   eval_batch_size = _eval_batch_size(config, setup)
 
-  def dev_batches():
-    return data_lib.eval_batches(config, tokenizer, workdir, config.data.dev_split,
-                             batch_size=eval_batch_size)
+  @functools.cache  # Read on the first evaluation, then kept for the others.
+  def dev_data():
+    batches = data_lib.eval_batches(config, tokenizer, workdir, config.data.dev_split,
+                                    batch_size=eval_batch_size)
+    n = t.eval_bleu_sentences
+    sources, references = data_lib.load_split_text(config, config.data.dev_split,
+                                                    workdir=workdir)
+    return batches, list(sources)[:n], list(references)[:n]
 
   last = {}  # Metrics of the latest checked update.
   stopped_by = None
@@ -517,8 +523,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
           row["train/step_time_s"] = step_time
           eta = step_time * (t.num_steps - step)
         if is_eval:
-          row.update(_periodic_eval(setup, eval_fn, tokenizer, state["params"], dev_batches,
-                                    config, workdir))
+          row.update(_periodic_eval(setup, eval_fn, tokenizer, state["params"], *dev_data(),
+                                    config))
         if row:
           writer.write(step, row, eta_s=eta)
         if save_due or signalled:
@@ -557,17 +563,17 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
   return final
 
 
-def _periodic_eval(setup, eval_fn, tokenizer, params, dev_batches, config, workdir) -> dict:
-  row = {f"dev/{k}": v for k, v in evaluate_loss(setup, eval_fn, params, dev_batches()).items()}
-  n = config.train.eval_bleu_sentences
-  if n > 0:
-    sources, references = data_lib.load_split_text(config, config.data.dev_split, workdir=workdir)
+def _periodic_eval(setup, eval_fn, tokenizer, params, dev_batches, dev_sources,
+                   dev_references, config) -> dict:
+  """Dev loss on the whole dev split; greedy BLEU on its first sentences."""
+  row = {f"dev/{k}": v for k, v in evaluate_loss(setup, eval_fn, params, dev_batches).items()}
+  if dev_sources:
     translate_fn = evaluate_lib.make_translate_fn(
         make_model(setup, params), beam_size=1, alpha=config.decode.alpha,
         max_extra_length=config.decode.max_extra_length)
     hypotheses = evaluate_lib.translate_sentences(
-        translate_fn, tokenizer, list(sources)[:n], batch_size=config.decode.batch_size)
-    row["dev/bleu"], _ = bleu_lib.sacrebleu_bleu(hypotheses, list(references)[:n])
+        translate_fn, tokenizer, dev_sources, batch_size=config.decode.batch_size)
+    row["dev/bleu"], _ = bleu_lib.sacrebleu_bleu(hypotheses, dev_references)
     row["dev/bleu_sentences"] = len(hypotheses)
   return row
 
