@@ -36,9 +36,9 @@ TARGETS = jnp.array([[11, 12, 13, 1, 0], [14, 15, 1, 0, 0]])
 
 def test_attention_equals_numpy_eq1():
   rng = np.random.default_rng(0)
-  q = rng.normal(size=(2, 3, 2, 4)).astype(np.float32)  # (B, Q, H, K)
-  k = rng.normal(size=(2, 5, 2, 4)).astype(np.float32)  # (B, M, H, K)
-  v = rng.normal(size=(2, 5, 2, 6)).astype(np.float32)  # (B, M, H, J)
+  q = rng.normal(size=(2, 2, 3, 4)).astype(np.float32)  # (B, H, Q, K)
+  k = rng.normal(size=(2, 2, 5, 4)).astype(np.float32)  # (B, H, M, K)
+  v = rng.normal(size=(2, 2, 5, 6)).astype(np.float32)  # (B, H, M, J)
   mask = rng.random((2, 1, 3, 5)) > 0.3
   mask[..., 0] = True  # every query sees at least one key
   out, weights = model_lib.scaled_dot_product_attention(
@@ -46,12 +46,12 @@ def test_attention_equals_numpy_eq1():
   # softmax(Q K^T / sqrt(d_k)) V, head by head, with NumPy.
   for b in range(2):
     for h in range(2):
-      scores = q[b, :, h] @ k[b, :, h].T / math.sqrt(4)
+      scores = q[b, h] @ k[b, h].T / math.sqrt(4)
       scores = np.where(mask[b, 0], scores, -np.inf)
       p = np.exp(scores - scores.max(-1, keepdims=True))
       p /= p.sum(-1, keepdims=True)
       np.testing.assert_allclose(weights[b, h], p, rtol=1e-5, atol=1e-6)
-      np.testing.assert_allclose(out[b, :, h], p @ v[b, :, h], rtol=1e-5, atol=1e-5)
+      np.testing.assert_allclose(out[b, h], p @ v[b, h], rtol=1e-5, atol=1e-5)
 
 
 def test_fused_attention_impl_matches_einsum():

@@ -313,7 +313,10 @@ def beam_search_state(step_fn: StepFn, cache, max_lengths, *, beam_size: int,
 
     # Reorder the cache rows to follow their live hypotheses (row b*K + k).
     rows = (jnp.arange(batch)[:, None] * k + live_beam).reshape(batch * k)
-    cache = jax.tree.map(lambda x: jnp.take(x, rows, axis=0), cache)
+    # The rows are always in range; mode="clip" makes this a plain gather
+    # (the default "fill" adds a select over the whole cache at every step).
+    cache = jax.tree.map(
+        lambda x: jnp.take(x, rows, axis=0, mode="clip"), cache)
     return BeamState(
         step=s.step + 1,
         live_seqs=keep(s.live_seqs, live_seqs),

@@ -189,23 +189,27 @@ class Embedding(nnx.Module):
 def scaled_dot_product_attention(q, k, v, mask, *, dropout=None):
   """Eq. (1): Attention(Q, K, V) = softmax(Q K^T / sqrt(d_k)) V.
 
+  Heads lead the sequence axis (B, H, T, ...) so that each head's keys and
+  values are contiguous: the per-head matmuls then read them in place, which
+  matters most when decoding reads a long cache for one query.
+
   Args:
-    q: (B, Q, H, K) queries.   k: (B, M, H, K) keys.   v: (B, M, H, J) values.
+    q: (B, H, Q, K) queries.   k: (B, H, M, K) keys.   v: (B, H, M, J) values.
     mask: bool, broadcastable to (B, H, Q, M); True where attending is allowed.
     dropout: optional callable applied to the attention weights.
   Returns:
-    (B, Q, H, J) outputs and float32 (B, H, Q, M) attention weights.
+    (B, H, Q, J) outputs and float32 (B, H, Q, M) attention weights.
   """
   d_k = q.shape[-1]
   # Q K^T / sqrt(d_k), accumulated and soft-maxed in float32.
-  logits = jnp.einsum("BQHK,BMHK->BHQM", q, k, preferred_element_type=jnp.float32)
+  logits = jnp.einsum("BHQK,BHMK->BHQM", q, k, preferred_element_type=jnp.float32)
   logits = logits / math.sqrt(d_k)
   # Masked positions get the lowest float: a row with no allowed key (padding
   # queries) becomes uniform instead of NaN, and is itself masked downstream.
   logits = jnp.where(mask, logits, jnp.finfo(jnp.float32).min)
   weights = jax.nn.softmax(logits, axis=-1)  # (B, H, Q, M)
   probs = dropout(weights) if dropout is not None else weights
-  out = jnp.einsum("BHQM,BMHJ->BQHJ", probs.astype(v.dtype), v)
+  out = jnp.einsum("BHQM,BHMJ->BHQJ", probs.astype(v.dtype), v)
   return out, weights
 
 
@@ -240,25 +244,30 @@ class MultiHeadAttention(nnx.Module):
     return w[...].astype(self.dtype)
 
   def project_kv(self, x):
-    """K W^K and V W^V for memory x (B, M, D): the cacheable part."""
-    k = jnp.einsum("BMD,DHK->BMHK", x, self._w(self.w_k))
-    v = jnp.einsum("BMD,DHJ->BMHJ", x, self._w(self.w_v))
+    """K W^K and V W^V for memory x (B, M, D): the cacheable part,
+    (B, H, M, K) and (B, H, M, J)."""
+    # Projected as (B, M, H, K), then heads moved forward: XLA then keeps W^K
+    # as it is stored instead of transposing it at every decoding step.
+    k = jnp.einsum("BMD,DHK->BMHK", x, self._w(self.w_k)).swapaxes(1, 2)
+    v = jnp.einsum("BMD,DHJ->BMHJ", x, self._w(self.w_v)).swapaxes(1, 2)
     return k, v
 
   def attend(self, x_q, k, v, mask, return_weights=False):
     """Attention of queries x_q (B, Q, D) over projected keys and values."""
-    q = jnp.einsum("BQD,DHK->BQHK", x_q, self._w(self.w_q))
+    q = jnp.einsum("BQD,DHK->BQHK", x_q, self._w(self.w_q)).swapaxes(1, 2)
     use_fused = (self.attention_impl == "dot_product_attention"
                  and not return_weights and self.attention_dropout.rate == 0.0)
     if use_fused:
       # jax.nn.dot_product_attention: cuDNN fused attention on GPU when the
-      # shapes and dtype allow it, XLA otherwise. Same Eq. (1).
-      out = jax.nn.dot_product_attention(q, k, v, mask=mask)
+      # shapes and dtype allow it, XLA otherwise. Same Eq. (1). It takes and
+      # returns (B, T, H, K).
+      bthk = lambda x: x.swapaxes(1, 2)  # noqa: E731
+      out = bthk(jax.nn.dot_product_attention(bthk(q), bthk(k), bthk(v), mask=mask))
       weights = None
     else:
       out, weights = scaled_dot_product_attention(
           q, k, v, mask, dropout=self.attention_dropout)
-    y = jnp.einsum("BQHJ,HJD->BQD", out, self._w(self.w_o))
+    y = jnp.einsum("BHQJ,HJD->BQD", out, self._w(self.w_o))
     return y, weights
 
   def __call__(self, x_q, x_kv, mask, return_weights=False):
@@ -582,13 +591,13 @@ class Transformer(nnx.Module):
     layers = []
     for layer in self.decoder_layers:
       cross_k, cross_v = layer.cross_attention.project_kv(encoded)
-      heads, d_k = cross_k.shape[2:]
+      heads, _, d_k = cross_k.shape[1:]
       d_v = cross_v.shape[3]
       layers.append({
-          "self_k": jnp.zeros((batch, max_length, heads, d_k), self.dtype),
-          "self_v": jnp.zeros((batch, max_length, heads, d_v), self.dtype),
-          "cross_k": cross_k,  # (B, S, H, K)
-          "cross_v": cross_v,  # (B, S, H, J)
+          "self_k": jnp.zeros((batch, heads, max_length, d_k), self.dtype),
+          "self_v": jnp.zeros((batch, heads, max_length, d_v), self.dtype),
+          "cross_k": cross_k,  # (B, H, S, K)
+          "cross_v": cross_v,  # (B, H, S, J)
       })
     return {"encoder_mask": inputs != tokens.PAD_ID, "layers": layers}
 
@@ -602,7 +611,7 @@ class Transformer(nnx.Module):
     positions = jnp.full((tokens_in.shape[0], 1), step, jnp.int32)
     y = self._embed(tokens_in[:, None], positions, self.target_embedding,
                     getattr(self, "target_positions", None), self.target_dropout)
-    max_length = cache["layers"][0]["self_k"].shape[1]
+    max_length = cache["layers"][0]["self_k"].shape[2]
     # Attend to cached positions 0..step only: (1, 1, 1, L).
     self_mask = (jnp.arange(max_length) <= step)[None, None, None, :]
     cross_mask = cache["encoder_mask"][:, None, None, :]  # (B, 1, 1, S)
@@ -611,9 +620,9 @@ class Transformer(nnx.Module):
       new_c = dict(c)
 
       def self_kv(h, layer=layer, c=c, new_c=new_c):
-        k, v = layer.self_attention.project_kv(h)  # (B, 1, H, K), (B, 1, H, J)
-        new_c["self_k"] = jax.lax.dynamic_update_slice_in_dim(c["self_k"], k, step, 1)
-        new_c["self_v"] = jax.lax.dynamic_update_slice_in_dim(c["self_v"], v, step, 1)
+        k, v = layer.self_attention.project_kv(h)  # (B, H, 1, K), (B, H, 1, J)
+        new_c["self_k"] = jax.lax.dynamic_update_slice_in_dim(c["self_k"], k, step, 2)
+        new_c["self_v"] = jax.lax.dynamic_update_slice_in_dim(c["self_v"], v, step, 2)
         return new_c["self_k"], new_c["self_v"]
 
       y, ws, wc = layer(y, self_kv, self_mask, (c["cross_k"], c["cross_v"]),
