@@ -195,7 +195,7 @@ def _decode_fixed(model, inputs, *, beam_size, steps, cached):
   model = nnx.view(model, deterministic=True)
   encoded = model.encode(inputs)
   if cached:
-    cache = model.init_cache(encoded, inputs, steps)
+    cache = model.init_cache(encoded, inputs, steps, beam_size=beam_size)
     step_fn = model.decode_step
   else:
     # Full recomputation: the decoder re-runs over the whole prefix buffer

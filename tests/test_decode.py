@@ -314,7 +314,8 @@ def model_search(model, inputs, limits, search, max_length, **kwargs):
   """Runs a search function of decode.py on the model's cache directly."""
   model.eval()
   inputs = jnp.asarray(inputs, jnp.int32)
-  cache = model.init_cache(model.encode(inputs), inputs, max_length)
+  cache = model.init_cache(model.encode(inputs), inputs, max_length,
+                           beam_size=kwargs.get("beam_size", 1))
   step_fn = lambda tokens, cache, step: model.decode_step(tokens, cache, step)  # noqa: E731
   fn = jax.jit(functools.partial(search, step_fn, max_length=max_length, **kwargs))
   return fn(cache, jnp.asarray(limits, jnp.int32))
@@ -429,6 +430,9 @@ def test_constant_cache_leaves_are_hoisted_out_of_the_beam_loop():
   cache = model.init_cache(model.encode(inputs), inputs, 6)
   step_fn = lambda tokens, cache, step: model.decode_step(tokens, cache, step)  # noqa: E731
   _, carried = decode._hoist_constant_leaves(step_fn, cache, rows=1)
-  layer = cache["layers"][0]
-  assert len(carried) == 2 * len(cache["layers"])  # self_k, self_v per layer.
-  assert {x.shape for x in carried} == {layer["self_k"].shape, layer["self_v"].shape}
+  layers = cache["shared"]["layers"]
+  # Per hypothesis: the slot table. Per sentence: self_k_t and self_v per layer.
+  assert [x.shape for x in carried["rows"]] == [cache["origin"].shape]
+  assert len(carried["shared"]) == 2 * len(layers)
+  assert ({x.shape for x in carried["shared"]}
+          == {layers[0]["self_k_t"].shape, layers[0]["self_v"].shape})

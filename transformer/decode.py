@@ -17,8 +17,13 @@ Two layers:
   ``step_fn(tokens, cache, step) -> (logits, cache)`` (tokens: (N,) previous
   token, BOS_ID at step 0; logits: (N, V)). Every leaf of ``cache`` has the
   batch as its leading axis; beam search tiles it to B * K rows and reorders
-  beams with one generic ``jax.tree.map``. Tests drive them with hand-made
-  step functions.
+  beams with one generic ``jax.tree.map``. A dict cache may keep state per
+  sentence under the key ``"shared"``: beam search neither tiles nor reorders
+  it, and the step function lays it out for the K beams itself (the
+  Transformer keeps its keys and values there, and only a small table of
+  which slot holds each position moves with the beams; see
+  ``Transformer.init_cache``). Tests drive them with hand-made step
+  functions.
 * ``translate_batch(model, inputs, ...)`` runs them on a ``Transformer``:
   encodes once, builds the cache with ``model.init_cache``, pads the batch to
   a few fixed shapes (powers of two) and returns token ids. It is jitted and
@@ -44,6 +49,9 @@ from transformer.tokens import BOS_ID, EOS_ID, PAD_ID
 NEG_INF = -1.0e9
 
 StepFn = Callable[[jax.Array, Any, jax.Array], tuple[jax.Array, Any]]
+
+# The key of a dict cache's per-sentence state, which beam search leaves alone.
+SHARED = "shared"
 
 
 def length_penalty(length, alpha):
@@ -163,13 +171,16 @@ class BeamState(NamedTuple):
 def _hoist_constant_leaves(step_fn: StepFn, cache, rows: int):
   """Takes the cache leaves that ``step_fn`` returns unchanged out of the loop.
 
-  Leaves such as the encoder-decoder keys and values are the same for every
-  beam of a sentence and never change, so reordering them each step is wasted
-  memory traffic. A leaf counts as constant when ``step_fn`` hands back the
-  very same array it was given (checked by tracing it once). Returns a step
-  function over the remaining leaves and those leaves (a list).
+  Leaves such as the encoder-decoder keys and values never change, so
+  carrying (and, per hypothesis, reordering) them each step is wasted memory
+  traffic. A leaf counts as constant when ``step_fn`` hands back the very
+  same array it was given (checked by tracing it once). Returns a step
+  function over the remaining leaves and those leaves, as
+  {"rows": [per-hypothesis leaves], "shared": [per-sentence leaves]}.
   """
   leaves, treedef = jax.tree.flatten(cache)
+  is_shared = jax.tree.leaves(
+      _map_per_hypothesis(lambda _: False, jax.tree.map(lambda _: True, cache)))
   constant = []
 
   def probe(leaves):
@@ -184,14 +195,26 @@ def _hoist_constant_leaves(step_fn: StepFn, cache, rows: int):
   if not any(constant):
     return step_fn, cache
 
-  def carried_step_fn(tokens, carried, step):
-    it = iter(carried)
-    full = [leaf if c else next(it) for leaf, c in zip(leaves, constant, strict=True)]
-    logits, new = step_fn(tokens, jax.tree.unflatten(treedef, full), step)
-    new_leaves = jax.tree.leaves(new)
-    return logits, [x for x, c in zip(new_leaves, constant, strict=True) if not c]
+  def split(leaves):
+    kept = [(x, sh) for x, c, sh in zip(leaves, constant, is_shared, strict=True) if not c]
+    return {"rows": [x for x, sh in kept if not sh], SHARED: [x for x, sh in kept if sh]}
 
-  return carried_step_fn, [x for x, c in zip(leaves, constant, strict=True) if not c]
+  def carried_step_fn(tokens, carried, step):
+    rows_it, shared_it = iter(carried["rows"]), iter(carried[SHARED])
+    full = [leaf if c else next(shared_it if sh else rows_it)
+            for leaf, c, sh in zip(leaves, constant, is_shared, strict=True)]
+    logits, new = step_fn(tokens, jax.tree.unflatten(treedef, full), step)
+    return logits, split(jax.tree.leaves(new))
+
+  return carried_step_fn, split(leaves)
+
+
+def _map_per_hypothesis(fn, cache):
+  """Applies ``fn`` to every leaf of ``cache`` except those under "shared"."""
+  if isinstance(cache, dict) and SHARED in cache:
+    return {key: value if key == SHARED else jax.tree.map(fn, value)
+            for key, value in cache.items()}
+  return jax.tree.map(fn, cache)
 
 
 def _gather_beams(x, indices):
@@ -231,7 +254,8 @@ def beam_search_state(step_fn: StepFn, cache, max_lengths, *, beam_size: int,
 
   Args:
     step_fn: ``(tokens (B*K,), cache, step) -> (logits (B*K, V), cache)``.
-    cache: pytree with batch B leading on every leaf (tiled here to B * K).
+    cache: pytree with batch B leading on every leaf (tiled here to B * K),
+      except a dict cache's "shared" entry, which is passed through as is.
     max_lengths: (B,) int32, per-sentence limit on |Y|, in [1, max_length].
     beam_size: K.
     alpha: length penalty exponent, >= 0 (0: no length normalization).
@@ -248,7 +272,7 @@ def beam_search_state(step_fn: StepFn, cache, max_lengths, *, beam_size: int,
   k = beam_size
   max_lengths = jnp.clip(jnp.asarray(max_lengths, jnp.int32), 1, max_length)
   batch = max_lengths.shape[0]
-  cache = jax.tree.map(lambda x: jnp.repeat(x, k, axis=0), cache)
+  cache = _map_per_hypothesis(lambda x: jnp.repeat(x, k, axis=0), cache)
   step_fn, cache = _hoist_constant_leaves(step_fn, cache, batch * k)
   lp_at_limit = length_penalty(max_lengths, alpha)  # (B,)
   state = BeamState(
@@ -315,7 +339,7 @@ def beam_search_state(step_fn: StepFn, cache, max_lengths, *, beam_size: int,
     rows = (jnp.arange(batch)[:, None] * k + live_beam).reshape(batch * k)
     # The rows are always in range; mode="clip" makes this a plain gather
     # (the default "fill" adds a select over the whole cache at every step).
-    cache = jax.tree.map(
+    cache = _map_per_hypothesis(
         lambda x: jnp.take(x, rows, axis=0, mode="clip"), cache)
     return BeamState(
         step=s.step + 1,
@@ -347,7 +371,7 @@ def _decode(model, inputs, max_lengths, alpha, *, beam_size, max_length,
   # Deterministic (no dropout) in a view: the caller's model keeps its mode.
   model = nnx.view(model, deterministic=True)
   encoded = model.encode(inputs)  # (B, S, D)
-  cache = model.init_cache(encoded, inputs, max_length)
+  cache = model.init_cache(encoded, inputs, max_length, beam_size=beam_size)
 
   def step_fn(tokens, cache, step):
     return model.decode_step(tokens, cache, step)

@@ -243,18 +243,28 @@ class MultiHeadAttention(nnx.Module):
   def _w(self, w):
     return w[...].astype(self.dtype)
 
+  def _project(self, x, w):
+    """x (B, T, D) times a projection w (D, H, ·): (B, H, T, ·)."""
+    # Projected as (B, T, H, ·), then heads moved forward: XLA then keeps the
+    # weight as it is stored instead of transposing it at every decoding step.
+    return jnp.einsum("BTD,DHX->BTHX", x, self._w(w)).swapaxes(1, 2)
+
+  def project_qkv(self, x):
+    """Q W^Q, K W^K, V W^V of one input x (B, T, D) (self-attention):
+    (B, H, T, K), (B, H, T, K), (B, H, T, J)."""
+    return (self._project(x, self.w_q), self._project(x, self.w_k),
+            self._project(x, self.w_v))
+
   def project_kv(self, x):
     """K W^K and V W^V for memory x (B, M, D): the cacheable part,
     (B, H, M, K) and (B, H, M, J)."""
-    # Projected as (B, M, H, K), then heads moved forward: XLA then keeps W^K
-    # as it is stored instead of transposing it at every decoding step.
-    k = jnp.einsum("BMD,DHK->BMHK", x, self._w(self.w_k)).swapaxes(1, 2)
-    v = jnp.einsum("BMD,DHJ->BMHJ", x, self._w(self.w_v)).swapaxes(1, 2)
-    return k, v
+    return self._project(x, self.w_k), self._project(x, self.w_v)
 
-  def attend(self, x_q, k, v, mask, return_weights=False):
-    """Attention of queries x_q (B, Q, D) over projected keys and values."""
-    q = jnp.einsum("BQD,DHK->BQHK", x_q, self._w(self.w_q)).swapaxes(1, 2)
+  def attend(self, x_q, k, v, mask, return_weights=False, q=None):
+    """Attention of queries x_q (B, Q, D) over projected keys and values
+    (``q``: the queries already projected, (B, H, Q, K))."""
+    if q is None:
+      q = self._project(x_q, self.w_q)
     use_fused = (self.attention_impl == "dot_product_attention"
                  and not return_weights and self.attention_dropout.rate == 0.0)
     if use_fused:
@@ -398,10 +408,13 @@ class DecoderLayer(nnx.Module):
 
   def __call__(self, x, self_kv, self_mask, cross_kv, cross_mask,
                return_weights=False):
-    """self_kv / cross_kv: functions from the sub-layer input to (K, V)."""
+    """self_kv: (K, V) of the new positions -> the (K, V) to attend over
+    (the identity in training; decoding writes them into its cache).
+    cross_kv: the projected (K, V) of the encoder output."""
     h = self.residual_1.sublayer_input(x)
-    y, self_weights = self.self_attention.attend(h, *self_kv(h), self_mask,
-                                                 return_weights)
+    q, k, v = self.self_attention.project_qkv(h)
+    y, self_weights = self.self_attention.attend(h, *self_kv(k, v), self_mask,
+                                                 return_weights, q=q)
     x = self.residual_1(x, y)
     h = self.residual_2.sublayer_input(x)
     y, cross_weights = self.cross_attention.attend(h, *cross_kv, cross_mask,
@@ -548,7 +561,7 @@ class Transformer(nnx.Module):
     self_weights, cross_weights = [], []
     for layer in self.decoder_layers:
       cross_kv = layer.cross_attention.project_kv(encoded)
-      y, ws, wc = layer(y, layer.self_attention.project_kv, self_mask, cross_kv,
+      y, ws, wc = layer(y, lambda k, v: (k, v), self_mask, cross_kv,
                         cross_mask, return_attention)
       self_weights.append(ws)
       cross_weights.append(wc)
@@ -581,11 +594,27 @@ class Transformer(nnx.Module):
 
   # -- incremental decoding with a key/value cache ----------------------------
 
-  def init_cache(self, encoded, inputs, max_length):
-    """A cache for ``decode_step``: every leaf has batch as its leading axis.
+  def init_cache(self, encoded, inputs, max_length, beam_size=1):
+    """A cache for ``decode_step``, for ``beam_size`` hypotheses per sentence.
 
-    The encoder-decoder keys and values are computed once here; the decoder
-    self-attention keys and values are filled one position per step.
+    The decoder self-attention keys and values sit in beam_size slots per
+    sentence and position: at step t, the hypothesis in row j of its sentence
+    writes the key and value of its new token to slot (t, j), entry
+    t * beam_size + j of the cache's slot axis. A hypothesis's
+    prefix is a path through these slots, and its row of ``origin`` records
+    which slot holds each of its positions. When beam search reorders the
+    hypotheses it moves only ``origin`` (L integers per hypothesis), never the
+    keys and values, so a step's cost does not grow with the memory it would
+    take to copy the cache. The encoder-decoder keys and values are computed
+    once here, per sentence.
+
+    Returns:
+      {"origin": (B, L) int32, per hypothesis (beam search tiles it to
+       B * beams rows, row b * beams + j, and reorders it with the beams),
+       "shared": per sentence, never reordered (see transformer/decode.py):
+         {"encoder_mask": (B, S) bool,
+          "layers": [{"self_k_t": (B, H, K, L * beams), "self_v": (B, H, L * beams, J),
+                      "cross_k_t": (B, H, K, S), "cross_v": (B, H, S, J)}, ...]}}
     """
     batch = encoded.shape[0]
     layers = []
@@ -593,48 +622,63 @@ class Transformer(nnx.Module):
       cross_k, cross_v = layer.cross_attention.project_kv(encoded)
       heads, _, d_k = cross_k.shape[1:]
       d_v = cross_v.shape[3]
+      slots = (batch, heads, max_length * beam_size)
       layers.append({
-          "self_k": jnp.zeros((batch, heads, max_length, d_k), self.dtype),
-          "self_v": jnp.zeros((batch, heads, max_length, d_v), self.dtype),
-          "cross_k": cross_k,  # (B, H, S, K)
-          "cross_v": cross_v,  # (B, H, S, J)
+          # Keys are stored transposed, (..., K, slots), so that Q K^T reads
+          # them as they lie instead of transposing the cache every step.
+          "self_k_t": jnp.zeros((batch, heads, d_k, max_length * beam_size), self.dtype),
+          "self_v": jnp.zeros(slots + (d_v,), self.dtype),
+          "cross_k_t": cross_k.swapaxes(2, 3),
+          "cross_v": cross_v,
       })
-    return {"encoder_mask": inputs != tokens.PAD_ID, "layers": layers}
+    return {"origin": jnp.zeros((batch, max_length), jnp.int32),
+            "shared": {"encoder_mask": inputs != tokens.PAD_ID, "layers": layers}}
 
-  def decode_step(self, tokens_in, cache, step, return_attention=False):
-    """One decoder position: the previous tokens (B,) -> float32 logits (B, V).
+  def decode_step(self, tokens_in, cache, step):
+    """One decoder position for every hypothesis: float32 logits (B * beams, V).
 
-    ``step`` is the position being predicted (0 for the first token, whose
-    input is BOS). Equal, to float tolerance, to the full forward pass's
-    logits at that position.
+    ``tokens_in`` (B * beams,) holds each hypothesis's previous token, row
+    b * beams + j for hypothesis j of sentence b (beams is init_cache's
+    beam_size; 1 for greedy decoding). ``step`` is the position being predicted (0 for the
+    first token, whose input is BOS). A sentence's hypotheses run as the
+    queries of one decoder pass. Equal, to float tolerance, to the full
+    forward pass's logits at that position.
     """
-    positions = jnp.full((tokens_in.shape[0], 1), step, jnp.int32)
-    y = self._embed(tokens_in[:, None], positions, self.target_embedding,
-                    getattr(self, "target_positions", None), self.target_dropout)
-    max_length = cache["layers"][0]["self_k"].shape[2]
-    # Attend to cached positions 0..step only: (1, 1, 1, L).
-    self_mask = (jnp.arange(max_length) <= step)[None, None, None, :]
-    cross_mask = cache["encoder_mask"][:, None, None, :]  # (B, 1, 1, S)
-    new_layers, self_weights, cross_weights = [], [], []
-    for layer, c in zip(self.decoder_layers, cache["layers"], strict=True):
+    shared = cache["shared"]
+    max_length = cache["origin"].shape[1]
+    beams = shared["layers"][0]["self_v"].shape[2] // max_length
+    batch = tokens_in.shape[0] // beams
+    # This step's key and value go to each hypothesis's own slot.
+    slot = jnp.arange(batch * beams, dtype=jnp.int32) % beams
+    origin = jax.lax.dynamic_update_index_in_dim(cache["origin"], slot, step, 1)
+    # Hypothesis q may attend to slot (t, j) when its position t is in slot j
+    # and t <= step: (B, 1, beams, L * beams), keys ordered t * beams + j.
+    on_path = (origin.reshape(batch, beams, max_length, 1)
+               == jnp.arange(beams))  # (B, q, L, j)
+    self_mask = (on_path & (jnp.arange(max_length) <= step)[:, None]).reshape(
+        batch, 1, beams, max_length * beams)
+    cross_mask = shared["encoder_mask"][:, None, None, :]  # (B, 1, 1, S)
+    positions = jnp.full((batch, beams), step, jnp.int32)
+    y = self._embed(tokens_in.reshape(batch, beams), positions, self.target_embedding,
+                    getattr(self, "target_positions", None),
+                    self.target_dropout)  # (B, beams, D)
+    new_layers = []
+    for layer, c in zip(self.decoder_layers, shared["layers"], strict=True):
       new_c = dict(c)
 
-      def self_kv(h, layer=layer, c=c, new_c=new_c):
-        k, v = layer.self_attention.project_kv(h)  # (B, H, 1, K), (B, H, 1, J)
-        new_c["self_k"] = jax.lax.dynamic_update_slice_in_dim(c["self_k"], k, step, 2)
-        new_c["self_v"] = jax.lax.dynamic_update_slice_in_dim(c["self_v"], v, step, 2)
-        return new_c["self_k"], new_c["self_v"]
+      def self_kv(k, v, c=c, new_c=new_c):
+        # k (B, H, beams, K), v (B, H, beams, J): hypothesis j's new key and
+        # value go to slot (step, j); attention then reads all the slots.
+        new_c["self_k_t"] = jax.lax.dynamic_update_slice_in_dim(
+            c["self_k_t"], k.swapaxes(2, 3), step * beams, 3)
+        new_c["self_v"] = jax.lax.dynamic_update_slice_in_dim(c["self_v"], v, step * beams, 2)
+        return new_c["self_k_t"].swapaxes(2, 3), new_c["self_v"]
 
-      y, ws, wc = layer(y, self_kv, self_mask, (c["cross_k"], c["cross_v"]),
-                        cross_mask, return_attention)
+      cross_kv = (c["cross_k_t"].swapaxes(2, 3), c["cross_v"])
+      y, _, _ = layer(y, self_kv, self_mask, cross_kv, cross_mask)
       new_layers.append(new_c)
-      self_weights.append(ws)
-      cross_weights.append(wc)
     if self.cfg.norm_position == "pre":
       y = self.decoder_norm(y)
-    logits = self._logits(y)[:, 0, :]  # (B, V)
-    new_cache = {"encoder_mask": cache["encoder_mask"], "layers": new_layers}
-    if return_attention:
-      return logits, new_cache, {"decoder_self": self_weights,
-                                 "encoder_decoder": cross_weights}
-    return logits, new_cache
+    logits = self._logits(y).reshape(batch * beams, -1)  # (B * beams, V)
+    new_shared = {"encoder_mask": shared["encoder_mask"], "layers": new_layers}
+    return logits, {"origin": origin, "shared": new_shared}
