@@ -45,7 +45,8 @@ def main(argv):
   try:
     train.initialize_distributed(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value)
     final = train.train_and_evaluate(_CONFIG.value, _WORKDIR.value)
-  except (FileNotFoundError, ValueError, train.NonFiniteLossError) as e:
+  except (FileNotFoundError, ValueError, train.NonFiniteLossError,
+          train.OtherProcessFailedError) as e:
     # A user's mistake (config, data, workdir) or a diverged run: one message.
     print(f"error: {e}", file=sys.stderr)
     sys.exit(1)

@@ -283,6 +283,27 @@ def test_two_processes(tmp_path):
 
 
 @pytest.mark.slow
+def test_two_processes_stop_together_when_process_0_fails(tmp_path):
+  # Process 0 cannot read the corpus; process 1 must not wait for it forever.
+  workdir = str(tmp_path / "run")
+  missing = str(tmp_path / "no_such_corpus")
+  port = _free_port()
+  procs = [
+      subprocess.Popen(
+          [*cli_args(workdir, **{"data.source": "text", "data.dir": missing}),
+           f"--coordinator_address=localhost:{port}", "--num_processes=2",
+           f"--process_id={i}"],
+          env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+      for i in range(2)]
+  errors = [p.communicate(timeout=120)[1] for p in procs]
+  assert [p.returncode for p in procs] == [1, 1], errors[1][-3000:]
+  assert "no_such_corpus" in errors[0]
+  assert errors[1].strip().splitlines()[-1] == (
+      "error: Process 0 failed while preparing the corpus and the tokenizer; "
+      "its log has the error.")
+
+
+@pytest.mark.slow
 def test_quickstart_end_to_end(tmp_path):
   """The README's quickstart command, shortened: 120 steps, greedy, 200 test
   sentences (~45 s on 2 CPU cores). The full run reaches BLEU ~93."""

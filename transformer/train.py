@@ -392,6 +392,32 @@ class NonFiniteLossError(FloatingPointError):
   pass
 
 
+class OtherProcessFailedError(RuntimeError):
+  """Process 0 of a multi-host run failed; the error is in its log."""
+
+
+def _primary_first(fn: Callable, what: str):
+  """Runs ``fn`` on process 0, then on the other processes.
+
+  Process 0 tells the others whether it succeeded, so that when it fails
+  (a missing data file, say) they stop at once with an error that points to
+  its log, instead of waiting at a barrier until the coordination timeout.
+  """
+  if jax.process_count() == 1:
+    return fn()
+  if jax.process_index() == 0:
+    try:
+      result = fn()
+    except BaseException:
+      multihost_utils.broadcast_one_to_all(np.int32(1))
+      raise
+    multihost_utils.broadcast_one_to_all(np.int32(0))
+    return result
+  if int(multihost_utils.broadcast_one_to_all(np.int32(0))):
+    raise OtherProcessFailedError(f"Process 0 failed while {what}; its log has the error.")
+  return fn()
+
+
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
                        model_fn: Callable | None = None) -> dict:
   """Trains ``config`` in ``workdir`` (resuming what is there), evaluates.
@@ -417,11 +443,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
 
   # -- input ----------------------------------------------------------------
   # Process 0 prepares the corpus and the tokenizer; the others then reuse them.
-  if not is_primary:
-    multihost_utils.sync_global_devices("tokenizer ready")
-  tokenizer = data_lib.load_tokenizer(config, workdir)
-  if is_primary and jax.process_count() > 1:
-    multihost_utils.sync_global_devices("tokenizer ready")
+  tokenizer = _primary_first(lambda: data_lib.load_tokenizer(config, workdir),
+                             "preparing the corpus and the tokenizer")
   if tokenizer.vocab_size != config.model.vocab_size:
     raise ValueError(
         f"The tokenizer has {tokenizer.vocab_size} pieces but model.vocab_size is "
