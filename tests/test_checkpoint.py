@@ -1,7 +1,6 @@
 """Tests for transformer/checkpoint.py: save, keep-last-K, resume, params restore."""
 
 import os
-import time
 
 import jax
 import jax.numpy as jnp
@@ -84,13 +83,21 @@ def test_restore_params_missing_step_is_clear(tmp_path):
     checkpoint.restore_params(str(tmp_path), 7)
 
 
-def test_step_and_time_triggers(tmp_path):
-  ckpt = checkpoint.Checkpointer(str(tmp_path), every_steps=100, every_minutes=0.001, keep=1)
-  assert ckpt.due(200)
-  ckpt.last_save_time = time.time()
-  assert not ckpt.due(201)
-  time.sleep(0.07)  # > 0.06 s = 0.001 min
-  assert ckpt.due(202)
+def test_step_and_time_triggers(tmp_path, monkeypatch):
+  clock = [1000.0]
+  monkeypatch.setattr(checkpoint.time, "time", lambda: clock[0])
+  ckpt = checkpoint.Checkpointer(str(tmp_path), every_steps=100, every_minutes=10, keep=3)
+  state = _state(0)
+  assert ckpt.due(200) and not ckpt.due(201)
+  clock[0] += 9 * 60
+  ckpt.save(300, state, {})  # A step-triggered save at minute 9 ...
+  clock[0] += 60
+  assert ckpt.due(301)  # ... does not move the 10-minute clock.
+  ckpt.save(301, state, {})
+  clock[0] += 9 * 60
+  assert not ckpt.due(302)
+  clock[0] += 60
+  assert ckpt.due(303)
   ckpt.close()
 
 
