@@ -21,7 +21,9 @@ For evaluation (checkpoint averaging) use the two public functions:
 and ``load_config(workdir)`` to get the run's config back.
 """
 
+import contextlib
 import json
+import logging as py_logging
 import os
 import time
 
@@ -100,6 +102,23 @@ def list_steps(workdir: str) -> list[int]:
   return sorted(int(s) for s in ocp.utils.checkpoint_steps(directory))
 
 
+class _DropMissingMetadata(py_logging.Filter):
+  def filter(self, record):
+    return "Metadata file does not exist" not in record.getMessage()
+
+
+@contextlib.contextmanager
+def _quiet_missing_step_metadata():
+  """Silences Orbax's warning that a single item of a step has no step
+  metadata file: it lives one folder up, and the item reads fine without it."""
+  logger, drop = py_logging.getLogger("absl"), _DropMissingMetadata()
+  logger.addFilter(drop)
+  try:
+    yield
+  finally:
+    logger.removeFilter(drop)
+
+
 def restore_params(workdir: str, step: int, target=None):
   """The parameters saved at ``step``, as a pure dict of arrays.
 
@@ -122,7 +141,7 @@ def restore_params(workdir: str, step: int, target=None):
         f"No complete checkpoint for step {step} in {checkpoint_dir(workdir)}; "
         f"available steps: {steps or 'none'}.")
   path = os.path.join(checkpoint_dir(workdir), str(step), "params")
-  with ocp.StandardCheckpointer() as checkpointer:
+  with ocp.StandardCheckpointer() as checkpointer, _quiet_missing_step_metadata():
     if target is None:
       metadata = checkpointer.metadata(path).item_metadata
       sharding = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
