@@ -122,7 +122,8 @@ def test_shift_right_restarts_at_each_segment():
 
 @pytest.mark.parametrize("overrides", [
     {}, {"norm_position": "pre"}, {"positional_encoding": "learned"},
-    {"activation": "swiglu", "share_output_embedding": False}])
+    {"activation": "swiglu", "share_output_embedding": False},
+    {"attention_impl": "dot_product_attention", "d_v": 4}])
 def test_cached_decoding_equals_full_forward(overrides):
   model = build(**overrides)
   full = np.asarray(model(INPUTS, TARGETS))
