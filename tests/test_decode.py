@@ -421,6 +421,21 @@ def test_translate_batch_rejects_bad_arguments():
     decode.translate_batch(learned, np.array([[4, EOS_ID]]), max_extra_length=50)
 
 
+def test_beam_search_neither_tiles_nor_reorders_the_shared_cache_entry():
+  batch, beams, vocab = 2, 3, 6
+  seen = []
+
+  def step_fn(tokens, cache, step):
+    seen.append((cache["per_row"].shape, cache["shared"].shape))
+    logits = jnp.zeros((tokens.shape[0], vocab)).at[:, EOS_ID].set(1.0)
+    return logits, {"per_row": cache["per_row"] + 1, "shared": cache["shared"] + 1}
+
+  cache = {"per_row": jnp.zeros((batch, 5)), "shared": jnp.zeros((batch, 7))}
+  decode.beam_search(step_fn, cache, jnp.array([3, 3]), beam_size=beams, alpha=0.6,
+                     max_length=4)
+  assert seen and all(shapes == ((batch * beams, 5), (batch, 7)) for shapes in seen)
+
+
 def test_constant_cache_leaves_are_hoisted_out_of_the_beam_loop():
   # The encoder-decoder keys/values and the source mask never change: beam
   # search keeps them out of the loop state instead of reordering them.
