@@ -600,9 +600,9 @@ class Transformer(nnx.Module):
     The decoder self-attention keys and values sit in beam_size slots per
     sentence and position: at step t, the hypothesis in row j of its sentence
     writes the key and value of its new token to slot (t, j), entry
-    t * beam_size + j of the cache's slot axis. A hypothesis's
-    prefix is a path through these slots, and its row of ``origin`` records
-    which slot holds each of its positions. When beam search reorders the
+    t * beam_size + j of the cache's slot axis. A hypothesis's prefix is a
+    path through these slots, and its row of ``origin`` records which slot
+    holds each of its positions. When beam search reorders the
     hypotheses it moves only ``origin`` (L integers per hypothesis), never the
     keys and values, so a step's cost does not grow with the memory it would
     take to copy the cache. The encoder-decoder keys and values are computed
@@ -622,12 +622,12 @@ class Transformer(nnx.Module):
       cross_k, cross_v = layer.cross_attention.project_kv(encoded)
       heads, _, d_k = cross_k.shape[1:]
       d_v = cross_v.shape[3]
-      slots = (batch, heads, max_length * beam_size)
+      slots = max_length * beam_size
       layers.append({
           # Keys are stored transposed, (..., K, slots), so that Q K^T reads
           # them as they lie instead of transposing the cache every step.
-          "self_k_t": jnp.zeros((batch, heads, d_k, max_length * beam_size), self.dtype),
-          "self_v": jnp.zeros(slots + (d_v,), self.dtype),
+          "self_k_t": jnp.zeros((batch, heads, d_k, slots), self.dtype),
+          "self_v": jnp.zeros((batch, heads, slots, d_v), self.dtype),
           "cross_k_t": cross_k.swapaxes(2, 3),
           "cross_v": cross_v,
       })
@@ -639,10 +639,10 @@ class Transformer(nnx.Module):
 
     ``tokens_in`` (B * beams,) holds each hypothesis's previous token, row
     b * beams + j for hypothesis j of sentence b (beams is init_cache's
-    beam_size; 1 for greedy decoding). ``step`` is the position being predicted (0 for the
-    first token, whose input is BOS). A sentence's hypotheses run as the
-    queries of one decoder pass. Equal, to float tolerance, to the full
-    forward pass's logits at that position.
+    beam_size; 1 for greedy decoding). ``step`` is the position being
+    predicted (0 for the first token, whose input is BOS). A sentence's
+    hypotheses run as the queries of one decoder pass. Equal, to float
+    tolerance, to the full forward pass's logits at that position.
     """
     shared = cache["shared"]
     max_length = cache["origin"].shape[1]
