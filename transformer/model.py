@@ -249,22 +249,14 @@ class MultiHeadAttention(nnx.Module):
     # weight as it is stored instead of transposing it at every decoding step.
     return jnp.einsum("BTD,DHX->BTHX", x, self._w(w)).swapaxes(1, 2)
 
-  def project_qkv(self, x):
-    """Q W^Q, K W^K, V W^V of one input x (B, T, D) (self-attention):
-    (B, H, T, K), (B, H, T, K), (B, H, T, J)."""
-    return (self._project(x, self.w_q), self._project(x, self.w_k),
-            self._project(x, self.w_v))
-
   def project_kv(self, x):
     """K W^K and V W^V for memory x (B, M, D): the cacheable part,
     (B, H, M, K) and (B, H, M, J)."""
     return self._project(x, self.w_k), self._project(x, self.w_v)
 
-  def attend(self, x_q, k, v, mask, return_weights=False, q=None):
-    """Attention of queries x_q (B, Q, D) over projected keys and values
-    (``q``: the queries already projected, (B, H, Q, K))."""
-    if q is None:
-      q = self._project(x_q, self.w_q)
+  def attend(self, x_q, k, v, mask, return_weights=False):
+    """Attention of queries x_q (B, Q, D) over projected keys and values."""
+    q = self._project(x_q, self.w_q)
     use_fused = (self.attention_impl == "dot_product_attention"
                  and not return_weights and self.attention_dropout.rate == 0.0)
     if use_fused:
@@ -412,9 +404,8 @@ class DecoderLayer(nnx.Module):
     (the identity in training; decoding writes them into its cache).
     cross_kv: the projected (K, V) of the encoder output."""
     h = self.residual_1.sublayer_input(x)
-    q, k, v = self.self_attention.project_qkv(h)
-    y, self_weights = self.self_attention.attend(h, *self_kv(k, v), self_mask,
-                                                 return_weights, q=q)
+    k, v = self_kv(*self.self_attention.project_kv(h))
+    y, self_weights = self.self_attention.attend(h, k, v, self_mask, return_weights)
     x = self.residual_1(x, y)
     h = self.residual_2.sublayer_input(x)
     y, cross_weights = self.cross_attention.attend(h, *cross_kv, cross_mask,
