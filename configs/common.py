@@ -85,7 +85,11 @@ def data_config():
   # model.vocab_size.
   d.tokenizer_type = "bpe"  # "bpe" (the paper's byte-pair encoding) or "unigram".
   d.tokenizer_path = ""  # Existing .model file; empty: train one in the workdir.
-  d.tokenizer_max_chars = 10_000_000  # Training-text sample for the tokenizer.
+  # Training sample of the tokenizer, in sentences (half source, half
+  # target): a uniform sample of pairs of the whole training split, drawn in
+  # one streaming pass. 2M sentences cover WMT's vocabulary; the whole split
+  # when it is smaller (Multi30k, the quickstart).
+  d.tokenizer_sample_sentences = 2_000_000
   # Fraction of the sample's characters given their own piece; the rest are
   # UNK. 1.0 keeps every character, so decoding is exact detokenization.
   d.tokenizer_character_coverage = 1.0
@@ -102,7 +106,10 @@ def data_config():
   # fixed lengths (one shape per bucket).
   d.batching = "pack"
   d.eval_batch_size = 64  # Sentences per evaluation batch (padded, never dropped).
-  d.prefetch = 4  # Batches prepared ahead in a background thread.
+  d.prefetch = 4  # Batches planned ahead in a background thread.
+  # Threads that assemble the planned batches (compiled, without the GIL, so
+  # they use the host's spare cores); 0: the prefetch thread does it alone.
+  d.workers = 2
   d.seed = 0  # Shuffle seed; epochs are reshuffled deterministically.
   d.cache_dir = ""  # Token-id cache; empty: <workdir>/data_cache.
   # Generated corpus (source="synthetic").

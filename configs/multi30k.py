@@ -41,7 +41,6 @@ def get_config(arg=None):
   d.test_split = "val"  # The raw folder has no test split; see the run card.
   d.max_length = 128
   d.batch_tokens = 4096
-  d.tokenizer_max_chars = 10_000_000  # The whole corpus (~3.8M characters).
 
   m = config.model
   m.vocab_size = 8000

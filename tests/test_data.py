@@ -354,7 +354,7 @@ def test_token_ids_are_cached(corpus_dir, workdir, tok, monkeypatch):
   cached = os.listdir(os.path.join(workdir, "data_cache"))
   assert len(cached) == 1 and cached[0].startswith("text-corpus")
   entries = os.listdir(os.path.join(workdir, "data_cache", cached[0]))
-  assert f"train.en-de.{tok.fingerprint}" in entries
+  assert f"train.en-de.{tok.fingerprint}.v2" in entries
 
 
 # ---------------------------------------------------------------------------

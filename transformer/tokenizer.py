@@ -131,7 +131,7 @@ def train_tokenizer(sentences, model_path, *, vocab_size, model_type="bpe",
           f"The tokenizer's training text ({len(sentences)} sentences) is too "
           f"small for a {model_type} vocabulary of {vocab_size} pieces. Lower "
           f"--config.model.vocab_size{hint}, or give more text "
-          f"(data.tokenizer_max_chars). SentencePiece said: {message}") from e
+          f"(data.tokenizer_sample_sentences). SentencePiece said: {message}") from e
     raise
   finally:
     if os.path.exists(tmp_path):

@@ -1,0 +1,29 @@
+"""Evaluation batches: a whole split once, in order, nothing dropped."""
+
+import numpy as np
+
+from transformer.data import packing, token_cache
+
+
+def _eval_length(n):
+  """Power-of-two lengths (>= 8) for evaluation: few shapes to compile."""
+  return max(8, int(2 ** np.ceil(np.log2(max(n, 1)))))
+
+
+def eval_batches(config, tokenizer, workdir, split, *, batch_size):
+  """Every sentence of ``split`` once, in order, in padded batches."""
+  if batch_size < 1:
+    raise ValueError(f"eval batch_size must be positive, got {batch_size}.")
+  data = token_cache.tokenize_split(config, tokenizer, workdir, split)
+  source_lengths = data.source_lengths + 1  # EOS.
+  target_lengths = data.target_lengths + 1
+  batches = []
+  for start in range(0, len(data), batch_size):
+    indices = np.arange(start, min(start + batch_size, len(data)))
+    batch = packing.fill_one_per_row(
+        data, indices, batch_size, _eval_length(source_lengths[indices].max()),
+        _eval_length(target_lengths[indices].max()))
+    batch["index"] = np.full((batch_size,), -1, np.int32)
+    batch["index"][:len(indices)] = indices
+    batches.append(batch)
+  return batches

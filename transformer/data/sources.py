@@ -1,0 +1,285 @@
+"""Raw parallel text: TFDS, a folder of text files, or the generated corpus.
+
+Every source is read as a stream of (sources, targets) chunks of at most
+``CHUNK`` pairs, in the split's stored order, so that a 36M-pair training
+split never has to be held in memory. ``load_split_text`` collects a whole
+(evaluation-sized) split.
+"""
+
+import gzip
+import itertools
+import os
+import time
+
+from absl import logging
+
+from transformer import synthetic
+
+SOURCES = ("tfds", "text", "synthetic")
+BATCHINGS = ("pack", "bucket")
+CHUNK = 20_000  # Pairs per chunk of the stream.
+
+
+def check_config(config):
+  """The data fields every entry point of the pipeline relies on."""
+  d = config.data
+  if d.source not in SOURCES:
+    raise ValueError(f"Unknown data.source {d.source!r}; use one of {SOURCES}.")
+  if d.batching not in BATCHINGS:
+    raise ValueError(
+        f"Unknown data.batching {d.batching!r}; use one of {BATCHINGS}.")
+  if d.source_lang == d.target_lang:
+    raise ValueError(
+        f"data.source_lang and data.target_lang are both {d.source_lang!r}.")
+  if d.max_length < 2:
+    raise ValueError(f"data.max_length={d.max_length} must be at least 2 "
+                     "(one token and EOS).")
+  if d.source == "synthetic":
+    for lang in (d.source_lang, d.target_lang):
+      if lang not in synthetic.LANGS:
+        raise ValueError(
+            f"The synthetic corpus has languages {synthetic.LANGS}; "
+            f"data.source_lang/target_lang {lang!r} is not one of them.")
+
+
+def cache_root(config, workdir):
+  """Where token ids and the generated corpus are cached."""
+  if config.data.cache_dir:
+    return config.data.cache_dir
+  if not workdir:
+    raise ValueError("Set data.cache_dir or give a workdir for the token cache.")
+  return os.path.join(workdir, "data_cache")
+
+
+def dataset_name(config):
+  d = config.data
+  if d.source == "tfds":
+    return d.tfds_name
+  if d.source == "synthetic":
+    return "the synthetic corpus"
+  return d.dir
+
+
+# ----------------------------------------------------------------------------
+# Text folders ("text", and "synthetic" once written).
+# ----------------------------------------------------------------------------
+
+
+def _synthetic_dir(config, workdir):
+  """Writes the generated corpus (once) and returns its folder."""
+  d = config.data
+  name = (f"synthetic-seed{d.synthetic_seed}-{d.synthetic_train_size}-"
+          f"{d.synthetic_dev_size}-{d.synthetic_test_size}")
+  directory = os.path.join(cache_root(config, workdir), name)
+  start = time.time()
+  existed = os.path.isdir(directory)
+  synthetic.write_corpus(directory, d.synthetic_train_size,
+                         d.synthetic_dev_size, d.synthetic_test_size,
+                         d.synthetic_seed)
+  if not existed:
+    logging.info("Generated the synthetic corpus in %s (%.1f s).", directory,
+                 time.time() - start)
+  return directory
+
+
+def text_dir(config, workdir):
+  """The folder of {split}.{lang} files for "text" and "synthetic"."""
+  if config.data.source == "synthetic":
+    return _synthetic_dir(config, workdir)
+  directory = config.data.dir
+  if not directory:
+    raise ValueError(
+        "data.source='text' needs a folder of {split}.{lang} files: set "
+        "--config.data.dir=/path/to/folder (for Multi30k, e.g. "
+        "--config.data.dir=../shared/data/multi30k).")
+  if not os.path.isdir(directory):
+    raise FileNotFoundError(
+        f"data.dir={directory!r} does not exist or is not a folder "
+        "(it should hold {split}.{lang} files such as train.en, train.de).")
+  return directory
+
+
+def _find_file(directory, split, lang):
+  for name in (f"{split}.{lang}", f"{split}.{lang}.gz"):
+    path = os.path.join(directory, name)
+    if os.path.isfile(path):
+      return path
+  present = sorted(os.listdir(directory))
+  raise FileNotFoundError(
+      f"Missing {os.path.join(directory, f'{split}.{lang}')} (or .gz) for "
+      f"split {split!r}, language {lang!r}. Files in {directory}: {present}. "
+      "Check data.dir, data.*_split and data.source_lang/target_lang.")
+
+
+def _decode(path, raw_lines, first_number):
+  """Decoded, stripped lines; a line that is not UTF-8 is named in the error."""
+  try:
+    # One decode per chunk: a per-line decode costs more than the reading.
+    text = b"".join(raw_lines).decode("utf-8")
+  except UnicodeDecodeError:
+    for number, line in enumerate(raw_lines, start=first_number):
+      try:
+        line.decode("utf-8")
+      except UnicodeDecodeError as e:
+        raise ValueError(
+            f"{path} line {number} is not valid UTF-8 ({e.reason} at byte "
+            f"{e.start} of the line); the data must be UTF-8 text.") from None
+    raise
+  lines = text.split("\n")
+  if raw_lines[-1].endswith(b"\n"):
+    lines.pop()  # The final newline ends the last line.
+  return [line.strip() for line in lines]
+
+
+def iter_lines(path, chunk=CHUNK):
+  """Lists of at most ``chunk`` UTF-8 lines of a plain or gzipped file,
+  stripped, split on '\\n' only."""
+  opener = gzip.open if path.endswith(".gz") else open
+  number = 1
+  try:
+    with opener(path, "rb") as f:
+      while True:
+        raw_lines = list(itertools.islice(f, chunk))
+        if not raw_lines:
+          return
+        yield _decode(path, raw_lines, number)
+        number += len(raw_lines)
+  except (OSError, EOFError) as e:
+    raise ValueError(f"Cannot read {path}: {e}") from e
+
+
+def read_lines(path):
+  """All lines of a file (see iter_lines)."""
+  return [line for lines in iter_lines(path) for line in lines]
+
+
+def _iter_text_split(directory, split, source_lang, target_lang):
+  source_path = _find_file(directory, split, source_lang)
+  target_path = _find_file(directory, split, target_lang)
+  source_chunks = iter_lines(source_path)
+  target_chunks = iter_lines(target_path)
+  num_pairs = 0
+  for sources in source_chunks:
+    targets = next(target_chunks, [])
+    if len(targets) != len(sources):
+      break
+    num_pairs += len(sources)
+    yield sources, targets
+  else:
+    targets = next(target_chunks, [])
+    if not targets:
+      if not num_pairs:
+        raise ValueError(f"{source_path} and {target_path} are empty: split "
+                         f"{split!r} has no sentence pairs.")
+      return
+    sources = []
+  # The files differ in length: count both to say by how much.
+  num_sources = num_pairs + len(sources) + sum(map(len, source_chunks))
+  num_targets = num_pairs + len(targets) + sum(map(len, target_chunks))
+  raise ValueError(
+      f"{source_path} has {num_sources} lines but {target_path} has "
+      f"{num_targets}; line N of one must be the translation of line N of "
+      "the other.")
+
+
+# ----------------------------------------------------------------------------
+# TFDS.
+# ----------------------------------------------------------------------------
+
+
+def _tfds_builder(config):
+  import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
+  name = config.data.tfds_name
+  try:
+    return tfds.builder(name, data_dir=config.data.tfds_data_dir or None)
+  except tfds.core.registered.DatasetNotFoundError as e:
+    raise ValueError(f"Unknown TFDS dataset data.tfds_name={name!r}.") from e
+
+
+def _prepare_command(config):
+  data_dir = config.data.tfds_data_dir
+  arg = f", data_dir={data_dir!r}" if data_dir else ""
+  return ("python -c \"import tensorflow_datasets as tfds; "
+          f"tfds.builder('{config.data.tfds_name}'{arg}).download_and_prepare()\"")
+
+
+def _iter_tfds_split(config, split):
+  """Yields (sources, targets) chunks of a TFDS split, in stored order."""
+  import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
+  d = config.data
+  builder = _tfds_builder(config)
+  languages = getattr(builder.info.features, "languages", None) or list(
+      builder.info.features.keys())
+  for lang in (d.source_lang, d.target_lang):
+    if lang not in languages:
+      raise ValueError(
+          f"TFDS dataset {d.tfds_name} has languages {list(languages)}; "
+          f"data.source_lang/target_lang {lang!r} is not one of them.")
+  try:
+    dataset = builder.as_dataset(split=split, shuffle_files=False)
+  except AssertionError as e:  # TFDS's "could not find data".
+    if not d.tfds_download:
+      raise FileNotFoundError(
+          f"TFDS dataset {d.tfds_name} is not prepared in "
+          f"{builder.data_dir_root}. Prepare it once (needs network):\n  "
+          f"{_prepare_command(config)}\nor set --config.data.tfds_download="
+          "True, or point data.tfds_data_dir / $TFDS_DATA_DIR at a prepared "
+          "copy.") from e
+    try:
+      builder.download_and_prepare()
+    except Exception as e2:  # pylint: disable=broad-except
+      raise RuntimeError(
+          f"Could not download and prepare TFDS dataset {d.tfds_name} "
+          f"(network needed): {e2}. Prepare it where there is network:\n  "
+          f"{_prepare_command(config)}") from e2
+    dataset = builder.as_dataset(split=split, shuffle_files=False)
+  except (KeyError, ValueError) as e:
+    raise ValueError(
+        f"TFDS dataset {d.tfds_name} has no split {split!r} (it has "
+        f"{list(builder.info.splits.keys())}); check data.*_split.") from e
+  sources, targets = [], []
+  for example in tfds.as_numpy(dataset):
+    sources.append(example[d.source_lang].decode("utf-8").strip())
+    targets.append(example[d.target_lang].decode("utf-8").strip())
+    if len(sources) == CHUNK:
+      yield sources, targets
+      sources, targets = [], []
+  if sources:
+    yield sources, targets
+
+
+# ----------------------------------------------------------------------------
+# Any source.
+# ----------------------------------------------------------------------------
+
+
+def iter_split(config, split, workdir):
+  """Yields (sources, targets) chunks of a split, in its original order."""
+  check_config(config)
+  if config.data.source == "tfds":
+    yield from _iter_tfds_split(config, split)
+    return
+  yield from _iter_text_split(text_dir(config, workdir), split,
+                              config.data.source_lang, config.data.target_lang)
+
+
+def load_split_text(config, split, *, workdir=None):
+  """Raw (sources, references) of a split, in the order of eval_batches."""
+  check_config(config)
+  if config.data.source == "synthetic" and not (workdir or
+                                                config.data.cache_dir):
+    d = config.data
+    corpus = synthetic.generate(d.synthetic_train_size, d.synthetic_dev_size,
+                                d.synthetic_test_size, d.synthetic_seed)
+    if split not in corpus:
+      raise ValueError(f"The synthetic corpus has splits {synthetic.SPLITS}; "
+                       f"got {split!r}.")
+    by_lang = dict(zip(synthetic.LANGS, corpus[split], strict=True))
+    return list(by_lang[d.source_lang]), list(by_lang[d.target_lang])
+  sources, targets = [], []
+  for chunk_sources, chunk_targets in iter_split(config, split, workdir):
+    sources.extend(chunk_sources)
+    targets.extend(chunk_targets)
+  if not sources:
+    raise ValueError(f"Split {split!r} of {dataset_name(config)} is empty.")
+  return sources, targets
