@@ -4,6 +4,7 @@ import gc
 import gzip
 import json
 import os
+import socket
 import threading
 import time
 
@@ -521,3 +522,153 @@ def test_multi30k_padding_efficiency(tmp_path):
       batch = next(iterator)
       assert batch["inputs"].size <= config.data.batch_tokens
   assert iterator.padding_efficiency >= 0.9
+
+
+# ---------------------------------------------------------------------------
+# The compiled packer, held against a plain-Python first fit.
+
+
+def _reference_first_fit(source_lengths, target_lengths, start, rows, length):
+  """First fit as the paper-era loop: each pair to the first row with room on
+  both sides; the batch closes at the first pair that fits in no row."""
+  free = [[length, length] for _ in range(rows)]
+  placed = []
+  for k in range(start, len(source_lengths)):
+    s, t = int(source_lengths[k]), int(target_lengths[k])
+    for row, (fs, ft) in enumerate(free):
+      if fs >= s and ft >= t:
+        placed.append((row, length - fs, length - ft))
+        free[row] = [fs - s, ft - t]
+        break
+    else:
+      break
+  return start + len(placed), placed
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_first_fit_matches_a_plain_python_first_fit(seed):
+  rng = np.random.default_rng(seed)
+  n, rows, length = 3000, 7, 64
+  source_lengths = rng.integers(2, length + 1, n) // rng.integers(1, 6, n) + 2
+  source_lengths = np.minimum(source_lengths, length).astype(np.int64)
+  target_lengths = np.clip(source_lengths + rng.integers(-3, 4, n), 2,
+                           length).astype(np.int64)
+  start = 0
+  while start < n:
+    want_end, want = _reference_first_fit(source_lengths, target_lengths,
+                                          start, rows, length)
+    end, row_of, source_start, target_start, segment_of = data.packing.first_fit(
+        source_lengths, target_lengths, start, rows, length)
+    assert end == want_end > start
+    assert list(zip(row_of.tolist(), source_start.tolist(),
+                    target_start.tolist(), strict=True)) == want
+    for row in range(rows):  # Segments count 1, 2, ... along each row.
+      np.testing.assert_array_equal(segment_of[row_of == row],
+                                    np.arange(1, np.sum(row_of == row) + 1))
+    start = end
+
+
+def test_resumed_iterator_equals_an_uninterrupted_one_across_epochs(
+    corpus_dir, workdir, tok):
+  config = _config(corpus_dir, prefetch=0)
+  with data.make_train_iterator(config, tok, workdir) as reference:
+    states, batches = [], []
+    while reference.epoch < 2:  # Two epoch boundaries.
+      states.append(reference.get_state())
+      batches.append(next(reference))
+    states.append(reference.get_state())
+  last_of_epoch = [i for i in range(len(states) - 1)
+                   if states[i + 1]["epoch"] != states[i]["epoch"]]
+  assert len(last_of_epoch) == 2
+  # Workers and prefetch give the same batches; a restore just before an
+  # epoch's last batch continues across the boundary exactly.
+  config = _config(corpus_dir, prefetch=3, workers=2)
+  for i in [0] + [k - 1 for k in last_of_epoch]:
+    with data.make_train_iterator(config, tok, workdir) as restored:
+      restored.set_state(json.loads(json.dumps(states[i])))
+      for want in batches[i:]:
+        got = next(restored)
+        for name in data.FEATURES:
+          np.testing.assert_array_equal(got[name], want[name])
+
+
+# ---------------------------------------------------------------------------
+# Streaming: the token cache and the tokenizer sample.
+
+
+def test_killed_tokenization_leaves_no_trusted_cache(corpus_dir, tmp_path, tok,
+                                                     monkeypatch):
+  config = _config(corpus_dir)
+  workdir = str(tmp_path)
+  monkeypatch.setattr(data.sources, "CHUNK", 50)
+  calls = []
+  encode = tok.encode_batch
+  def dies_at_the_third_chunk(texts):
+    calls.append(1)
+    if len(calls) == 5:
+      raise KeyboardInterrupt  # As a kill in the middle of the build.
+    return encode(texts)
+  monkeypatch.setattr(tok, "encode_batch", dies_at_the_third_chunk)
+  with pytest.raises(KeyboardInterrupt):
+    data.tokenize_split(config, tok, workdir, "train")
+  monkeypatch.setattr(tok, "encode_batch", encode)
+  root = os.path.join(workdir, "data_cache")
+  (key,) = os.listdir(root)
+  assert os.listdir(os.path.join(root, key)) == []  # Nothing left behind.
+  # A build killed by SIGKILL leaves its temporary folder: never read, and
+  # removed by the next build on the same host.
+  name = f"train.en-de.{tok.fingerprint}.v2"
+  stale = os.path.join(root, key, f"{name}.tmp-{socket.gethostname()}-999999999")
+  os.makedirs(stale)
+  with open(os.path.join(stale, "source_ids.bin"), "wb") as f:
+    f.write(b"\x01\x00" * 10)
+  built = data.tokenize_split(config, tok, workdir, "train")
+  assert os.listdir(os.path.join(root, key)) == [name]
+  assert len(built) == TRAIN_SIZE
+  sources, _ = data.load_split_text(config, "train")
+  assert list(built.source(TRAIN_SIZE - 1)) == tok.encode(sources[-1])
+  # A damaged complete cache (a truncated file) is rebuilt, not trusted.
+  expected = np.array(built.target_ids)
+  ids = os.path.join(root, key, name, "target_ids.bin")
+  os.truncate(ids, os.path.getsize(ids) - 2)
+  again = data.tokenize_split(config, tok, workdir, "train")
+  np.testing.assert_array_equal(again.target_ids, expected)
+
+
+def test_errors_name_the_line_in_any_chunk(tmp_path, monkeypatch):
+  monkeypatch.setattr(data.sources, "CHUNK", 2)
+  config = _bad_folder(tmp_path, {"train.en": b"a\nb\nc\nd\ne\n",
+                                  "train.de": b"v\nw\nx\ny\n\xff\n"})
+  with pytest.raises(ValueError, match=r"train.de line 5 is not valid UTF-8"):
+    data.load_split_text(config, "train")
+  config = _bad_folder(tmp_path, {"train.en": b"a\nb\nc\nd\ne\n",
+                                  "train.de": b"v\nw\nx\n"})
+  with pytest.raises(ValueError, match=r"train.en has 5 lines but .*train.de has 3"):
+    data.load_split_text(config, "train")
+  config = _bad_folder(tmp_path, {"train.en": b"a\nb\n",
+                                  "train.de": b"v\nw\nx\ny\nz\n"})
+  with pytest.raises(ValueError, match=r"train.en has 2 lines but .*train.de has 5"):
+    data.load_split_text(config, "train")
+
+
+def test_tokenizer_sample_is_uniform_seeded_and_in_corpus_order(
+    corpus_dir, monkeypatch):
+  config = _config(corpus_dir, tokenizer_sample_sentences=100)
+  sources, targets = data.load_split_text(config, "train")
+  sample = data.vocabulary.tokenizer_sample(config, None)
+  assert len(sample) == 100
+  pairs = list(zip(sample[::2], sample[1::2], strict=True))
+  where = [sources.index(s) for s, _ in pairs]
+  assert where == sorted(where) and len(set(where)) == 50
+  assert all(targets[i] == t for i, (_, t) in zip(where, pairs, strict=True))
+  assert max(where) > 0.7 * TRAIN_SIZE  # Drawn from the whole split.
+  monkeypatch.setattr(data.sources, "CHUNK", 7)  # Same chunks' seeds differ,
+  other_chunking = data.vocabulary.tokenizer_sample(config, None)
+  assert len(other_chunking) == 100 and other_chunking != sample
+  monkeypatch.setattr(data.sources, "CHUNK", 20_000)
+  assert data.vocabulary.tokenizer_sample(config, None) == sample  # Seeded.
+  config.data.seed = 1
+  assert data.vocabulary.tokenizer_sample(config, None) != sample
+  config.data.tokenizer_sample_sentences = 10 * TRAIN_SIZE  # All of it.
+  whole = data.vocabulary.tokenizer_sample(config, None)
+  assert whole == [x for pair in zip(sources, targets, strict=True) for x in pair]

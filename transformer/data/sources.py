@@ -131,9 +131,10 @@ def _decode(path, raw_lines, first_number):
   return [line.strip() for line in lines]
 
 
-def iter_lines(path, chunk=CHUNK):
-  """Lists of at most ``chunk`` UTF-8 lines of a plain or gzipped file,
-  stripped, split on '\\n' only."""
+def iter_lines(path, chunk=None):
+  """Lists of at most ``chunk`` (default CHUNK) UTF-8 lines of a plain or
+  gzipped file, stripped, split on '\\n' only."""
+  chunk = chunk or CHUNK
   opener = gzip.open if path.endswith(".gz") else open
   number = 1
   try:
