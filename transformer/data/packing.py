@@ -82,7 +82,7 @@ def _first_fit(source_lengths, target_lengths, start, rows, length):
 
 
 def first_fit(source_lengths, target_lengths, start, rows, length):
-  """See _first_fit; lengths are int64 arrays of EOS-inclusive lengths."""
+  """See _first_fit; lengths are integer arrays of EOS-inclusive lengths."""
   return _first_fit(source_lengths, target_lengths, start, rows, length)
 
 
