@@ -1,6 +1,8 @@
 """Tests for transformer/model.py: each checks one claim of the paper."""
 
+import functools
 import math
+import re
 
 import jax
 import jax.numpy as jnp
@@ -10,7 +12,7 @@ from flax import nnx
 
 from configs import common
 from transformer import model as model_lib
-from transformer import tokens
+from transformer import optim, tokens
 
 VOCAB = 23
 
@@ -123,18 +125,23 @@ def test_shift_right_restarts_at_each_segment():
 @pytest.mark.parametrize("overrides", [
     {}, {"norm_position": "pre"}, {"positional_encoding": "learned"},
     {"activation": "swiglu", "share_output_embedding": False},
-    {"attention_impl": "dot_product_attention", "d_v": 4}])
+    {"attention_impl": "dot_product_attention", "d_v": 4}, {"dtype": "bfloat16"}])
 def test_cached_decoding_equals_full_forward(overrides):
   model = build(**overrides)
   full = np.asarray(model(INPUTS, TARGETS))
   cache = model.init_cache(model.encode(INPUTS), INPUTS, max_length=TARGETS.shape[1])
+  assert cache["shared"]["layers"][0]["self_v"].dtype == model.dtype  # bf16 cache in bf16
+  # bfloat16: float32 sums over a different number of keys can round a bf16
+  # activation the other way; a few bf16 steps (0.016 at |logit| ~ 3) remain.
+  # Measured: at most 0.033 over seeds 0-3.
+  tol = 1e-5 if model.dtype == jnp.float32 else 5e-2
   step = jax.jit(lambda tok, cache, t: model.decode_step(tok, cache, t))
   previous = jnp.full((2,), tokens.BOS_ID)
   for t in range(TARGETS.shape[1]):
     logits, cache = step(previous, cache, t)
     real = np.asarray(TARGETS[:, t] != tokens.PAD_ID)
     np.testing.assert_allclose(np.asarray(logits)[real], full[real, t],
-                               rtol=1e-5, atol=1e-5)
+                               rtol=tol, atol=tol)
     previous = TARGETS[:, t]
 
 
@@ -255,10 +262,122 @@ def test_impossible_config_has_clear_error(field, value, message):
     build(**{field: value})
 
 
-def test_auto_dtype_is_float32_on_cpu_and_bfloat16_elsewhere(monkeypatch):
-  assert model_lib.get_dtype("auto") == jnp.float32  # tests run on CPU
+def test_auto_dtype_follows_the_cpu_flags_and_the_backend(tmp_path, monkeypatch):
+  epyc = tmp_path / "epyc"  # An AMD Zen 3: AVX2, no bfloat16 matrix instructions.
+  epyc.write_text("processor\t: 0\nflags\t\t: fpu sse2 avx avx2 fma\n\n"
+                  "processor\t: 1\nflags\t\t: fpu sse2 avx avx2 fma\n")
+  xeon = tmp_path / "xeon"  # A Sapphire Rapids Xeon.
+  xeon.write_text("processor\t: 0\nflags\t\t: fpu avx2 avx512f avx512_bf16 amx_bf16 "
+                  "amx_tile\n")
+  expected = {epyc: "float32", xeon: "bfloat16", tmp_path / "no_such_file": "float32"}
+  for cpuinfo, dtype in expected.items():
+    monkeypatch.setattr(model_lib, "CPUINFO", str(cpuinfo))
+    assert model_lib.dtype_name("auto") == dtype, cpuinfo.name
+    assert model_lib.dtype_name("float32") == "float32"
+  monkeypatch.setattr(model_lib, "CPUINFO", str(epyc))
+  assert model_lib.get_dtype("auto") == jnp.float32
+  assert build(dtype="auto").dtype == jnp.float32
   monkeypatch.setattr(jax, "default_backend", lambda: "gpu")
   assert model_lib.dtype_name("auto") == "bfloat16"
-  assert model_lib.dtype_name("float32") == "float32"
-  with pytest.raises(ValueError, match="Unknown dtype 'fp8'"):
-    model_lib.dtype_name("fp8")
+  assert model_lib.dtype_name("float16") == "float16"  # Allowed off the CPU.
+
+
+@pytest.mark.parametrize("dtype,message", [
+    ("fp8", "Unknown dtype config.model.dtype='fp8'"),
+    ("float16", "'float16' is not supported on CPU"),
+])
+def test_bad_dtype_has_one_clear_error(dtype, message):
+  with pytest.raises(ValueError, match=message):
+    model_lib.dtype_name(dtype)
+  with pytest.raises(ValueError, match=message):
+    build(dtype=dtype)
+
+
+# ----------------------------------------------------------------------------
+# Mixed precision: the form of every matmul, forward and backward.
+# ----------------------------------------------------------------------------
+
+def test_matmul_and_its_gradient_vs_numpy():
+  rng = np.random.default_rng(0)
+  x = rng.normal(size=(2, 3, 4)).astype(np.float32)  # (B, T, D)
+  w = rng.normal(size=(4, 5)).astype(np.float32)  # (D, F)
+  g = rng.normal(size=(2, 3, 5)).astype(np.float32)  # cotangent of the output
+  xd, wd, gd = (a.astype(np.float64) for a in (x, w, g))
+  for dtype, tol in ((jnp.float32, 1e-5), (jnp.bfloat16, 3e-2)):
+    out, vjp = jax.vjp(functools.partial(model_lib.matmul, "BTD,DF->BTF", dtype=dtype),
+                       x, w)
+    dx, dw = vjp(jnp.asarray(g))
+    assert out.dtype == dx.dtype == dw.dtype == jnp.float32
+    np.testing.assert_allclose(out, xd @ wd, rtol=tol, atol=tol)
+    np.testing.assert_allclose(dx, gd @ wd.T, rtol=tol, atol=tol)  # dL/dx = g W^T
+    np.testing.assert_allclose(dw, np.einsum("btd,btf->df", xd, gd), rtol=tol, atol=tol)
+
+
+def hlo_dots(hlo_text):
+  """Every dot and convolution of an HLO module, as (operand dtypes, result
+  dtype, batched), e.g. (("bf16", "bf16"), "f32", False)."""
+  dtypes, dots = {}, []
+  for line in hlo_text.splitlines():
+    defined = re.match(r"\s*(?:ROOT )?%?([\w.\-]+) = (\w+)\[", line)
+    if not defined:
+      continue
+    dtypes[defined[1]] = defined[2]
+    op = re.search(r" (?:dot|convolution)\(%?([\w.\-]+), %?([\w.\-]+)\)", line)
+    if op:
+      dots.append(((dtypes[op[1]], dtypes[op[2]]), defined[2], "lhs_batch_dims" in line))
+  return dots
+
+
+def _loss_gradient(model):
+  """jax.grad of the train step's loss (dropout on), lowered for XLA."""
+  graphdef, params, rest = nnx.split(model, nnx.Param, ...)
+
+  def loss(params):
+    m = nnx.merge(graphdef, params, rest, copy=True)
+    m.train()
+    return optim.cross_entropy_sums(m(INPUTS, TARGETS), TARGETS, 0.1)["loss_sum"]
+
+  return jax.jit(jax.grad(loss)).lower(params)
+
+
+@pytest.mark.parametrize("overrides", [{}, {"activation": "swiglu",
+                                            "share_output_embedding": False}])
+def test_bfloat16_matmuls_take_bf16_operands_and_accumulate_in_float32(overrides):
+  """Q/K/V/O, FFN, Q K^T, weights x V and logits, and the two gradient
+  matmuls XLA derives from each: all bf16 x bf16 -> f32."""
+  model = build(dtype="bfloat16", **overrides)
+  forward = hlo_dots(jax.jit(lambda: model(INPUTS, TARGETS)).lower().as_text(dialect="hlo"))
+  lowered = _loss_gradient(model)
+  gradient = hlo_dots(lowered.as_text(dialect="hlo"))
+  # Per layer: 4 attention projections + Q K^T + weights x V per attention,
+  # 2 (3 gated) FFN matmuls; plus the logits. Each has a dx and a dw matmul.
+  per_ffn = 3 if overrides else 2
+  assert len(forward) == 2 * (6 + per_ffn) + 2 * (12 + per_ffn) + 1
+  assert len(gradient) == 3 * len(forward)
+  assert {(ops, out) for ops, out, _ in gradient} == {(("bf16", "bf16"), "f32")}
+  # After XLA's passes, on this CPU. Unbatched dots (projections, FFN,
+  # logits and their gradients) keep bf16 operands. XLA:CPU may widen the
+  # operands of batched dots (Q K^T, weights x V) to f32 where it has no
+  # bf16 kernel for them (an AVX2 CPU); their values are bf16 all the same.
+  compiled = hlo_dots(lowered.compile().as_text())
+  assert compiled and all(out == "f32" for _, out, _ in compiled)
+  assert all(ops == ("bf16", "bf16") for ops, _, batched in compiled if not batched)
+  assert sum(not batched for *_, batched in compiled) >= 2 * len(gradient) // 3
+
+
+def test_float32_matmuls_stay_float32():
+  dots = hlo_dots(_loss_gradient(build()).as_text(dialect="hlo"))
+  assert dots and {(ops, out) for ops, out, _ in dots} == {(("f32", "f32"), "f32")}
+
+
+def test_bfloat16_decode_step_matmuls_take_bf16_operands():
+  model = build(dtype="bfloat16")
+  cache = model.init_cache(model.encode(INPUTS), INPUTS, max_length=5, beam_size=2)
+  cache["origin"] = jnp.repeat(cache["origin"], 2, axis=0)  # As beam search tiles it.
+  tokens_in = jnp.full((4,), tokens.BOS_ID)
+  lowered = jax.jit(lambda t, c: model.decode_step(t, c, 0)).lower(tokens_in, cache)
+  dots = hlo_dots(lowered.as_text(dialect="hlo"))
+  # Per layer: Q, K, V, O of self-attention, Q and O of cross-attention,
+  # 2 x (Q K^T, weights x V), 2 FFN; plus the logits.
+  assert len(dots) == 2 * 12 + 1
+  assert {(ops, out) for ops, out, _ in dots} == {(("bf16", "bf16"), "f32")}

@@ -21,6 +21,7 @@ import pytest
 from configs import quickstart
 from transformer import checkpoint, sharding, train
 from transformer import metrics as metrics_lib
+from transformer import model as model_lib
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -323,7 +324,10 @@ def test_quickstart_end_to_end(tmp_path):
 def test_mixed_precision_keeps_float32_params():
   config = tiny_config(**{"model.dtype": "auto", "model.vocab_size": 32})
   resolved = train.resolve_config(config)
-  assert resolved.model.dtype == "float32"  # "auto" on CPU; bfloat16 on GPU/TPU.
+  # "auto": float32 on a CPU without a bfloat16 matrix engine; bfloat16 with
+  # one (AMX, AVX512-BF16) and on GPU/TPU. Resolved once, saved with the run.
+  expected = "bfloat16" if model_lib.cpu_has_bf16_matmul() else "float32"
+  assert resolved.model.dtype == expected
   config.model.dtype = "bfloat16"  # bfloat16 compute, float32 params and Adam state.
   setup = train.setup_state(config, sharding.make_mesh(config), train.default_model_fn(config))
   state = train.init_state(setup)

@@ -26,6 +26,7 @@ Initialization (our choice; the paper does not state one):
 
 import functools
 import math
+import re
 
 import jax
 import jax.numpy as jnp
@@ -60,23 +61,93 @@ GATED_ACTIVATIONS = {
 }
 
 
+# Read by cpu_has_bf16_matmul (tests point it at a stand-in file).
+CPUINFO = "/proc/cpuinfo"
+
+
+def cpu_has_bf16_matmul():
+  """Whether this CPU multiplies bfloat16 in hardware: the AMX-BF16 tile unit
+  or the AVX512-BF16 dot-product instructions, read from the flags in
+  /proc/cpuinfo (Linux; elsewhere False). Without them XLA emulates bfloat16
+  matmuls, which are slower than float32 ones."""
+  try:
+    with open(CPUINFO) as f:
+      flags = {flag for line in f if line.startswith("flags")
+               for flag in line.split(":", 1)[1].split()}
+  except OSError:
+    return False
+  return bool(flags & {"amx_bf16", "avx512_bf16"})
+
+
 def dtype_name(name):
-  """A config dtype name, with "auto" resolved for the default backend.
+  """``config.model.dtype``, with "auto" resolved for the default backend.
 
   "auto" is mixed precision where it pays: bfloat16 compute on GPU and TPU,
-  float32 on CPU (where bfloat16 matmuls are slower). Parameters and the
-  optimizer state keep ``model.param_dtype`` either way.
+  and on a CPU with a bfloat16 matrix engine (``cpu_has_bf16_matmul``);
+  float32 on other CPUs. Parameters and the optimizer state keep
+  ``model.param_dtype`` either way.
   """
+  cpu = jax.default_backend() == "cpu"
   if name == "auto":
-    return "float32" if jax.default_backend() == "cpu" else "bfloat16"
+    return "bfloat16" if not cpu or cpu_has_bf16_matmul() else "float32"
   if name not in _DTYPES:
-    raise ValueError(f"Unknown dtype {name!r}; choose one of {sorted(_DTYPES)} or 'auto'.")
+    raise ValueError(
+        f"Unknown dtype config.model.dtype={name!r}; choose one of "
+        f"{sorted(_DTYPES) + ['auto']} (e.g. --config.model.dtype=bfloat16).")
+  if name == "float16" and cpu:
+    raise ValueError(
+        "config.model.dtype='float16' is not supported on CPU (no float16 "
+        "matmul hardware, and float16 training would need loss scaling); use "
+        "--config.model.dtype=bfloat16, float32 or auto.")
   return name
 
 
 def get_dtype(name):
-  """Resolves a dtype name from config ("float32", "bfloat16", "auto")."""
+  """The compute dtype for ``config.model.dtype`` ("auto", "float32", ...)."""
   return _DTYPES[dtype_name(name)]
+
+
+# ----------------------------------------------------------------------------
+# Matmuls in the compute dtype
+# ----------------------------------------------------------------------------
+
+def matmul(spec, x, y, dtype):
+  """einsum(spec, x, y) with operands in the compute ``dtype`` and float32
+  accumulation and output: the form a matrix engine (GPU/TPU tensor cores,
+  AMX on CPU) runs fastest, and the one every heavy matmul here uses.
+
+  The gradient's two matmuls take the same form, with the float32 cotangent
+  cast to ``dtype`` first; plain autodiff would multiply it in float32, the
+  slow form. Gradients come back in x's and y's own dtypes, so a float32
+  parameter gets its float32-accumulated gradient, never rounded to bfloat16.
+  """
+  return _mixed_einsum(spec, dtype, (x.dtype, y.dtype), x, y)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(0, 1, 2))
+def _mixed_einsum(spec, dtype, grad_dtypes, x, y):
+  del grad_dtypes  # Used by the backward pass only.
+  return jnp.einsum(spec, x.astype(dtype), y.astype(dtype),
+                    preferred_element_type=jnp.float32)
+
+
+def _mixed_einsum_fwd(spec, dtype, grad_dtypes, x, y):
+  x, y = x.astype(dtype), y.astype(dtype)  # Saved for the backward pass as cast.
+  return jnp.einsum(spec, x, y, preferred_element_type=jnp.float32), (x, y)
+
+
+def _mixed_einsum_bwd(spec, dtype, grad_dtypes, residuals, g):
+  # For "xy,yz->xz": dx = einsum("xz,yz->xy", g, y), dy = einsum("xy,xz->yz", x, g).
+  # (Every index of an operand is in the other operand or the output.)
+  x, y = residuals
+  x_spec, y_spec, out_spec = re.split(",|->", spec.replace(" ", ""))
+  g = g.astype(dtype)
+  dx = jnp.einsum(f"{out_spec},{y_spec}->{x_spec}", g, y, preferred_element_type=jnp.float32)
+  dy = jnp.einsum(f"{x_spec},{out_spec}->{y_spec}", x, g, preferred_element_type=jnp.float32)
+  return dx.astype(grad_dtypes[0]), dy.astype(grad_dtypes[1])
+
+
+_mixed_einsum.defvjp(_mixed_einsum_fwd, _mixed_einsum_bwd)
 
 
 def check_config(cfg):
@@ -89,7 +160,7 @@ def check_config(cfg):
   choice("norm_position", _NORM_POSITIONS)
   choice("positional_encoding", _POSITIONAL_ENCODINGS)
   choice("attention_impl", _ATTENTION_IMPLS)
-  choice("dtype", list(_DTYPES) + ["auto"])
+  dtype_name(cfg.dtype)  # An unknown dtype, or float16 on CPU: one clear error.
   choice("param_dtype", _DTYPES)
   for field in ("vocab_size", "num_layers", "d_model", "d_ff", "num_heads", "d_k",
                 "d_v", "max_len"):
@@ -178,8 +249,7 @@ class Embedding(nnx.Module):
     return (x * math.sqrt(self.d_model)).astype(self.dtype)
 
   def attend(self, x):
-    e = self.embedding[...].astype(self.dtype)
-    return jnp.einsum("BTD,VD->BTV", x, e, preferred_element_type=jnp.float32)
+    return matmul("BTD,VD->BTV", x, self.embedding[...], self.dtype)  # float32
 
 
 # ----------------------------------------------------------------------------
@@ -202,14 +272,14 @@ def scaled_dot_product_attention(q, k, v, mask, *, dropout=None):
   """
   d_k = q.shape[-1]
   # Q K^T / sqrt(d_k), accumulated and soft-maxed in float32.
-  logits = jnp.einsum("BHQK,BHMK->BHQM", q, k, preferred_element_type=jnp.float32)
+  logits = matmul("BHQK,BHMK->BHQM", q, k, q.dtype)
   logits = logits / math.sqrt(d_k)
   # Masked positions get the lowest float: a row with no allowed key (padding
   # queries) becomes uniform instead of NaN, and is itself masked downstream.
   logits = jnp.where(mask, logits, jnp.finfo(jnp.float32).min)
   weights = jax.nn.softmax(logits, axis=-1)  # (B, H, Q, M)
   probs = dropout(weights) if dropout is not None else weights
-  out = jnp.einsum("BHQM,BHMJ->BHQJ", probs.astype(v.dtype), v)
+  out = matmul("BHQM,BHMJ->BHQJ", probs, v, v.dtype).astype(v.dtype)
   return out, weights
 
 
@@ -240,14 +310,12 @@ class MultiHeadAttention(nnx.Module):
     # Deviation from the paper when rate > 0 (model.attention_dropout_rate).
     self.attention_dropout = nnx.Dropout(attention_dropout_rate, rngs=rngs)
 
-  def _w(self, w):
-    return w[...].astype(self.dtype)
-
   def _project(self, x, w):
     """x (B, T, D) times a projection w (D, H, ·): (B, H, T, ·)."""
     # Projected as (B, T, H, ·), then heads moved forward: XLA then keeps the
     # weight as it is stored instead of transposing it at every decoding step.
-    return jnp.einsum("BTD,DHX->BTHX", x, self._w(w)).swapaxes(1, 2)
+    xw = matmul("BTD,DHX->BTHX", x, w[...], self.dtype).astype(self.dtype)
+    return xw.swapaxes(1, 2)
 
   def project_kv(self, x):
     """K W^K and V W^V for memory x (B, M, D): the cacheable part,
@@ -269,7 +337,7 @@ class MultiHeadAttention(nnx.Module):
     else:
       out, weights = scaled_dot_product_attention(
           q, k, v, mask, dropout=self.attention_dropout)
-    y = jnp.einsum("BHQJ,HJD->BQD", out, self._w(self.w_o))
+    y = matmul("BHQJ,HJD->BQD", out, self.w_o[...], self.dtype).astype(self.dtype)
     return y, weights
 
   def __call__(self, x_q, x_kv, mask, return_weights=False):
@@ -303,13 +371,15 @@ class FeedForward(nnx.Module):
     self.hidden_dropout = nnx.Dropout(ffn_dropout_rate, rngs=rngs)
 
   def __call__(self, x):
-    w = lambda p: p[...].astype(self.dtype)  # noqa: E731
+    xw = lambda x, p: matmul("BTD,DF->BTF", x, p[...], self.dtype)  # noqa: E731
+    hw = lambda h, p: matmul("BTF,FD->BTD", h, p[...], self.dtype)  # noqa: E731
     if self.gated:
       # act(x W_1) * (x W_gate)
-      h = self.activation(x @ w(self.w_1)) * (x @ w(self.w_gate))  # (B, T, F)
-      return self.hidden_dropout(h) @ w(self.w_2)
-    h = self.activation(x @ w(self.w_1) + w(self.b_1))  # max(0, x W_1 + b_1)
-    return self.hidden_dropout(h) @ w(self.w_2) + w(self.b_2)  # (B, T, D)
+      h = self.activation(xw(x, self.w_1)) * xw(x, self.w_gate)  # (B, T, F)
+      return hw(self.hidden_dropout(h.astype(self.dtype)), self.w_2).astype(self.dtype)
+    h = self.activation(xw(x, self.w_1) + self.b_1[...])  # max(0, x W_1 + b_1)
+    y = hw(self.hidden_dropout(h.astype(self.dtype)), self.w_2) + self.b_2[...]
+    return y.astype(self.dtype)  # (B, T, D)
 
 
 # ----------------------------------------------------------------------------
@@ -465,7 +535,7 @@ class Transformer(nnx.Module):
   def __init__(self, cfg, *, rngs):
     check_config(cfg)
     self.cfg = cfg
-    dtype, param_dtype = get_dtype(cfg.dtype), get_dtype(cfg.param_dtype)
+    dtype, param_dtype = get_dtype(cfg.dtype), _DTYPES[cfg.param_dtype]
     self.dtype = dtype
     embed = functools.partial(Embedding, cfg.vocab_size, cfg.d_model, dtype=dtype,
                               param_dtype=param_dtype, rngs=rngs)
@@ -516,8 +586,7 @@ class Transformer(nnx.Module):
     """The pre-softmax linear transformation, float32 logits (B, T, V)."""
     if self.cfg.share_output_embedding:
       return self.target_embedding.attend(y)
-    w = self.output_projection[...].astype(self.dtype)
-    return jnp.einsum("BTD,DV->BTV", y, w, preferred_element_type=jnp.float32)
+    return matmul("BTD,DV->BTV", y, self.output_projection[...], self.dtype)
 
   # -- encoder ----------------------------------------------------------------
 

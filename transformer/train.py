@@ -89,8 +89,9 @@ def quiet_library_logs():
 
 def resolve_config(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
   """The config as the run uses it (a locked copy): ``model.dtype="auto"``
-  becomes bfloat16 on GPU/TPU and float32 on CPU (mixed precision: params and
-  Adam state stay ``model.param_dtype``)."""
+  becomes bfloat16 on GPU/TPU and on a CPU with a bfloat16 matrix engine,
+  float32 on other CPUs (mixed precision: params and Adam state stay
+  ``model.param_dtype``)."""
   config = ml_collections.ConfigDict(config.to_dict())
   config.model.dtype = model_lib.dtype_name(config.model.dtype)  # Resolves "auto".
   for field in ("log_every_steps", "accumulate_steps"):
@@ -427,6 +428,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
 
   # -- config and workdir ---------------------------------------------------
   quiet_library_logs()
+  requested_dtype = config.model.dtype
   config = resolve_config(config)
   t = config.train
   is_primary = jax.process_index() == 0
@@ -463,7 +465,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
   update = make_update_fn(setup)
   eval_fn = make_eval_fn(setup)
   num_params = sum(x.size for x in jax.tree.leaves(setup.abstract_state["params"]))
-  writer.info("Model: %s parameters.", f"{num_params:,}")
+  # The compute dtype as resolved by resolve_config (and saved in config.json).
+  writer.info("Model: %s parameters (%s); compute dtype %s (model.dtype=%s).",
+              f"{num_params:,}", config.model.param_dtype, config.model.dtype,
+              requested_dtype)
 
   # -- checkpoints and resume ---------------------------------------------------
   checkpointer = checkpoint_lib.Checkpointer(
