@@ -385,6 +385,10 @@ def run_benchmark(corpus_dir, workdir, *, reuse=False, batch_tokens=None, max_le
   train = data.tokenize_split(config, tokenizer, workdir, d.train_split)
   tokenize_seconds = time.perf_counter() - start
   pairs = len(train)
+  # The ceiling right after the build, so that both see the same load.
+  sentencepiece = sentencepiece_ceiling(
+      tokenizer.path, [os.path.join(d.dir, f"{d.train_split}.{lang}")
+                       for lang in (d.source_lang, d.target_lang)], pairs)
   source_lengths, target_lengths = train.source_lengths, train.target_lengths
   too_long = (np.maximum(source_lengths, target_lengths) + 1 > d.max_length).sum()
   corpus_tokens = {"source": token_statistics(source_lengths),
@@ -415,9 +419,6 @@ def run_benchmark(corpus_dir, workdir, *, reuse=False, batch_tokens=None, max_le
         it.close()
       del it
 
-  sentencepiece = sentencepiece_ceiling(
-      tokenizer.path, [os.path.join(d.dir, f"{d.train_split}.{lang}")
-                       for lang in (d.source_lang, d.target_lang)], pairs)
   tokenize_rate = pairs / tokenize_seconds
   return {
       "pairs": pairs,
