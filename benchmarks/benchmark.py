@@ -4,12 +4,16 @@ r"""Training and decoding speed, MFU and scaling, on whatever device JAX sees.
   python benchmarks/benchmark.py --config=configs/wmt14_ende.py:base --json
   python benchmarks/benchmark.py --config=configs/wmt14_ende.py:base \
       --config.model.dtype=bfloat16 --batch_size=256 --seq_len=128   # on a GPU
+  python benchmarks/benchmark.py --config=configs/wmt14_ende.py:base \
+      --dtypes=auto,float32,bfloat16 --skip=scaling   # each dtype, one run
 
 What it measures (random weights; speed does not depend on them):
 
-* matmul peak: the best FLOP/s of a large square matmul in the model's compute
-  dtype, measured in this run on this device. MFU is reported against it and
-  against the device's spec peak where one is known.
+* matmul peak: the best FLOP/s of a large square matmul in the form the
+  model's matmuls take (transformer/model.py:matmul): operands in the compute
+  dtype, float32 accumulation and output. Measured in this run on this device,
+  for the compute dtype and for float32. MFU is reported against the compute
+  dtype's peak, and against the device's spec peak where one is known.
 * train step: the real jitted update of transformer/train.py (forward,
   backward, Adam) on a batch of ``batch_size`` x ``seq_len`` source and
   target tokens, all real. FLOPs per step = 3 x the summary's forward FLOPs
@@ -21,6 +25,8 @@ What it measures (random weights; speed does not depend on them):
 * scaling: train step time for each of ``scaling_lengths`` at a constant
   number of tokens per batch, and the cached decode time per step as the
   output length grows (it should stay flat).
+* ``--dtypes``: all of the above for each ``model.dtype`` in turn, in one
+  process, and each one's train step and cached beam-4 speed-up over float32.
 
 Every figure is the median of ``repeats`` timed runs after one warm-up run
 (which compiles).
@@ -36,6 +42,7 @@ sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))  # the repo
 
 import jax
 import jax.numpy as jnp
+import ml_collections
 import numpy as np
 from absl import app, flags
 from flax import nnx
@@ -62,6 +69,9 @@ _SCALING_TOKENS = flags.DEFINE_integer(
 _DECODE_LENGTHS = flags.DEFINE_list("decode_lengths", ["16", "32", "64", "128"],
                                     "Output lengths for the decode scaling table.")
 _SKIP = flags.DEFINE_list("skip", [], "Sections to skip: train, decode, scaling.")
+_DTYPES = flags.DEFINE_list(
+    "dtypes", [], "model.dtype values to benchmark in turn (e.g. auto,float32,bfloat16); "
+    "empty: the config's model.dtype only.")
 
 # Reference figures of the Flax WMT example's base model on a 2-core CPU
 # machine of the kind this project is developed on (issue 6).
@@ -89,7 +99,8 @@ def timed(fn, repeats, best=False):
 
 
 def matmul_peak(dtype, repeats):
-  """Best FLOP/s of an n x n x n matmul chain in ``dtype`` on device 0."""
+  """Best FLOP/s of an n x n x n matmul chain on device 0, in the model's
+  form: ``dtype`` operands, float32 accumulation and output."""
   n = 2048 if jax.default_backend() == "cpu" else 8192
   a = jax.random.normal(jax.random.key(0), (n, n), dtype)
   b = jax.random.normal(jax.random.key(1), (n, n), dtype)
@@ -98,7 +109,7 @@ def matmul_peak(dtype, repeats):
   @jax.jit
   def f(a, b):
     for _ in range(chain):
-      a = (a @ b).astype(dtype) * 0.01
+      a = (model_lib.matmul("ij,jk->ik", a, b, dtype) * 0.01).astype(dtype)
     return a
 
   # The peak is the best run: on a shared machine a slow run says nothing
@@ -243,14 +254,21 @@ def run_benchmark(config, *, batch_size=16, seq_len=64, repeats=3, decode_senten
   cfg = config.model
   dtype = model_lib.get_dtype(cfg.dtype)
   summary = summary_lib.summarize(config, seq_len)
-  peak = matmul_peak(dtype, repeats)
+
+  def peaks():  # (compute dtype, float32)
+    peak = matmul_peak(dtype, repeats)
+    return peak, peak if dtype == jnp.float32 else matmul_peak(jnp.float32, repeats)
+
+  peak, peak_f32 = peaks()
   spec = spec_peak(model_lib.dtype_name(cfg.dtype))
   result = {
       "device": jax.devices()[0].device_kind, "backend": jax.default_backend(),
       "num_devices": jax.device_count(), "dtype": model_lib.dtype_name(cfg.dtype),
+      "cpu_has_bf16_matmul": model_lib.cpu_has_bf16_matmul(),
       "total_params": summary["total_params"],
       "forward_flops_per_target_token": summary["flops_per_token"],
       "measured_matmul_peak_flops_per_second": peak,
+      "measured_float32_matmul_peak_flops_per_second": peak_f32,
       "spec_peak_flops_per_second": spec,
   }
   trainer = Trainer(config)
@@ -272,8 +290,9 @@ def run_benchmark(config, *, batch_size=16, seq_len=64, repeats=3, decode_senten
         for n in decode_lengths]
   # Measured again at the end; the higher of the two is the peak (the machine
   # may have been busier at one of the two moments).
-  peak = max(peak, matmul_peak(dtype, repeats))
+  peak, peak_f32 = (max(a, b) for a, b in zip((peak, peak_f32), peaks(), strict=True))
   result["measured_matmul_peak_flops_per_second"] = peak
+  result["measured_float32_matmul_peak_flops_per_second"] = peak_f32
   for figures in [result.get("train")] + result.get("train_scaling", []):
     if figures:
       figures["mfu_vs_measured_matmul_peak"] = figures["achieved_flops_per_second"] / peak
@@ -281,10 +300,39 @@ def run_benchmark(config, *, batch_size=16, seq_len=64, repeats=3, decode_senten
   if beam4 and (decode_sentences, decode_steps) == (8, 64):
     # The Flax WMT example's base model: beam 4, 8 sentences x 64 steps in
     # about 3.6 s on a machine of this kind whose float32 matmul peak measured
-    # 160 GFLOP/s. Compared as time x peak, so that faster machines cancel out.
+    # 160 GFLOP/s. Compared as time x float32 peak, so that faster machines
+    # cancel out (and a faster compute dtype does not).
     result["beam4_speedup_vs_flax_wmt_reference"] = (
-        (FLAX_BEAM4_SECONDS * FLAX_MATMUL_PEAK) / (beam4[0]["seconds"] * peak))
+        (FLAX_BEAM4_SECONDS * FLAX_MATMUL_PEAK) / (beam4[0]["seconds"] * peak_f32))
   result["peak_memory_bytes"], result["peak_memory_source"] = peak_memory_bytes()
+  return result
+
+
+def _speedups(r, base):
+  """Speed-up of run ``r`` over run ``base`` (time of base / time of r)."""
+  out = {}
+  if "train" in r and "train" in base:
+    out["train_step"] = base["train"]["step_seconds"] / r["train"]["step_seconds"]
+  for d, b in zip(r.get("decode", []), base.get("decode", []), strict=True):
+    name = "greedy" if d["beam_size"] == 1 else f"beam{d['beam_size']}"
+    out[f"decode_{name}_{'cached' if d['cached'] else 'recompute'}"] = (
+        b["seconds"] / d["seconds"])
+  return out
+
+
+def compare_dtypes(config, dtypes, **kwargs):
+  """``run_benchmark`` for each ``model.dtype`` in ``dtypes`` in turn (one
+  process, the same machine state as far as possible), and each one's
+  speed-ups over the float32 run."""
+  runs = {}
+  for name in dtypes:
+    run_config = ml_collections.ConfigDict(config.to_dict())
+    run_config.model.dtype = name
+    runs[name] = run_benchmark(run_config, **kwargs)
+  result = {"runs": runs}
+  if "float32" in runs:
+    result["speedup_vs_float32"] = {name: _speedups(r, runs["float32"])
+                                    for name, r in runs.items() if name != "float32"}
   return result
 
 
@@ -293,8 +341,10 @@ def format_report(r):
   lines = [
       f"device: {r['device']} x{r['num_devices']} ({r['backend']}), dtype {r['dtype']}, "
       f"{r['total_params'] / 1e6:.2f}M parameters",
-      f"matmul peak (measured): {g(r['measured_matmul_peak_flops_per_second'])}"
-      + (f", spec peak {g(r['spec_peak_flops_per_second'])}"
+      f"matmul peak (measured, {r['dtype']} operands, float32 accumulation): "
+      f"{g(r['measured_matmul_peak_flops_per_second'])}; float32: "
+      f"{g(r['measured_float32_matmul_peak_flops_per_second'])}"
+      + (f"; spec peak {g(r['spec_peak_flops_per_second'])}"
          if r["spec_peak_flops_per_second"] else ""),
   ]
   if "train" in r:
@@ -326,18 +376,38 @@ def format_report(r):
   return "\n".join(lines)
 
 
+def format_comparison(result):
+  lines = []
+  for name, r in result["runs"].items():
+    lines += [f"== model.dtype={name} ==", format_report(r)]
+  for name, speedups in result.get("speedup_vs_float32", {}).items():
+    lines.append(f"speed-up of model.dtype={name} ({result['runs'][name]['dtype']}) over "
+                 "float32: " + ", ".join(f"{k} {v:.2f}x" for k, v in speedups.items()))
+  return "\n".join(lines)
+
+
 def main(argv):
   del argv
   config = _CONFIG.value
   if config is None:
     sys.exit("Pass --config=configs/<file>.py[:variant].")
-  result = run_benchmark(
-      config, batch_size=_BATCH.value, seq_len=_SEQ_LEN.value, repeats=_REPEATS.value,
+  kwargs = dict(
+      batch_size=_BATCH.value, seq_len=_SEQ_LEN.value, repeats=_REPEATS.value,
       decode_sentences=_DECODE_SENTENCES.value, decode_steps=_DECODE_STEPS.value,
       scaling_lengths=[int(n) for n in _SCALING.value],
       scaling_tokens=_SCALING_TOKENS.value,
       decode_lengths=[int(n) for n in _DECODE_LENGTHS.value], skip=_SKIP.value)
-  print(json.dumps(result) if _JSON.value else format_report(result))
+  try:  # A bad dtype (unknown, or float16 on CPU) fails before any run.
+    for name in _DTYPES.value or [config.model.dtype]:
+      model_lib.dtype_name(name)
+  except ValueError as e:
+    sys.exit(f"error: {e}")
+  if _DTYPES.value:
+    result = compare_dtypes(config, _DTYPES.value, **kwargs)
+    print(json.dumps(result) if _JSON.value else format_comparison(result))
+  else:
+    result = run_benchmark(config, **kwargs)
+    print(json.dumps(result) if _JSON.value else format_report(result))
 
 
 if __name__ == "__main__":

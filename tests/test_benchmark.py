@@ -47,3 +47,25 @@ def test_recomputation_decodes_the_same_tokens_as_the_cache():
                                          cached=False)
     assert (cached == recomputed).all()
     assert cached.shape[-1] == 6
+
+
+@pytest.mark.slow
+def test_dtype_comparison_reports_both_peaks_and_speedups():
+  r = benchmark.compare_dtypes(tiny_config(), ["float32", "bfloat16"], batch_size=4,
+                               seq_len=8, repeats=1, decode_sentences=2, decode_steps=6,
+                               skip=("scaling",))
+  f32, bf16 = r["runs"]["float32"], r["runs"]["bfloat16"]
+  assert (f32["dtype"], bf16["dtype"]) == ("float32", "bfloat16")
+  assert (f32["measured_matmul_peak_flops_per_second"]
+          == f32["measured_float32_matmul_peak_flops_per_second"])
+  # MFU of the bf16 run is against the peak of its own form (bf16 x bf16 -> f32).
+  assert bf16["train"]["mfu_vs_measured_matmul_peak"] == pytest.approx(
+      bf16["train"]["achieved_flops_per_second"]
+      / bf16["measured_matmul_peak_flops_per_second"])
+  speedups = r["speedup_vs_float32"]["bfloat16"]
+  assert speedups["train_step"] == pytest.approx(
+      f32["train"]["step_seconds"] / bf16["train"]["step_seconds"])
+  assert speedups["decode_beam4_cached"] == pytest.approx(
+      f32["decode"][2]["seconds"] / bf16["decode"][2]["seconds"])
+  assert set(speedups) == {"train_step", "decode_greedy_cached", "decode_greedy_recompute",
+                           "decode_beam4_cached", "decode_beam4_recompute"}
