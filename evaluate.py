@@ -15,7 +15,6 @@ Writes DIR/eval/<name>.hyp.txt and DIR/eval/<name>.json (sacreBLEU ``bleu``
 and its signature, paper-comparable ``bleu_tokenized``, steps averaged, speed).
 """
 
-import json
 import os
 import sys
 
@@ -23,20 +22,33 @@ import ml_collections
 from absl import app, flags
 from ml_collections import config_flags
 
+from transformer import checkpoint, checks
 
-def _saved_config() -> ml_collections.ConfigDict:
-  """DIR/config.json of the --workdir on the command line, for --config.* overrides."""
-  workdir = None
+
+def _workdir_arg() -> str | None:
   for i, arg in enumerate(sys.argv):
     if arg.startswith("--workdir="):
-      workdir = arg.split("=", 1)[1]
-    elif arg == "--workdir" and i + 1 < len(sys.argv):
-      workdir = sys.argv[i + 1]
-  path = os.path.join(workdir or "", "config.json")
-  if not workdir or not os.path.isfile(path):
-    return ml_collections.ConfigDict()  # main() then names the problem.
-  with open(path, encoding="utf-8") as f:
-    return ml_collections.ConfigDict(json.load(f))
+      return arg.split("=", 1)[1]
+    if arg == "--workdir" and i + 1 < len(sys.argv):
+      return sys.argv[i + 1]
+  return None
+
+
+def _load_saved_config() -> ml_collections.ConfigDict:
+  """DIR/config.json of the --workdir on the command line, or a ConfigError."""
+  workdir = _workdir_arg()
+  if not workdir:
+    raise checks.ConfigError("--workdir is required: the directory of a train.py run.")
+  return checkpoint.load_config(workdir)
+
+
+def _saved_config() -> ml_collections.ConfigDict:
+  """The saved config for --config.* overrides; empty when it cannot be read
+  (main() then names the problem, or parse_flags for an override)."""
+  try:
+    return _load_saved_config()
+  except (OSError, ValueError):
+    return ml_collections.ConfigDict()
 
 
 _CONFIG = config_flags.DEFINE_config_dict(
@@ -73,19 +85,43 @@ def main(argv):
   workdir = _WORKDIR.value
   try:
     evaluate.check_workdir(workdir)
-    evaluate.load_run_config(workdir)  # Names a missing config.json.
-    config = train.resolve_config(_CONFIG.value)
+    evaluate.load_run_config(workdir)  # Names a missing or malformed config.json.
+    # Every field of the config, with this command's decoding flags in it.
+    config = ml_collections.ConfigDict(_CONFIG.value.to_dict())
+    flag_values = {"beam_size": _BEAM_SIZE.value, "alpha": _ALPHA.value,
+                   "average_last": _AVERAGE_LAST.value}
+    for field, value in flag_values.items():
+      if value is not None:
+        config.decode[field] = value
+    try:
+      config = train.resolve_config(config)
+    except checks.ConfigError as e:
+      flag = next((f for f, v in flag_values.items()
+                   if v is not None and str(e).startswith(f"config.decode.{f}=")), None)
+      raise checks.ConfigError(f"--{flag}: {e}" if flag else str(e)) from e
     d = config.decode
-    beam_size = d.beam_size if _BEAM_SIZE.value is None else _BEAM_SIZE.value
-    alpha = d.alpha if _ALPHA.value is None else _ALPHA.value
-    average_last = d.average_last if _AVERAGE_LAST.value is None else _AVERAGE_LAST.value
+    beam_size, alpha, average_last = d.beam_size, d.alpha, d.average_last
     translate = _TRANSLATE.value or (_SOURCE.value and not _REFERENCE.value)
     if _PLOT.value is not None and not _SENTENCE.value:
       raise ValueError("--plot_attention needs --sentence=\"...\" to translate.")
+    if _STEP.value is not None and _STEP.value < 1:
+      raise ValueError(f"--step={_STEP.value} must be a checkpoint step (>= 1).")
     if _SOURCE.value and not os.path.isfile(_SOURCE.value):
       raise FileNotFoundError(f"Source file {_SOURCE.value!r} does not exist.")
     if _SOURCE.value and os.path.getsize(_SOURCE.value) == 0:
       raise ValueError(f"Source file {_SOURCE.value!r} is empty: nothing to translate.")
+    if _REFERENCE.value and not os.path.isfile(_REFERENCE.value):
+      raise FileNotFoundError(f"Reference file {_REFERENCE.value!r} does not exist.")
+    if _PARAMS.value and not os.path.isdir(_PARAMS.value):
+      raise FileNotFoundError(f"--params={_PARAMS.value!r} is not a folder written by "
+                              "--save_averaged.")
+    # Where the results go must be writable before anything is decoded.
+    if _PLOT.value is not None:
+      checks.check_workdir(os.path.dirname(os.path.abspath(_PLOT.value)), create=False,
+                           what="The folder of --plot_attention")
+    elif not translate:
+      checks.check_workdir(os.path.join(workdir, "eval"), create=True,
+                           what="The evaluation folder")
 
     if _PLOT.value is not None or translate:
       tokenizer = evaluate.load_run_tokenizer(config, workdir)
@@ -114,11 +150,15 @@ def main(argv):
         name=_NAME.value, average_last=average_last, step=_STEP.value, beam_size=beam_size,
         alpha=alpha, save_averaged=_SAVE_AVERAGED.value, params_path=_PARAMS.value)
     print(evaluate.summary(report))
-  except (FileNotFoundError, ValueError) as e:
-    print(f"error: {e}", file=sys.stderr)
-    sys.exit(1)
+  except checks.ConfigError as e:  # A config value or config.json: like a flag error.
+    checks.exit_with_error(e, 2)
+  except (OSError, ValueError) as e:  # A missing run, file or checkpoint; the machine.
+    checks.exit_with_error(e, 1)
 
 
 if __name__ == "__main__":
   flags.mark_flags_as_required(["workdir"])
-  app.run(main)
+  # Flag errors (a misspelt field, a wrong type, a malformed DIR/config.json):
+  # one "error:" line and exit code 2.
+  app.run(main, flags_parser=lambda argv: checks.parse_flags(
+      argv, loaded_config=_load_saved_config))

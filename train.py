@@ -14,10 +14,11 @@ JAX_PROCESS_ID). ``data.batch_tokens`` is the global budget over all of them.
 """
 
 import os
-import sys
 
 from absl import app, flags
 from ml_collections import config_flags
+
+from transformer import checks
 
 _CONFIG = config_flags.DEFINE_config_file(
     "config", None, "Experiment config file, e.g. configs/wmt14_ende.py:base.",
@@ -45,11 +46,13 @@ def main(argv):
   try:
     train.initialize_distributed(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value)
     final = train.train_and_evaluate(_CONFIG.value, _WORKDIR.value)
-  except (FileNotFoundError, ValueError, train.NonFiniteLossError,
+  except checks.ConfigError as e:  # A config value or config.json: like a flag error.
+    checks.exit_with_error(e, 2)
+  except (OSError, ValueError, train.NonFiniteLossError,
           train.OtherProcessFailedError) as e:
-    # A user's mistake (config, data, workdir) or a diverged run: one message.
-    print(f"error: {e}", file=sys.stderr)
-    sys.exit(1)
+    # A user's mistake (data, workdir, checkpoints), the machine (a full disk,
+    # a permission) or a diverged run: one message.
+    checks.exit_with_error(e, 1)
   if "test/bleu" in final and jax.process_index() == 0:
     split = _CONFIG.value.data.test_split
     print(f"{split} BLEU {final['test/bleu']:.2f} (sacreBLEU) after {final['step']} steps; "
@@ -57,4 +60,6 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  app.run(main)
+  # Flag errors (a misspelt field, a missing config file, a wrong type): one
+  # "error:" line and exit code 2.
+  app.run(main, flags_parser=checks.parse_flags)

@@ -29,7 +29,9 @@ from configs import common
 
 
 def get_config(arg=None):
-  del arg  # No variants.
+  if arg:  # No variants.
+    raise ValueError(f"configs/multi30k.py has no variants, got {arg!r}; use "
+                     "--config=configs/multi30k.py.")
   config = common.get_base_config("base")
   d = config.data
   d.source = "text"

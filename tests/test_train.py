@@ -196,7 +196,7 @@ def test_bad_rerun_keeps_the_runs_config_and_checkpoints(tmp_path):
 
 
 @pytest.mark.parametrize("overrides,message", [
-    ({"train.log_every_steps": 0}, "train.log_every_steps must be >= 1"),
+    ({"train.log_every_steps": 0}, "train.log_every_steps=0 must be >= 1"),
     ({"model.positional_encoding": "learned", "model.max_len": 16},
      "longer than the learned positional embedding"),
 ])

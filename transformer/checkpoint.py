@@ -11,7 +11,10 @@ Layout of a workdir ``DIR``::
 Checkpoints are written atomically by Orbax (into a temporary directory that
 is renamed when complete), so a run killed at any moment, even by kill -9,
 resumes from the latest complete one. The last ``train.keep_checkpoints``
-are kept.
+are kept. A complete checkpoint that was damaged afterwards (a truncated or
+missing file) is skipped with a warning on resume, and the newest intact one
+is used; the damaged one is moved to ``DIR/checkpoints_damaged/<step>`` so
+that the resumed run can write that step again (nothing is deleted).
 
 For evaluation (checkpoint averaging) use the two public functions:
 
@@ -25,6 +28,8 @@ import contextlib
 import json
 import logging as py_logging
 import os
+import shutil
+import sys
 import time
 
 import jax
@@ -36,6 +41,11 @@ from jax.experimental import multihost_utils
 
 CONFIG_FILE = "config.json"
 CHECKPOINT_DIR = "checkpoints"
+DAMAGED_DIR = "checkpoints_damaged"
+
+
+class CheckpointError(ValueError):
+  """A checkpoint that cannot be restored (named by step, with the reason)."""
 
 
 # ---------------------------------------------------------------------------
@@ -61,8 +71,19 @@ def load_config(workdir: str) -> ml_collections.ConfigDict:
     raise FileNotFoundError(
         f"No {CONFIG_FILE} in workdir {workdir!r}: is it the --workdir of a "
         "train.py run? (train.py writes it when it starts.)")
-  with open(path, encoding="utf-8") as f:
-    return ml_collections.ConfigDict(json.load(f))
+  from transformer import checks
+
+  try:
+    with open(path, encoding="utf-8") as f:
+      values = json.load(f)
+  except (UnicodeDecodeError, json.JSONDecodeError) as e:
+    raise checks.ConfigError(
+        f"{path} is not valid JSON ({e}); train.py writes it when it starts: restore "
+        "it from a copy, or start a new --workdir.") from e
+  if not isinstance(values, dict):
+    raise checks.ConfigError(f"{path} holds a JSON {type(values).__name__}, not the "
+                             "config's sections.")
+  return ml_collections.ConfigDict(values)
 
 
 def config_differences(old: ml_collections.ConfigDict, new: ml_collections.ConfigDict) -> list[str]:
@@ -141,15 +162,53 @@ def restore_params(workdir: str, step: int, target=None):
         f"No complete checkpoint for step {step} in {checkpoint_dir(workdir)}; "
         f"available steps: {steps or 'none'}.")
   path = os.path.join(checkpoint_dir(workdir), str(step), "params")
+  _drop_closed_loop_reports()
   with ocp.StandardCheckpointer() as checkpointer, _quiet_missing_step_metadata():
-    if target is None:
-      metadata = checkpointer.metadata(path).item_metadata
-      sharding = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
-      target = jax.tree.map(
-          lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=sharding), metadata)
-    else:
-      target = jax.tree.map(_abstract, target)
-    return checkpointer.restore(path, target)
+    try:
+      if target is None:
+        metadata = checkpointer.metadata(path).item_metadata
+        sharding = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+        target = jax.tree.map(
+            lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=sharding), metadata)
+      else:
+        target = jax.tree.map(_abstract, target)
+      return checkpointer.restore(path, target)
+    except Exception as e:  # Orbax/TensorStore raise many kinds for a damaged file.
+      raise CheckpointError(f"The checkpoint at step {step} ({path}) cannot be restored: "
+                            f"{_reason(e)}") from e
+
+
+def _reason(e: BaseException) -> str:
+  """The first line of an Orbax/TensorStore error, without TensorStore's spec
+  dump: short enough for a log line."""
+  lines = [line.strip() for line in str(e).splitlines() if line.strip()]
+  text = lines[0] if lines else type(e).__name__
+  for noise in (" See full TensorStore details", " [tensorstore_spec"):
+    text = text.split(noise)[0]
+  return text if len(text) <= 300 else text[:297] + "..."
+
+
+def _is_closed_loop_report(unraisable) -> bool:
+  return (isinstance(unraisable.exc_value, RuntimeError)
+          and "Event loop is closed" in str(unraisable.exc_value))
+
+
+def _drop_closed_loop_reports():
+  """When a restore fails, Orbax closes its event loop while TensorStore reads
+  of the same checkpoint are still finishing; each then reports "Event loop is
+  closed" as an unraisable exception (a traceback on stderr, dozens per
+  checkpoint). They are harmless, and the failure itself is reported once
+  (``CheckpointError`` or a warning naming the step): drop just those."""
+  previous = sys.unraisablehook
+  if getattr(previous, "drops_closed_loop_reports", False):
+    return
+
+  def hook(unraisable):
+    if not _is_closed_loop_report(unraisable):
+      previous(unraisable)
+
+  hook.drops_closed_loop_reports = True
+  sys.unraisablehook = hook
 
 
 def _abstract(x):
@@ -215,21 +274,90 @@ class Checkpointer:
     if self.manager.latest_step() == step:
       return  # Already saved (e.g. a final save right after a periodic one).
     data_states = _allgather_json(data_state)
-    self.manager.save(step, args=ocp.args.Composite(
-        params=ocp.args.StandardSave(state["params"]),
-        opt_state=ocp.args.StandardSave(state["opt_state"]),
-        train=ocp.args.StandardSave({"step": state["step"], "rng": state["rng"]}),
-        data=ocp.args.JsonSave({"process_states": data_states})), force=True)
+    with self._failed_save_is_one_error(step):
+      self.manager.save(step, args=ocp.args.Composite(
+          params=ocp.args.StandardSave(state["params"]),
+          opt_state=ocp.args.StandardSave(state["opt_state"]),
+          train=ocp.args.StandardSave({"step": state["step"], "rng": state["rng"]}),
+          data=ocp.args.JsonSave({"process_states": data_states})), force=True)
     if time.time() >= self.next_timed_save:
       self.next_timed_save = time.time() + self.every_seconds
 
-  def restore_latest(self, abstract_state: dict):
-    """(state, data_state of this process, step) of the latest complete
-    checkpoint, or None when there is none. ``abstract_state`` gives the
-    shapes, dtypes and shardings (``jax.ShapeDtypeStruct``s)."""
-    step = self.manager.latest_step()
-    if step is None:
-      return None
+  @contextlib.contextmanager
+  def _failed_save_is_one_error(self, step=None):
+    """A save that fails (a full disk, a lost permission; in the background,
+    so it surfaces at the next save or at close) leaves no temporary folder
+    behind and becomes one ``OSError`` naming the folder and the reason."""
+    try:
+      yield
+    except Exception as e:  # Orbax wraps the OSError of its writer threads.
+      self._remove_temporary_folders()
+      cause = e
+      while cause is not None and not isinstance(cause, OSError):
+        cause = cause.__cause__ or cause.__context__
+      if cause is None:
+        raise
+      what = f"the checkpoint of step {step}" if step is not None else "a checkpoint"
+      raise OSError(
+          f"Saving {what} in {self.manager.directory} failed: {_reason(cause)}. The "
+          "checkpoints saved before it are intact; free space or fix the permission, "
+          "then run the same command to resume.") from e
+
+  def _remove_temporary_folders(self):
+    if jax.process_index() != 0:
+      return
+    directory = str(self.manager.directory)
+    for name in os.listdir(directory) if os.path.isdir(directory) else []:
+      if ".orbax-checkpoint-tmp" in name:
+        shutil.rmtree(os.path.join(directory, name), ignore_errors=True)
+
+  def restore_latest(self, abstract_state: dict, accept_data_state=None):
+    """(state, data_state of this process, step) of the newest checkpoint that
+    restores whole, or None when there is no checkpoint.
+
+    ``abstract_state`` gives the shapes, dtypes and shardings
+    (``jax.ShapeDtypeStruct``s); ``accept_data_state(data_state)`` (the data
+    iterator's ``set_state``) raises if the data state does not fit. A
+    checkpoint that fails (a truncated array file, a missing manifest, an
+    empty data file, a step that is not its folder's) is skipped with a
+    warning naming its step and the reason, and moved to
+    ``DIR/checkpoints_damaged`` once an older one has restored; if none
+    restores, ``CheckpointError`` lists them all and nothing is moved.
+    """
+    damaged = []
+    _drop_closed_loop_reports()
+    for step in sorted(self.manager.all_steps(), reverse=True):
+      try:
+        with _quiet_missing_step_metadata():
+          restored = self._restore(step, abstract_state, accept_data_state)
+        reason = None
+      except _WrongProcessCountError:
+        raise
+      except Exception as e:  # Orbax/TensorStore raise many kinds for a damaged file.
+        restored, reason = None, _reason(e)
+      if not _agree_all(reason is None):
+        reason = reason or "another process could not restore it"
+        logging.warning("The checkpoint at step %d (%s) cannot be restored: %s. Trying "
+                        "the one before it.", step,
+                        os.path.join(self.manager.directory, str(step)), reason)
+        damaged.append((step, reason))
+        continue
+      if damaged:
+        self._move_damaged([s for s, _ in damaged])
+        logging.warning("Resuming from step %d, the newest intact checkpoint; the damaged "
+                        "ones (steps %s) are in %s.", step, [s for s, _ in damaged],
+                        self._damaged_dir())
+      logging.info("Restored checkpoint at step %d from %s.", step, self.manager.directory)
+      return restored
+    if damaged:
+      raise CheckpointError(
+          f"No checkpoint in {self.manager.directory} can be restored: "
+          + "; ".join(f"step {s}: {r}" for s, r in damaged)
+          + ". Nothing was changed. Restore the folders from a copy, or move them away "
+          "to start again from step 0.")
+    return None
+
+  def _restore(self, step, abstract_state, accept_data_state):
     restored = self.manager.restore(step, args=ocp.args.Composite(
         params=ocp.args.StandardRestore(abstract_state["params"]),
         opt_state=ocp.args.StandardRestore(abstract_state["opt_state"]),
@@ -238,18 +366,59 @@ class Checkpointer:
         data=ocp.args.JsonRestore()))
     state = {"params": restored["params"], "opt_state": restored["opt_state"],
              "step": restored["train"]["step"], "rng": restored["train"]["rng"]}
-    process_states = restored["data"]["process_states"]
+    if int(state["step"]) != step:
+      raise ValueError(f"it holds step {int(state['step'])}")
+    data = restored["data"]
+    if not isinstance(data, dict) or not isinstance(data.get("process_states"), list):
+      raise ValueError("its data state has no process_states")
+    process_states = data["process_states"]
     if len(process_states) != jax.process_count():
-      raise ValueError(
+      raise _WrongProcessCountError(
           f"Checkpoint {step} was written by {len(process_states)} processes but this run "
           f"has {jax.process_count()}; resume with the same number of processes.")
-    logging.info("Restored checkpoint at step %d from %s.", step, self.manager.directory)
-    return state, process_states[jax.process_index()], step
+    data_state = process_states[jax.process_index()]
+    if accept_data_state is not None:
+      accept_data_state(data_state)
+    return state, data_state, step
+
+  def _damaged_dir(self) -> str:
+    return os.path.join(os.path.dirname(str(self.manager.directory)), DAMAGED_DIR)
+
+  def _move_damaged(self, steps):
+    """Moves damaged step folders out of the way (never deletes them)."""
+    if jax.process_index() == 0:
+      os.makedirs(self._damaged_dir(), exist_ok=True)
+      for step in steps:
+        target = os.path.join(self._damaged_dir(), str(step))
+        suffix = 1
+        while os.path.exists(target):
+          target = os.path.join(self._damaged_dir(), f"{step}.{suffix}")
+          suffix += 1
+        os.rename(os.path.join(self.manager.directory, str(step)), target)
+    if jax.process_count() > 1:
+      multihost_utils.sync_global_devices("checkpoint: damaged steps moved")
+    self.manager.reload()
 
   def wait(self):
     """Blocks until a background save has finished."""
-    self.manager.wait_until_finished()
+    with self._failed_save_is_one_error():
+      self.manager.wait_until_finished()
 
   def close(self):
-    self.manager.wait_until_finished()
-    self.manager.close()
+    try:
+      with self._failed_save_is_one_error():
+        self.manager.wait_until_finished()
+    finally:
+      self.manager.close()
+
+
+class _WrongProcessCountError(ValueError):
+  """A checkpoint of another number of processes: not damage, a wrong command."""
+
+
+def _agree_all(ok: bool) -> bool:
+  """True on every process when ``ok`` is true on all of them."""
+  if jax.process_count() == 1:
+    return ok
+  flags = multihost_utils.process_allgather(np.array([int(ok)], np.int32))
+  return bool(np.min(flags))

@@ -138,9 +138,12 @@ def restore_model(config, workdir: str, *, average_last: int = 1, step: int | No
   abstract_params = nnx.to_pure_dict(abstract_params)
   if params_path:
     params, steps = load_params(params_path)
+  elif average_last == 1 and step is None:
+    params, steps = _restore_newest_intact(workdir, abstract_params)
   else:
+    # Averaging (or an asked-for step) uses exactly these checkpoints: a
+    # damaged one is an error naming its step (CheckpointError).
     steps = select_steps(workdir, average_last, step)
-
     params = average_params(
         _fit(checkpoint_lib.restore_params(workdir, s), abstract_params, f"checkpoint {s}")
         for s in steps)
@@ -156,6 +159,26 @@ def restore_model(config, workdir: str, *, average_last: int = 1, step: int | No
   model = nnx.merge(graphdef, params, rest)
   model.eval()
   return model, steps
+
+
+def _restore_newest_intact(workdir: str, abstract_params):
+  """(params, [step]) of the newest checkpoint whose parameters restore whole;
+  damaged newer ones are skipped with a warning naming the step and reason."""
+  select_steps(workdir, 1)  # Names a workdir without checkpoints.
+  failures = []
+  for s in reversed(checkpoint_lib.list_steps(workdir)):
+    try:
+      params = checkpoint_lib.restore_params(workdir, s)
+    except checkpoint_lib.CheckpointError as e:
+      logging.warning("%s Trying the checkpoint before it.", e)
+      failures.append(str(e))
+      continue
+    if failures:
+      logging.warning("Evaluating step %d, the newest intact checkpoint.", s)
+    return _fit(params, abstract_params, f"checkpoint {s}"), [s]
+  raise checkpoint_lib.CheckpointError(
+      f"No checkpoint in {checkpoint_lib.checkpoint_dir(workdir)} can be restored. "
+      + " ".join(failures))
 
 
 def save_params(params, path: str, steps: list[int]):

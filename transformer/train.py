@@ -39,11 +39,11 @@ from jax.experimental import multihost_utils
 
 from transformer import bleu as bleu_lib
 from transformer import checkpoint as checkpoint_lib
+from transformer import checks, optim
 from transformer import data as data_lib
 from transformer import evaluate as evaluate_lib
 from transformer import metrics as metrics_lib
 from transformer import model as model_lib
-from transformer import optim
 from transformer import sharding as sharding_lib
 
 BATCH_KEYS = data_lib.FEATURES
@@ -87,25 +87,15 @@ def quiet_library_logs():
     absl_logger.addFilter(_OrbaxInfoFilter())
 
 
-def resolve_config(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
-  """The config as the run uses it (a locked copy): ``model.dtype="auto"``
-  becomes bfloat16 on GPU/TPU and on a CPU with a bfloat16 matrix engine,
-  float32 on other CPUs (mixed precision: params and Adam state stay
-  ``model.param_dtype``)."""
+def resolve_config(config: ml_collections.ConfigDict, *,
+                   num_devices: int | None = None) -> ml_collections.ConfigDict:
+  """The config as the run uses it (a locked copy), after ``checks.check_config``
+  of every field: ``model.dtype="auto"`` becomes bfloat16 on GPU/TPU and on a
+  CPU with a bfloat16 matrix engine, float32 on other CPUs (mixed precision:
+  params and Adam state stay ``model.param_dtype``)."""
+  checks.check_config(config, num_devices=num_devices)
   config = ml_collections.ConfigDict(config.to_dict())
   config.model.dtype = model_lib.dtype_name(config.model.dtype)  # Resolves "auto".
-  for field in ("log_every_steps", "accumulate_steps"):
-    if config.train[field] < 1:
-      raise ValueError(f"train.{field} must be >= 1, got {config.train[field]}.")
-  if (config.model.positional_encoding == "learned"
-      and config.data.max_length > config.model.max_len):
-    raise ValueError(
-        f"data.max_length={config.data.max_length} is longer than the learned positional "
-        f"embedding (model.max_len={config.model.max_len}); raise "
-        "--config.model.max_len or lower --config.data.max_length.")
-  if config.train.accumulate_steps < 1:
-    raise ValueError(
-        f"train.accumulate_steps must be >= 1, got {config.train.accumulate_steps}.")
   config.lock()
   return config
 
@@ -429,10 +419,13 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
   # -- config and workdir ---------------------------------------------------
   quiet_library_logs()
   requested_dtype = config.model.dtype
-  config = resolve_config(config)
+  # Every field, the workdir and the saved run, before any work.
+  config = resolve_config(config, num_devices=jax.device_count())
   t = config.train
   is_primary = jax.process_index() == 0
-  os.makedirs(workdir, exist_ok=True)
+  checks.check_workdir(workdir, create=True)
+  if config.data.cache_dir:
+    checks.check_workdir(config.data.cache_dir, create=True, what="data.cache_dir")
   _check_resumed_config(workdir, config)
   writer = metrics_lib.MetricsWriter(workdir, t.num_steps, is_primary=is_primary)
   writer.info("Workdir %s; process %d of %d; devices: %d global, %d local (%s).", workdir,
@@ -474,13 +467,20 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
   checkpointer = checkpoint_lib.Checkpointer(
       workdir, every_steps=t.checkpoint_every_steps,
       every_minutes=t.checkpoint_every_minutes, keep=t.keep_checkpoints)
-  restored = checkpointer.restore_latest(setup.abstract_state)
+  # The newest checkpoint that restores whole (damaged newer ones are skipped
+  # with a warning); the data iterator takes its data state.
+  try:
+    restored = checkpointer.restore_latest(setup.abstract_state,
+                                           accept_data_state=train_iter.set_state)
+  except BaseException:
+    checkpointer.close()
+    train_iter.close()
+    raise
   if restored is None:
     state = init_state(setup)
     writer.truncate_after(0)  # A run killed before its first checkpoint restarts.
   else:
-    state, data_state, step = restored
-    train_iter.set_state(data_state)
+    state, _, step = restored
     writer.truncate_after(step)
     writer.info("Resumed from step %d.", step)
   # Written only now that data, tokenizer, mesh and checkpoint all fit the
