@@ -51,9 +51,12 @@ def _saved_config() -> ml_collections.ConfigDict:
     return ml_collections.ConfigDict()
 
 
-_CONFIG = config_flags.DEFINE_config_dict(
-    "config", _saved_config(), "The run's config (DIR/config.json); override fields with "
-    "--config.section.field=value.")
+try:  # --config.* overrides are applied here, to the saved config.
+  _CONFIG = config_flags.DEFINE_config_dict(
+      "config", _saved_config(), "The run's config (DIR/config.json); override fields "
+      "with --config.section.field=value.")
+except Exception as e:  # A misspelt field, or a config.json that cannot be read.
+  checks.exit_for_flag_error(e, sys.argv, loaded_config=_load_saved_config)
 _WORKDIR = flags.DEFINE_string("workdir", None, "The train.py run to evaluate.")
 _SPLIT = flags.DEFINE_string("split", None, "Split to evaluate (default: data.test_split).")
 _SOURCE = flags.DEFINE_string("source", None, "Raw source text file, one sentence per line.")

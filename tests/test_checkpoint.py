@@ -112,3 +112,118 @@ def test_config_round_trip(tmp_path):
   assert checkpoint.config_differences(config, loaded) == ["train.num_steps"]
   with pytest.raises(FileNotFoundError, match="config.json"):
     checkpoint.load_config(str(tmp_path / "missing"))
+
+
+def _two_checkpoints(workdir):
+  ckpt = checkpoint.Checkpointer(workdir, every_steps=1, every_minutes=0, keep=5)
+  for step in (1, 2):
+    ckpt.save(step, _state(step), {"position": step})
+  ckpt.close()
+
+
+def _files(directory):
+  out = {}
+  for root, _, names in os.walk(directory):
+    for name in names:
+      with open(os.path.join(root, name), "rb") as f:
+        out[os.path.relpath(os.path.join(root, name), directory)] = f.read()
+  return out
+
+
+@pytest.mark.parametrize("damage", ["truncated array file", "missing manifest",
+                                    "empty data state"])
+def test_damaged_newest_checkpoint_falls_back(tmp_path, damage, capfd):
+  workdir = str(tmp_path)
+  _two_checkpoints(workdir)
+  step_dir = os.path.join(checkpoint.checkpoint_dir(workdir), "2")
+  if damage == "truncated array file":
+    for root, _, names in os.walk(os.path.join(step_dir, "params")):
+      for name in names if os.path.basename(root) == "d" else []:
+        with open(os.path.join(root, name), "r+b") as f:
+          f.truncate(10)
+  elif damage == "missing manifest":
+    os.remove(os.path.join(step_dir, "opt_state", "manifest.ocdbt"))
+  else:
+    open(os.path.join(step_dir, "data", "metadata"), "w").close()
+  older = _files(os.path.join(checkpoint.checkpoint_dir(workdir), "1"))
+
+  ckpt = checkpoint.Checkpointer(workdir, every_steps=1, every_minutes=0, keep=5)
+  state, data_state, step = ckpt.restore_latest(_abstract(_state(0)))
+  assert (step, data_state) == (1, {"position": 1})
+  _assert_tree_equal(state, _state(1))
+  # The damaged step is kept aside, so the resumed run can save step 2 again.
+  assert checkpoint.list_steps(workdir) == [1]
+  assert os.path.isdir(os.path.join(workdir, checkpoint.DAMAGED_DIR, "2"))
+  ckpt.save(2, _state(2), {"position": 2})
+  ckpt.close()
+  assert checkpoint.list_steps(workdir) == [1, 2]
+  assert _files(os.path.join(checkpoint.checkpoint_dir(workdir), "1")) == older
+  assert "Event loop is closed" not in capfd.readouterr().err
+
+
+def test_data_state_the_iterator_refuses_falls_back(tmp_path):
+  workdir = str(tmp_path)
+  _two_checkpoints(workdir)
+
+  def accept(data_state):
+    if data_state["position"] == 2:
+      raise ValueError("not this one")
+
+  ckpt = checkpoint.Checkpointer(workdir, every_steps=1, every_minutes=0, keep=5)
+  _, _, step = ckpt.restore_latest(_abstract(_state(0)), accept_data_state=accept)
+  ckpt.close()
+  assert step == 1
+
+
+def test_no_intact_checkpoint_is_one_error_and_moves_nothing(tmp_path):
+  workdir = str(tmp_path)
+  _two_checkpoints(workdir)
+  for step in (1, 2):
+    open(os.path.join(checkpoint.checkpoint_dir(workdir), str(step), "data", "metadata"),
+         "w").close()
+  before = _files(workdir)
+  ckpt = checkpoint.Checkpointer(workdir, every_steps=1, every_minutes=0, keep=5)
+  with pytest.raises(checkpoint.CheckpointError, match=r"step 2: .*; step 1: "):
+    ckpt.restore_latest(_abstract(_state(0)))
+  ckpt.close()
+  assert _files(workdir) == before
+
+
+def test_damaged_params_name_the_step(tmp_path):
+  workdir = str(tmp_path)
+  _two_checkpoints(workdir)
+  os.remove(os.path.join(checkpoint.checkpoint_dir(workdir), "2", "params", "manifest.ocdbt"))
+  with pytest.raises(checkpoint.CheckpointError, match="checkpoint at step 2 .* cannot be "
+                     "restored"):
+    checkpoint.restore_params(workdir, 2)
+
+
+def test_failed_save_is_one_error_and_leaves_no_temporary_folder(tmp_path, monkeypatch):
+  workdir = str(tmp_path)
+  ckpt = checkpoint.Checkpointer(workdir, every_steps=1, every_minutes=0, keep=5)
+  ckpt.save(1, _state(1), {})
+  ckpt.wait()
+
+  def full_disk(step, args, force):  # What a full disk leaves: a partial save.
+    tmp = os.path.join(checkpoint.checkpoint_dir(workdir), f"{step}.orbax-checkpoint-tmp-9")
+    os.makedirs(os.path.join(tmp, "params"))
+    raise OSError(28, "No space left on device", os.path.join(tmp, "params"))
+
+  monkeypatch.setattr(ckpt.manager, "save", full_disk)
+  with pytest.raises(OSError, match="step 2 .* failed: .*No space left on device.* intact"):
+    ckpt.save(2, _state(2), {})
+  monkeypatch.undo()
+  ckpt.close()
+  assert sorted(os.listdir(checkpoint.checkpoint_dir(workdir))) == ["1"]
+  assert checkpoint.list_steps(workdir) == [1]
+
+
+def test_malformed_config_json_is_a_config_error(tmp_path):
+  from transformer import checks
+
+  (tmp_path / checkpoint.CONFIG_FILE).write_text("{\"model\": {")
+  with pytest.raises(checks.ConfigError, match="config.json is not valid JSON"):
+    checkpoint.load_config(str(tmp_path))
+  (tmp_path / checkpoint.CONFIG_FILE).write_text("[1, 2]")
+  with pytest.raises(checks.ConfigError, match="holds a JSON list"):
+    checkpoint.load_config(str(tmp_path))

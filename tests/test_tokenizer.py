@@ -76,6 +76,12 @@ def test_too_small_corpus_names_the_vocab_size_field(tmp_path):
   assert not list(tmp_path.iterdir())  # No partial model left behind.
 
 
+def test_vocabulary_smaller_than_the_characters_says_how_large(tmp_path):
+  # Too small for the text's characters: the message asks for more, not less.
+  with pytest.raises(ValueError, match=r"vocab_size=8 is too small.*at least (\d+)"):
+    tokenizer_lib.train_tokenizer(ENGLISH, str(tmp_path / "spm.model"), vocab_size=8)
+
+
 def test_unknown_type_is_an_error(tmp_path):
   with pytest.raises(ValueError, match="data.tokenizer_type"):
     tokenizer_lib.train_tokenizer(GERMAN, str(tmp_path / "x.model"),

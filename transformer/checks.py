@@ -362,19 +362,23 @@ def parse_flags(argv, *, config_flag="config", loaded_config=None):
       config.keys()  # A config file that failed to load raises only when used.
     return rest
   except Exception as e:  # Any error of parsing is the user's; say which flag.
-    message = error_line(e)
-    try:
-      if loaded_config is not None:
-        config = loaded_config()
-      else:
-        value = _config_arg(argv[1:], config_flag)
-        config = _load_config_file(value) if value is not None else None
-      if config is not None:
-        for arg in argv[1:]:
-          if arg.startswith(f"--{config_flag}."):
-            _check_override(arg, config, config_flag)
-    except ConfigError as diagnosed:
-      message = error_line(diagnosed)
-    if isinstance(e, flags.Error) and not message.startswith("flag"):
-      message = message.replace("FATAL Flags parsing error: ", "")
-    exit_with_error(ConfigError(message), 2)
+    exit_for_flag_error(e, argv, config_flag=config_flag, loaded_config=loaded_config)
+
+
+def exit_for_flag_error(e: Exception, argv, *, config_flag="config", loaded_config=None):
+  """Prints the flag error ``e`` as one ``error:`` line naming the flag (for a
+  misspelt field, the closest one) and exits with code 2."""
+  message = error_line(e)
+  try:
+    if loaded_config is not None:
+      config = loaded_config()
+    else:
+      value = _config_arg(argv[1:], config_flag)
+      config = _load_config_file(value) if value is not None else None
+    if config is not None:
+      for arg in argv[1:]:
+        if arg.startswith(f"--{config_flag}."):
+          _check_override(arg, config, config_flag)
+  except ConfigError as diagnosed:
+    message = error_line(diagnosed)
+  exit_with_error(ConfigError(message), 2)

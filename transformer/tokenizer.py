@@ -124,6 +124,13 @@ def train_tokenizer(sentences, model_path, *, vocab_size, model_type="bpe",
     os.replace(tmp_path, model_path)
   except RuntimeError as e:
     message = str(e)
+    too_small = re.search(r"smaller than required_chars\. (\d+) vs (\d+)", message)
+    if too_small:
+      raise ValueError(
+          f"model.vocab_size={vocab_size} is too small for the tokenizer's training "
+          f"text: its characters and the special ids need {too_small.group(2)} pieces. "
+          f"Raise --config.model.vocab_size to at least {too_small.group(2)}, or lower "
+          "data.tokenizer_character_coverage.") from e
     if "Vocabulary size" in message:
       limit = re.search(r"<= (\d+)", message)
       hint = f" (at most {limit.group(1)} for this text)" if limit else ""
