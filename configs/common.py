@@ -53,9 +53,13 @@ def model_config(size="base"):
   # pre-softmax projection. Each tie can be switched off.
   m.share_source_target_embedding = True
   m.share_output_embedding = True
-  # Compute dtype of activations and matmuls; softmax and logits stay float32.
-  # "auto": bfloat16 on GPU/TPU, float32 on CPU (mixed precision: parameters
-  # and optimizer state stay param_dtype). Or "float32" / "bfloat16".
+  # Compute dtype of activations and matmul operands; matmuls accumulate in
+  # float32, and LayerNorm statistics, softmax, logits and the loss stay
+  # float32 (mixed precision: parameters and Adam state stay param_dtype).
+  # "auto": bfloat16 on GPU/TPU and on a CPU with a bfloat16 matrix engine
+  # (AMX-BF16 or AVX512-BF16 in /proc/cpuinfo), float32 on other CPUs, where
+  # bfloat16 matmuls are emulated and slower. Or "float32" / "bfloat16"
+  # ("float16": GPU/TPU only).
   m.dtype = "auto"
   m.param_dtype = "float32"
   # "xla": einsum implementation of Eq. (1). "dot_product_attention":
