@@ -185,19 +185,26 @@ def _reason(e: BaseException) -> str:
   text = lines[0] if lines else type(e).__name__
   for noise in (" See full TensorStore details", " [tensorstore_spec"):
     text = text.split(noise)[0]
+  text = text.rstrip(".")
   return text if len(text) <= 300 else text[:297] + "..."
 
 
 def _is_closed_loop_report(unraisable) -> bool:
-  return (isinstance(unraisable.exc_value, RuntimeError)
-          and "Event loop is closed" in str(unraisable.exc_value))
+  """A read of a failed restore that ends after Orbax closed its event loop:
+  "Event loop is closed", or an Orbax coroutine finalized with its error."""
+  if (isinstance(unraisable.exc_value, RuntimeError)
+      and "Event loop is closed" in str(unraisable.exc_value)):
+    return True
+  code = getattr(unraisable.object, "cr_code", None)
+  return code is not None and f"{os.sep}orbax{os.sep}" in code.co_filename
 
 
 def _drop_closed_loop_reports():
   """When a restore fails, Orbax closes its event loop while TensorStore reads
   of the same checkpoint are still finishing; each then reports "Event loop is
   closed" as an unraisable exception (a traceback on stderr, dozens per
-  checkpoint). They are harmless, and the failure itself is reported once
+  checkpoint), and unfinished Orbax reads report their errors when they are
+  collected. They are harmless, and the failure itself is reported once
   (``CheckpointError`` or a warning naming the step): drop just those."""
   previous = sys.unraisablehook
   if getattr(previous, "drops_closed_loop_reports", False):

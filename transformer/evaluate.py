@@ -47,6 +47,9 @@ TranslateFn = Callable[[np.ndarray], np.ndarray]
 def check_workdir(workdir: str):
   if not workdir:
     raise ValueError("--workdir is required: the directory of a train.py run.")
+  if os.path.exists(workdir) and not os.path.isdir(workdir):
+    raise NotADirectoryError(f"Workdir {workdir!r} is a file, not the directory of a "
+                             "train.py run.")
   if not os.path.isdir(workdir):
     raise FileNotFoundError(
         f"Workdir {workdir!r} does not exist. Pass the --workdir of a train.py "

@@ -82,9 +82,16 @@ class MetricsWriter:
     os.makedirs(workdir, exist_ok=True)
     self.path = os.path.join(workdir, "metrics.jsonl")
     self._jsonl = open(self.path, "a", encoding="utf-8")
-    if tensorboard:
+    # The TensorBoard file is made at the first row, so that a run stopped
+    # before it (a damaged workdir, a bad config) adds no file to the workdir.
+    self._tb_dir = os.path.join(workdir, "tensorboard") if tensorboard else None
+    self._tb_options = {}
+
+  def _tensorboard(self):
+    if self._tb is None and self._tb_dir is not None:
       from tensorboardX import SummaryWriter  # Imported lazily: slow import.
-      self._tb = SummaryWriter(os.path.join(workdir, "tensorboard"))
+      self._tb = SummaryWriter(self._tb_dir, **self._tb_options)
+    return self._tb
 
   def write(self, step: int, metrics: dict, *, eta_s: float | None = None, console: bool = True):
     """Writes one JSON line (and TensorBoard scalars) for ``step``."""
@@ -95,7 +102,7 @@ class MetricsWriter:
            "elapsed_s": time.time() - self.start_time, **metrics}
     self._jsonl.write(json.dumps(row, sort_keys=False) + "\n")
     self._jsonl.flush()
-    if self._tb is not None:
+    if self._tensorboard() is not None:
       for k, v in metrics.items():
         self._tb.add_scalar(k, v, step)
       self._tb.flush()
@@ -109,13 +116,11 @@ class MetricsWriter:
     self._jsonl.close()
     truncate_after(os.path.dirname(self.path), step)
     self._jsonl = open(self.path, "a", encoding="utf-8")
+    # TensorBoard drops the killed run's events after ``step`` too.
+    self._tb_options = {"purge_step": step + 1, "filename_suffix": f".resume{step}"}
     if self._tb is not None:
-      # TensorBoard drops the killed run's events after ``step`` too.
-      from tensorboardX import SummaryWriter
-
-      logdir = self._tb.logdir
       self._tb.close()
-      self._tb = SummaryWriter(logdir, purge_step=step + 1, filename_suffix=f".resume{step}")
+      self._tb = None
 
   def info(self, message: str, *args):
     """A console message from process 0 only."""

@@ -1,0 +1,453 @@
+"""Tests for transformer/checks.py: every config field's range, the workdir,
+and the CLIs' one-line errors (exit code 2 for flags and config, 1 otherwise).
+
+CLI tests that stop at flag parsing run in about a second (JAX is not
+started); those that need a trained run are marked slow.
+"""
+
+import hashlib
+import importlib
+import json
+import math
+import os
+import shutil
+import subprocess
+import sys
+
+import ml_collections
+import pytest
+
+from configs import common, quickstart, table3
+from transformer import checkpoint as checkpoint_lib
+from transformer import checks
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _config(**overrides):
+  """The quickstart config as a plain ConfigDict (any type may be set), with
+  ``overrides`` ({"section.field": value}, "train.mesh_shape.data" too)."""
+  values = quickstart.get_config().to_dict()
+  for key, value in overrides.items():
+    *path, field = key.split(".")
+    node = values
+    for part in path:
+      node = node[part]
+    node[field] = value
+  return ml_collections.ConfigDict(values)
+
+
+# ---------------------------------------------------------------------------
+# check_config
+# ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("name,variant", [
+    ("quickstart", None), ("multi30k", None), ("wmt14_ende", "base"), ("wmt14_ende", "big"),
+    ("wmt14_enfr", "base"), ("wmt14_enfr", "big")] + [("table3", r) for r in table3.ROWS])
+def test_every_shipped_config_passes(name, variant):
+  config = importlib.import_module(f"configs.{name}").get_config(variant)
+  if config.data.source == "text":
+    config.data.dir = "/data/multi30k"  # Required on the command line.
+  checks.check_config(config, num_devices=1)
+
+
+def test_every_field_of_common_has_a_rule():
+  # A new field in configs/common.py needs its range in checks.RULES.
+  config = common.get_base_config()
+  assert set(checks.RULES) == {"model", "data", "train", "decode"}
+  for section, rules in checks.RULES.items():
+    assert set(rules) == set(config[section].keys()), section
+
+
+BAD_VALUES = [
+    # (field, value, part of the message)
+    ("model.vocab_size", 4, "vocab_size=4 must be >= 5"),  # Only the special ids.
+    ("model.vocab_size", 0, "vocab_size=0"),
+    ("model.num_layers", 0, "num_layers=0 must be >= 1"),
+    ("model.d_model", -8, "d_model=-8"),
+    ("model.d_model", 33, "must be even"),
+    ("model.d_ff", 0, "d_ff=0"),
+    ("model.num_heads", 0, "num_heads=0"),
+    ("model.d_k", 0, "d_k=0"),
+    ("model.dropout_rate", 1.0, "dropout_rate=1.0 must be in [0.0, 1.0)"),
+    ("model.attention_dropout_rate", -0.1, "attention_dropout_rate=-0.1"),
+    ("model.layer_norm_epsilon", 0.0, "layer_norm_epsilon=0.0 must be > 0"),
+    ("model.max_len", 0, "max_len=0"),
+    ("model.activation", "relux", "activation='relux' is not one of"),
+    ("model.norm_position", "middle", "norm_position"),
+    ("model.dtype", "float8", "float8"),
+    ("model.attention_impl", "flash", "attention_impl"),
+    ("data.source", "web", "Unknown data.source 'web'"),
+    ("data.batching", "sorted", "Unknown data.batching 'sorted'"),
+    ("data.target_lang", "en", "both 'en'"),
+    ("data.source_lang", "", "source_lang='' must be non-empty"),
+    ("data.test_split", "", "test_split=''"),
+    ("data.tokenizer_type", "wordpiece", "'bpe' or 'unigram'"),
+    ("data.tokenizer_sample_sentences", 1, "tokenizer_sample_sentences=1 must be >= 2"),
+    ("data.tokenizer_character_coverage", 0.0, "must be in (0.0, 1.0]"),
+    ("data.tokenizer_character_coverage", 1.5, "tokenizer_character_coverage=1.5"),
+    ("data.tokenizer_path", "/no/such/spm.model", "is not a file"),
+    ("data.max_length", 1, "max_length=1 must be >= 2"),
+    ("data.batch_tokens", 0, "batch_tokens=0 must be >= 1"),
+    ("data.batch_tokens", 10, "less than one row"),
+    ("data.eval_batch_size", 0, "eval_batch_size=0"),
+    ("data.prefetch", -1, "prefetch=-1 must be >= 0"),
+    ("data.workers", -1, "workers=-1 must be >= 0"),
+    ("data.seed", -1, "data.seed=-1"),
+    ("data.synthetic_train_size", 0, "synthetic_train_size=0"),
+    ("train.num_steps", 0, "num_steps=0 must be >= 1"),
+    ("train.num_steps", -5, "num_steps=-5"),
+    ("train.keep_checkpoints", 0, "keep_checkpoints=0 must be >= 1"),
+    ("train.label_smoothing", 1.0, "label_smoothing=1.0"),
+    ("train.adam_b1", 1.0, "adam_b1=1.0"),
+    ("train.adam_b2", -0.5, "adam_b2=-0.5"),
+    ("train.adam_eps", 0.0, "adam_eps=0.0 must be > 0"),
+    ("train.warmup_steps", 0, "warmup_steps=0 must be >= 1"),
+    ("train.learning_rate_scale", 0.0, "learning_rate_scale=0.0"),
+    ("train.grad_clip_norm", -1.0, "grad_clip_norm=-1.0"),
+    ("train.weight_decay", -0.1, "weight_decay=-0.1"),
+    ("train.accumulate_steps", 0, "accumulate_steps=0"),
+    ("train.log_every_steps", 0, "log_every_steps=0"),
+    ("train.eval_every_steps", -1, "eval_every_steps=-1"),
+    ("train.eval_bleu_sentences", -1, "eval_bleu_sentences=-1"),
+    ("train.checkpoint_every_steps", -1, "checkpoint_every_steps=-1"),
+    ("train.checkpoint_every_minutes", -1.0, "checkpoint_every_minutes=-1.0"),
+    ("train.mesh_shape.data", 0, "mesh_shape.data=0"),
+    ("train.mesh_shape.fsdp", -1, "at most one -1"),  # data is -1 already.
+    ("decode.beam_size", 0, "beam_size=0 must be >= 1"),
+    ("decode.beam_size", 5000, "larger than the vocabulary"),
+    ("decode.alpha", -0.1, "alpha=-0.1 must be in [0.0, 10.0]"),
+    ("decode.alpha", 1e6, "alpha=1000000.0"),
+    ("decode.max_extra_length", -1, "max_extra_length=-1"),
+    ("decode.average_last", 0, "average_last=0"),
+    ("decode.batch_size", 0, "batch_size=0"),
+    # Wrong types and values that are no numbers.
+    ("train.num_steps", "100", "num_steps='100' must be an integer"),
+    ("train.num_steps", 2.5, "num_steps=2.5 must be an integer"),
+    ("train.num_steps", True, "num_steps=True must be an integer"),
+    ("decode.alpha", math.nan, "alpha=nan must be a number (finite)"),
+    ("decode.alpha", math.inf, "alpha=inf"),
+    ("model.share_output_embedding", 1, "share_output_embedding=1 must be True or False"),
+    ("data.source", 3, "data.source=3 must be a string"),
+]
+
+
+@pytest.mark.parametrize("field,value,message", BAD_VALUES,
+                         ids=[f"{f}={v!r}" for f, v, _ in BAD_VALUES])
+def test_bad_value_is_one_config_error(field, value, message):
+  with pytest.raises(checks.ConfigError, match=_literal(message)):
+    checks.check_config(_config(**{field: value}), num_devices=1)
+
+
+def _literal(text):
+  import re
+  return re.escape(text)
+
+
+def test_mesh_that_does_not_fit_the_devices():
+  config = _config(**{"train.mesh_shape.data": 3})
+  with pytest.raises(checks.ConfigError, match="has 3 devices but 2 are available"):
+    checks.check_config(config, num_devices=2)
+
+
+def test_unknown_missing_fields_and_sections():
+  config = _config()
+  config.model.activaton = "gelu"
+  with pytest.raises(checks.ConfigError, match="no field 'activaton'; did you mean 'activation'"):
+    checks.check_config(config)
+  config = _config()
+  del config.train["num_steps"]
+  with pytest.raises(checks.ConfigError, match="config.train.num_steps is missing"):
+    checks.check_config(config)
+  config = _config()
+  del config["decode"]
+  with pytest.raises(checks.ConfigError, match="no 'decode' section"):
+    checks.check_config(config)
+
+
+# ---------------------------------------------------------------------------
+# check_workdir
+# ---------------------------------------------------------------------------
+
+
+def test_workdir_that_is_a_file(tmp_path):
+  path = tmp_path / "run"
+  path.write_text("not a folder")
+  with pytest.raises(NotADirectoryError, match="is a file, not a directory"):
+    checks.check_workdir(str(path), create=True)
+  assert path.read_text() == "not a folder"
+
+
+def test_unwritable_workdir_is_found_before_any_work(tmp_path, monkeypatch):
+  # Simulated: the test suite runs as root, where chmod does not stop writes.
+  def refuse(*args, **kwargs):
+    raise PermissionError(13, "Permission denied", kwargs.get("dir"))
+
+  monkeypatch.setattr(checks.tempfile, "TemporaryFile", refuse)
+  with pytest.raises(OSError, match=r"Workdir '.*' is not writable: Permission denied"):
+    checks.check_workdir(str(tmp_path), create=True)
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root writes to read-only folders; "
+                    "test_unwritable_workdir_is_found_before_any_work simulates it")
+def test_read_only_workdir(tmp_path):
+  os.chmod(tmp_path, 0o555)
+  try:
+    with pytest.raises(OSError, match="is not writable"):
+      checks.check_workdir(str(tmp_path), create=True)
+  finally:
+    os.chmod(tmp_path, 0o755)
+
+
+def test_missing_workdir_is_made_or_named(tmp_path):
+  with pytest.raises(FileNotFoundError, match="does not exist"):
+    checks.check_workdir(str(tmp_path / "none"), create=False)
+  checks.check_workdir(str(tmp_path / "new"), create=True)
+  assert os.listdir(tmp_path / "new") == []  # The write probe leaves nothing.
+
+
+# ---------------------------------------------------------------------------
+# The CLIs: one line, no traceback, the right exit code.
+# ---------------------------------------------------------------------------
+
+
+def _env():
+  return dict(os.environ, PYTHONPATH=REPO, JAX_PLATFORMS="cpu")
+
+
+def run_cli(script, *args, cwd=REPO):
+  out = subprocess.run([sys.executable, os.path.join(REPO, script), *args], env=_env(),
+                       capture_output=True, text=True, timeout=300, cwd=cwd)
+  return out.returncode, out.stderr
+
+
+def assert_one_error_line(stderr, *parts):
+  assert "Traceback" not in stderr, stderr[-3000:]
+  last = stderr.strip().splitlines()[-1]
+  assert last.startswith("error: "), stderr[-3000:]
+  for part in parts:
+    assert part in last, last
+  return last
+
+
+QUICKSTART = "--config=" + os.path.join(REPO, "configs", "quickstart.py")
+
+
+@pytest.mark.parametrize("args,parts", [
+    ([QUICKSTART, "--config.model.activaton=gelu"],
+     ["--config.model.activaton", "did you mean 'activation'"]),
+    ([QUICKSTART, "--config.trian.num_steps=3"], ["--config.trian", "did you mean 'train'"]),
+    ([QUICKSTART, "--config.train.num_steps=abc"], ["--config.train.num_steps=abc"]),
+    ([QUICKSTART, "--config.train.fsdp=maybe"], ["--config.train.fsdp=maybe"]),
+    (["--config=configs/no_such.py"], ["--config=configs/no_such.py", "no such config file"]),
+    (["--config=configs/wmt14_ende.py:huge"], ["Unknown config variant 'huge'"]),
+    (["--config=configs/quickstart.py:huge"], ["quickstart.py has no variants"]),
+    ([], ["--config"]),
+])
+def test_train_flag_errors_are_one_line_exit_2(tmp_path, args, parts):
+  code, stderr = run_cli("train.py", *args, f"--workdir={tmp_path / 'run'}")
+  assert code == 2
+  assert_one_error_line(stderr, *parts)
+  assert not (tmp_path / "run").exists()  # Nothing was started.
+
+
+def test_broken_config_file_is_one_line(tmp_path):
+  path = tmp_path / "broken.py"
+  path.write_text("def get_config(:\n")
+  code, stderr = run_cli("train.py", f"--config={path}", f"--workdir={tmp_path / 'run'}")
+  assert code == 2
+  assert_one_error_line(stderr, f"--config={path}", "syntax error", "line 1")
+
+
+def test_bad_value_stops_train_before_any_work(tmp_path):
+  code, stderr = run_cli("train.py", QUICKSTART, "--config.train.num_steps=0",
+                         f"--workdir={tmp_path / 'run'}")
+  assert code == 2
+  assert_one_error_line(stderr, "config.train.num_steps=0 must be >= 1")
+  assert not (tmp_path / "run").exists()
+
+
+def test_workdir_that_is_a_file_is_one_line(tmp_path):
+  path = tmp_path / "run"
+  path.write_text("x")
+  code, stderr = run_cli("train.py", QUICKSTART, f"--workdir={path}")
+  assert code == 1
+  assert_one_error_line(stderr, str(path), "is a file")
+  code, stderr = run_cli("evaluate.py", f"--workdir={path}")
+  assert code == 1
+  assert_one_error_line(stderr, str(path), "is a file")
+
+
+def test_evaluate_malformed_config_json_is_one_line(tmp_path):
+  (tmp_path / "config.json").write_text("{\"model\": ")
+  for extra in ([], ["--config.decode.beam_size=2"]):
+    code, stderr = run_cli("evaluate.py", f"--workdir={tmp_path}", *extra)
+    assert code == 2
+    assert_one_error_line(stderr, "config.json is not valid JSON")
+  (tmp_path / "config.json").write_text("")
+  code, stderr = run_cli("evaluate.py", f"--workdir={tmp_path}")
+  assert code == 2
+  assert_one_error_line(stderr, "config.json is not valid JSON")
+
+
+# ---------------------------------------------------------------------------
+# Against a trained run: bad inputs leave its files as they were.
+# ---------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def trained_run(tmp_path_factory):
+  sys.path.insert(0, os.path.join(REPO, "tests"))
+  from test_train import tiny_config
+
+  from transformer import train
+  workdir = str(tmp_path_factory.mktemp("trained") / "run")
+  train.train_and_evaluate(tiny_config(), workdir)  # Checkpoints at steps 3 and 6.
+  return workdir
+
+
+def _digest(workdir):
+  digests = {}
+  for root, _, files in os.walk(workdir):
+    for name in files:
+      path = os.path.join(root, name)
+      with open(path, "rb") as f:
+        digests[os.path.relpath(path, workdir)] = hashlib.sha256(f.read()).hexdigest()
+  return digests
+
+
+def _tiny_args():
+  sys.path.insert(0, os.path.join(REPO, "tests"))
+  from test_train import TINY
+  return [f"--config.{k}={v}" for k, v in TINY.items()]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("script,args,code,part", [
+    ("train.py", [QUICKSTART, "--config.train.keep_checkpoints=0"], 2, "keep_checkpoints=0"),
+    ("train.py", [QUICKSTART, "--config.decode.beam_size=0"], 2, "beam_size=0"),
+    ("train.py", [QUICKSTART, "--config.model.vocab_size=4"], 2, "vocab_size=4"),
+    ("train.py", [QUICKSTART, "--config.model.d_ff=128"], 1, "different model"),
+    ("evaluate.py", ["--beam_size=0"], 2, "--beam_size: config.decode.beam_size=0"),
+    ("evaluate.py", ["--alpha=-1"], 2, "--alpha: config.decode.alpha=-1.0"),
+    ("evaluate.py", ["--average_last=0"], 2, "average_last=0"),
+    ("evaluate.py", ["--average_last=9"], 1, "only 2"),
+    ("evaluate.py", ["--config.decode.max_extra_length=-1"], 2, "max_extra_length=-1"),
+    ("evaluate.py", ["--config.decode.bem_size=2"], 2, "did you mean 'beam_size'"),
+    ("evaluate.py", ["--step=4"], 1, "No checkpoint at step 4"),
+])
+def test_bad_input_leaves_a_run_unchanged(trained_run, tmp_path, script, args, code, part):
+  workdir = str(tmp_path / "run")
+  shutil.copytree(trained_run, workdir)
+  before = _digest(workdir)
+  if script == "train.py":
+    args = [args[0], *_tiny_args(), *args[1:]]
+  exit_code, stderr = run_cli(script, *args, f"--workdir={workdir}")
+  assert exit_code == code, stderr[-3000:]
+  assert_one_error_line(stderr, part)
+  after = _digest(workdir)  # The run's files as they were (a token cache may be added).
+  assert {k: after.get(k) for k in before} == before
+  assert {k for k in after.keys() - before.keys() if not k.startswith("data_cache/")} == set()
+
+
+@pytest.mark.slow
+def test_config_json_with_a_bad_value_is_one_line(trained_run, tmp_path):
+  workdir = str(tmp_path / "run")
+  shutil.copytree(trained_run, workdir)
+  path = os.path.join(workdir, checkpoint_lib.CONFIG_FILE)
+  config = json.load(open(path))
+  config["train"]["num_steps"] = "many"
+  with open(path, "w") as f:
+    json.dump(config, f)
+  before = _digest(workdir)
+  exit_code, stderr = run_cli("evaluate.py", f"--workdir={workdir}")
+  assert exit_code == 2
+  assert_one_error_line(stderr, "num_steps='many' must be an integer")
+  assert _digest(workdir) == before
+
+
+# ---------------------------------------------------------------------------
+# A damaged newest checkpoint: skipped, and the run ends as an uninterrupted one.
+# ---------------------------------------------------------------------------
+
+
+def _damage(workdir, kind, step=6):
+  step_dir = os.path.join(checkpoint_lib.checkpoint_dir(workdir), str(step))
+  if kind == "truncated array file":
+    data = os.path.join(step_dir, "params", "ocdbt.process_0", "d")
+    largest = max(os.listdir(data), key=lambda n: os.path.getsize(os.path.join(data, n)))
+    with open(os.path.join(data, largest), "r+b") as f:
+      f.truncate(10)
+  elif kind == "missing manifest":
+    os.remove(os.path.join(step_dir, "opt_state", "manifest.ocdbt"))
+  elif kind == "empty data state":
+    open(os.path.join(step_dir, "data", "metadata"), "w").close()
+
+
+def _final_params(workdir):
+  import jax
+  import numpy as np
+  return [np.asarray(x) for x in jax.tree.leaves(checkpoint_lib.restore_params(workdir, 6))]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("kind", ["truncated array file", "missing manifest",
+                                  "empty data state"])
+def test_damaged_newest_checkpoint_resumes_from_the_intact_one(trained_run, tmp_path, kind):
+  import numpy as np
+  from test_train import losses
+
+  workdir = str(tmp_path / "run")
+  shutil.copytree(trained_run, workdir)
+  shutil.rmtree(os.path.join(workdir, "eval"))
+  _damage(workdir, kind)
+  intact = {k: v for k, v in _digest(workdir).items() if k.startswith("checkpoints/3/")}
+  code, stderr = run_cli("train.py", QUICKSTART, *_tiny_args(), f"--workdir={workdir}")
+  assert code == 0, stderr[-3000:]
+  assert "Traceback" not in stderr and "Event loop is closed" not in stderr
+  assert "The checkpoint at step 6" in stderr and "cannot be restored" in stderr
+  assert "Resumed from step 3" in stderr
+  # The older checkpoint is untouched, the damaged one kept aside, and the run
+  # ends bitwise as the uninterrupted one.
+  after = _digest(workdir)
+  assert {k: v for k, v in after.items() if k.startswith("checkpoints/3/")} == intact
+  assert os.path.isdir(os.path.join(workdir, checkpoint_lib.DAMAGED_DIR, "6"))
+  assert checkpoint_lib.list_steps(workdir) == [3, 6]
+  assert losses(workdir) == losses(trained_run)
+  for a, b in zip(_final_params(workdir), _final_params(trained_run), strict=True):
+    np.testing.assert_array_equal(a, b)
+
+
+@pytest.mark.slow
+def test_no_intact_checkpoint_is_one_error_and_changes_nothing(trained_run, tmp_path):
+  workdir = str(tmp_path / "run")
+  shutil.copytree(trained_run, workdir)
+  _damage(workdir, "truncated array file", step=6)
+  _damage(workdir, "empty data state", step=3)
+  before = _digest(workdir)
+  code, stderr = run_cli("train.py", QUICKSTART, *_tiny_args(), f"--workdir={workdir}")
+  assert code == 1
+  assert_one_error_line(stderr, "No checkpoint", "step 6:", "step 3:")
+  after = _digest(workdir)  # Never a silent restart from step 0.
+  assert {k: after.get(k) for k in before} == before
+  assert {k for k in after.keys() - before.keys() if not k.startswith("data_cache/")} == set()
+
+
+@pytest.mark.slow
+def test_evaluate_skips_a_damaged_newest_checkpoint_but_averaging_stops(trained_run,
+                                                                        tmp_path):
+  workdir = str(tmp_path / "run")
+  shutil.copytree(trained_run, workdir)
+  _damage(workdir, "truncated array file")
+  before = {k: v for k, v in _digest(workdir).items() if k.startswith("checkpoints/")}
+  code, stderr = run_cli("evaluate.py", f"--workdir={workdir}", "--beam_size=1",
+                         "--average_last=1")
+  assert code == 0, stderr[-3000:]
+  assert "Traceback" not in stderr and "Event loop is closed" not in stderr
+  assert "step 6" in stderr
+  assert json.load(open(os.path.join(workdir, "eval", "test.json")))["step"] == 3
+  code, stderr = run_cli("evaluate.py", f"--workdir={workdir}", "--average_last=2")
+  assert code == 1
+  assert_one_error_line(stderr, "checkpoint at step 6", "cannot be restored")
+  assert {k: v for k, v in _digest(workdir).items() if k.startswith("checkpoints/")} == before
