@@ -67,35 +67,44 @@ from absl import app, flags, logging
 from configs import wmt14_ende
 from transformer import data
 
-_PAIRS = flags.DEFINE_integer("pairs", 1_000_000, "Generated training pairs (ignored "
-                              "with --corpus_dir).")
-_SEED = flags.DEFINE_integer("seed", 0, "Seed of the generated corpus.")
-_CORPUS_DIR = flags.DEFINE_string("corpus_dir", None,
-                                  "An existing folder of train.{en,de} instead of a "
-                                  "generated corpus.")
-_CACHE_DIR = flags.DEFINE_string(
-    "cache_dir", os.path.join(os.environ.get("XDG_CACHE_HOME", os.path.expanduser("~/.cache")),
-                              "transformer", "input_pipeline"),
-    "Where generated corpora are kept (one folder per --pairs and --seed).")
-_WORKDIR = flags.DEFINE_string("workdir", None, "Tokenizer and token cache folder; default "
-                               "<cache_dir>/work-<corpus>.")
-_REUSE = flags.DEFINE_bool("reuse", False, "Reuse the workdir's tokenizer and token cache "
-                           "(their timings are then loads, not builds).")
-_BATCH_TOKENS = flags.DEFINE_integer("batch_tokens", None, "data.batch_tokens (default: "
-                                     "the WMT config's, 25000).")
-_MAX_LENGTH = flags.DEFINE_integer("max_length", None, "data.max_length (default: the "
-                                   "WMT config's, 256).")
-_VOCAB_SIZE = flags.DEFINE_integer("vocab_size", None, "model.vocab_size (default: the "
-                                   "WMT config's, 37000).")
-_WORKERS = flags.DEFINE_integer("workers", None, "data.workers, where the config has it.")
-_PREFETCH = flags.DEFINE_integer("prefetch", 0, "data.prefetch.")
-_BATCHES = flags.DEFINE_integer("batches", 300, "Batches timed.")
-_WARMUP = flags.DEFINE_integer("warmup", 5, "Batches before the timed ones.")
-_BUSY_CORES = flags.DEFINE_integer("busy_cores", 1, "Processes spinning a core each "
-                                   "during the second throughput measurement; 0: skip it.")
-_VOCAB_WORDS = flags.DEFINE_integer("vocab_words", 200_000, "Word types per language of "
-                                    "the generated corpus.")
-_JSON = flags.DEFINE_bool("json", False, "Print one JSON object with every figure.")
+
+def _define_flags():
+  """The command line's flags, defined only when run as a script, so that
+  importing this module beside benchmarks/benchmark.py (whose flags share
+  names such as --json) defines nothing twice."""
+  # pylint: disable=global-statement
+  global _PAIRS, _SEED, _CORPUS_DIR, _CACHE_DIR, _WORKDIR, _REUSE
+  global _BATCH_TOKENS, _MAX_LENGTH, _VOCAB_SIZE, _WORKERS, _PREFETCH, _BATCHES
+  global _WARMUP, _BUSY_CORES, _VOCAB_WORDS, _JSON
+  _PAIRS = flags.DEFINE_integer("pairs", 1_000_000, "Generated training pairs (ignored "
+                                "with --corpus_dir).")
+  _SEED = flags.DEFINE_integer("seed", 0, "Seed of the generated corpus.")
+  _CORPUS_DIR = flags.DEFINE_string("corpus_dir", None,
+                                    "An existing folder of train.{en,de} instead of a "
+                                    "generated corpus.")
+  _CACHE_DIR = flags.DEFINE_string(
+      "cache_dir", os.path.join(os.environ.get("XDG_CACHE_HOME", os.path.expanduser("~/.cache")),
+                                "transformer", "input_pipeline"),
+      "Where generated corpora are kept (one folder per --pairs and --seed).")
+  _WORKDIR = flags.DEFINE_string("workdir", None, "Tokenizer and token cache folder; default "
+                                 "<cache_dir>/work-<corpus>.")
+  _REUSE = flags.DEFINE_bool("reuse", False, "Reuse the workdir's tokenizer and token cache "
+                             "(their timings are then loads, not builds).")
+  _BATCH_TOKENS = flags.DEFINE_integer("batch_tokens", None, "data.batch_tokens (default: "
+                                       "the WMT config's, 25000).")
+  _MAX_LENGTH = flags.DEFINE_integer("max_length", None, "data.max_length (default: the "
+                                     "WMT config's, 256).")
+  _VOCAB_SIZE = flags.DEFINE_integer("vocab_size", None, "model.vocab_size (default: the "
+                                     "WMT config's, 37000).")
+  _WORKERS = flags.DEFINE_integer("workers", None, "data.workers, where the config has it.")
+  _PREFETCH = flags.DEFINE_integer("prefetch", 0, "data.prefetch.")
+  _BATCHES = flags.DEFINE_integer("batches", 300, "Batches timed.")
+  _WARMUP = flags.DEFINE_integer("warmup", 5, "Batches before the timed ones.")
+  _BUSY_CORES = flags.DEFINE_integer("busy_cores", 1, "Processes spinning a core each "
+                                     "during the second throughput measurement; 0: skip it.")
+  _VOCAB_WORDS = flags.DEFINE_integer("vocab_words", 200_000, "Word types per language of "
+                                      "the generated corpus.")
+  _JSON = flags.DEFINE_bool("json", False, "Print one JSON object with every figure.")
 
 _LINES_PER_CHUNK = 20_000  # Pairs generated, and lines encoded by SentencePiece, at a time.
 _EVAL_PAIRS = 3000  # Generated validation and test pairs (newstest size).
@@ -512,4 +521,5 @@ def main(argv):
 
 
 if __name__ == "__main__":
+  _define_flags()
   app.run(main)
