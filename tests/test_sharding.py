@@ -114,8 +114,13 @@ def test_one_device_equals_eight_devices():
   print(result)
   np.testing.assert_allclose(result["data8"], result["one"], rtol=1e-5)
   np.testing.assert_allclose(result["fsdp8"], result["one"], rtol=1e-5)
-  assert result["param_diff_data8"] < 1e-5
-  assert result["param_diff_fsdp8"] < 1e-5
+  # Parameters after 3 Adam updates: sharded reductions sum in another order,
+  # and Adam's m / (sqrt(v) + 1e-9) turns a last-bit difference in a near-zero
+  # gradient into one of up to a learning rate. Measured max differences: data
+  # 5e-7 to 1.2e-6, FSDP 1.2e-5 to 1.4e-5 on an AMD EPYC (Zen 3), under 1e-5
+  # on an Intel Xeon; a sharding bug moves parameters by far more.
+  assert result["param_diff_data8"] < 5e-5
+  assert result["param_diff_fsdp8"] < 5e-5
   # FSDP really splits the (vocab, embed) table over the 8 devices.
   assert result["fsdp_embedding_spec"] == "P('tensor', 'fsdp')"
   assert result["fsdp_embedding_shard_shape"] == [32, 2]
