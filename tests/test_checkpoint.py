@@ -1,5 +1,6 @@
 """Tests for transformer/checkpoint.py: save, keep-last-K, resume, params restore."""
 
+import logging
 import os
 
 import jax
@@ -227,3 +228,24 @@ def test_malformed_config_json_is_a_config_error(tmp_path):
   (tmp_path / checkpoint.CONFIG_FILE).write_text("[1, 2]")
   with pytest.raises(checks.ConfigError, match="holds a JSON list"):
     checkpoint.load_config(str(tmp_path))
+
+
+def test_orphaned_orbax_task_errors_are_not_logged_but_others_are(caplog):
+  # Orbax's reads of a failed restore can end after it gave up on them; asyncio
+  # then logs "Task exception was never retrieved" with their traceback.
+  checkpoint._drop_closed_loop_reports()
+  namespace = {}
+  for name, filename in (("orbax_read", os.path.join(os.sep, "x", "orbax", "read.py")),
+                         ("user_code", os.path.join(os.sep, "x", "mine.py"))):
+    exec(compile(f"def {name}():\n  raise OSError('truncated')\n", filename, "exec"),
+         namespace)
+  logger = logging.getLogger("asyncio")
+  for name in ("orbax_read", "user_code"):
+    try:
+      namespace[name]()
+    except OSError as e:
+      with caplog.at_level(logging.ERROR, logger="asyncio"):
+        logger.error("Task exception was never retrieved\nfuture: <Task %s>", name,
+                     exc_info=(type(e), e, e.__traceback__))
+  logged = [r.getMessage() for r in caplog.records if r.name == "asyncio"]
+  assert len(logged) == 1 and "user_code" in logged[0]

@@ -199,12 +199,30 @@ def _is_closed_loop_report(unraisable) -> bool:
   return code is not None and f"{os.sep}orbax{os.sep}" in code.co_filename
 
 
+def _from_orbax(traceback) -> bool:
+  while traceback is not None:
+    if f"{os.sep}orbax{os.sep}" in traceback.tb_frame.f_code.co_filename:
+      return True
+    traceback = traceback.tb_next
+  return False
+
+
+class _DropOrbaxOrphanTasks(py_logging.Filter):
+  """asyncio's "Task exception was never retrieved" for an Orbax read of a
+  failed restore, logged when the task is collected (with its traceback)."""
+
+  def filter(self, record):
+    return not ("exception was never retrieved" in record.getMessage()
+                and record.exc_info and _from_orbax(record.exc_info[2]))
+
+
 def _drop_closed_loop_reports():
   """When a restore fails, Orbax closes its event loop while TensorStore reads
   of the same checkpoint are still finishing; each then reports "Event loop is
   closed" as an unraisable exception (a traceback on stderr, dozens per
   checkpoint), and unfinished Orbax reads report their errors when they are
-  collected. They are harmless, and the failure itself is reported once
+  collected (as unraisable coroutines, or through asyncio's logger as tasks
+  whose exception was never retrieved). They are harmless, and the failure itself is reported once
   (``CheckpointError`` or a warning naming the step): drop just those."""
   previous = sys.unraisablehook
   if getattr(previous, "drops_closed_loop_reports", False):
@@ -216,6 +234,7 @@ def _drop_closed_loop_reports():
 
   hook.drops_closed_loop_reports = True
   sys.unraisablehook = hook
+  py_logging.getLogger("asyncio").addFilter(_DropOrbaxOrphanTasks())
 
 
 def _abstract(x):
