@@ -256,10 +256,12 @@ def check_config(config: ml_collections.ConfigDict, *, num_devices: int | None =
 # ---------------------------------------------------------------------------
 
 
-def check_workdir(workdir: str, *, create: bool, what: str = "Workdir"):
+def check_workdir(workdir: str, *, create: bool, writable: bool = True,
+                  what: str = "Workdir"):
   """Raises one clear ``OSError``/``FileNotFoundError`` unless ``workdir`` is
-  a directory this process can write (``create``: make it if missing).
-  ``what`` names it in the message ("Workdir", "data.cache_dir", ...).
+  a directory (``create``: make it if missing) that this process can write
+  (unless ``writable`` is False: only read from). ``what`` names it in the
+  message ("Workdir", "data.cache_dir", ...).
 
   Writing is tried for real (a temporary file is made and removed), so the
   answer is right for read-only mounts, ACLs and full disks alike.
@@ -268,7 +270,7 @@ def check_workdir(workdir: str, *, create: bool, what: str = "Workdir"):
     raise ValueError("--workdir is required: the directory of a train.py run.")
   if os.path.exists(workdir) and not os.path.isdir(workdir):
     raise NotADirectoryError(f"{what} {workdir!r} is a file, not a directory; pass a "
-                             "directory (a new one for a new run).")
+                             "directory (a train.py run's, or a new one for a new run).")
   if not os.path.isdir(workdir):
     if not create:
       raise FileNotFoundError(f"{what} {workdir!r} does not exist. Pass the --workdir of "
@@ -277,6 +279,8 @@ def check_workdir(workdir: str, *, create: bool, what: str = "Workdir"):
       os.makedirs(workdir, exist_ok=True)
     except OSError as e:
       raise OSError(f"{what} {workdir!r} cannot be created: {e.strerror or e}.") from e
+  if not writable:
+    return
   try:
     with tempfile.TemporaryFile(dir=workdir, prefix=".write_check"):
       pass

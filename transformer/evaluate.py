@@ -31,7 +31,7 @@ from flax import nnx
 
 from transformer import bleu as bleu_lib
 from transformer import checkpoint as checkpoint_lib
-from transformer import decode
+from transformer import checks, decode
 from transformer import summary as summary_lib
 from transformer.tokens import EOS_ID, PAD_ID
 
@@ -45,15 +45,9 @@ TranslateFn = Callable[[np.ndarray], np.ndarray]
 
 
 def check_workdir(workdir: str):
-  if not workdir:
-    raise ValueError("--workdir is required: the directory of a train.py run.")
-  if os.path.exists(workdir) and not os.path.isdir(workdir):
-    raise NotADirectoryError(f"Workdir {workdir!r} is a file, not the directory of a "
-                             "train.py run.")
-  if not os.path.isdir(workdir):
-    raise FileNotFoundError(
-        f"Workdir {workdir!r} does not exist. Pass the --workdir of a train.py "
-        "run (e.g. runs/quickstart).")
+  """An existing run's workdir, read from only (the results' folder is checked
+  for writing where it is chosen)."""
+  checks.check_workdir(workdir, create=False, writable=False)
 
 
 def load_run_config(workdir: str) -> ml_collections.ConfigDict:
