@@ -39,9 +39,9 @@ def padding_efficiency(batch):
 
 
 @numba.njit(nogil=True, cache=True)
-def _first_fit(source_lengths, target_lengths, start, rows, length):
-  """First-fit packing of items ``start, start + 1, ...`` into ``rows`` rows
-  of ``length`` slots a side.
+def first_fit(source_lengths, target_lengths, start, rows, length):
+  """First-fit packing of items ``start, start + 1, ...`` (integer arrays of
+  EOS-inclusive lengths) into ``rows`` rows of ``length`` slots a side.
 
   Each item (lengths with EOS) goes to the first row with room on both
   sides; the batch closes at the first item that fits in no row, or at the
@@ -79,11 +79,6 @@ def _first_fit(source_lengths, target_lengths, start, rows, length):
     n += 1
   return (start + n, row_of[:n].copy(), source_start[:n].copy(),
           target_start[:n].copy(), segment_of[:n].copy())
-
-
-def first_fit(source_lengths, target_lengths, start, rows, length):
-  """See _first_fit; lengths are integer arrays of EOS-inclusive lengths."""
-  return _first_fit(source_lengths, target_lengths, start, rows, length)
 
 
 @numba.njit(nogil=True, cache=True)
