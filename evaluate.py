@@ -22,6 +22,7 @@ import ml_collections
 from absl import app, flags
 from ml_collections import config_flags
 
+from configs import common
 from transformer import checkpoint, checks
 
 
@@ -35,11 +36,27 @@ def _workdir_arg() -> str | None:
 
 
 def _load_saved_config() -> ml_collections.ConfigDict:
-  """DIR/config.json of the --workdir on the command line, or a ConfigError."""
+  """DIR/config.json of the --workdir on the command line, or a ConfigError.
+
+  Fields added to the project after the run was trained (absent from its
+  config.json) take today's defaults, so that older runs still evaluate.
+  """
   workdir = _workdir_arg()
   if not workdir:
     raise checks.ConfigError("--workdir is required: the directory of a train.py run.")
-  return checkpoint.load_config(workdir)
+  config = checkpoint.load_config(workdir)
+  defaults = common.get_base_config("base")
+  added = []
+  for section, fields in defaults.items():
+    if section in config and isinstance(config[section], ml_collections.ConfigDict):
+      for name, value in fields.items():
+        if name not in config[section]:
+          config[section][name] = value
+          added.append(f"{section}.{name}={value!r}")
+  if added:
+    print(f"warning: {workdir}/config.json predates the fields {', '.join(added)}; "
+          "using those defaults.", file=sys.stderr)
+  return config
 
 
 def _saved_config() -> ml_collections.ConfigDict:
@@ -102,8 +119,7 @@ def main(argv):
       flag = next((f for f, v in flag_values.items()
                    if v is not None and str(e).startswith(f"config.decode.{f}=")), None)
       raise checks.ConfigError(f"--{flag}: {e}" if flag else str(e)) from e
-    d = config.decode
-    beam_size, alpha, average_last = d.beam_size, d.alpha, d.average_last
+    d = config.decode  # Decoding and averaging settings, flags included: from here only.
     translate = _TRANSLATE.value or (_SOURCE.value and not _REFERENCE.value)
     if _PLOT.value is not None and not _SENTENCE.value:
       raise ValueError("--plot_attention needs --sentence=\"...\" to translate.")
@@ -128,17 +144,15 @@ def main(argv):
 
     if _PLOT.value is not None or translate:
       tokenizer = evaluate.load_run_tokenizer(config, workdir)
-      model, steps = evaluate.restore_model(config, workdir, average_last=average_last,
+      model, steps = evaluate.restore_model(config, workdir, average_last=d.average_last,
                                             step=_STEP.value, params_path=_PARAMS.value)
       if _PLOT.value is not None:
         translation = evaluate.write_attention_plot(
-            model, tokenizer, _SENTENCE.value, _PLOT.value, beam_size=beam_size,
-            alpha=alpha, max_extra_length=d.max_extra_length)
+            model, tokenizer, _SENTENCE.value, _PLOT.value, d)
         print(translation)
         print(f"Attention grids written to {_PLOT.value}", file=sys.stderr)
         return
-      translate_fn = evaluate.make_translate_fn(
-          model, beam_size=beam_size, alpha=alpha, max_extra_length=d.max_extra_length)
+      translate_fn = evaluate.make_translate_fn(model, d)
       if _SOURCE.value:
         with open(_SOURCE.value, encoding="utf-8") as lines:
           evaluate.translate_stream(translate_fn, tokenizer, lines, sys.stdout,
@@ -150,8 +164,8 @@ def main(argv):
 
     report = evaluate.evaluate(
         config, workdir, split=_SPLIT.value, source=_SOURCE.value, reference=_REFERENCE.value,
-        name=_NAME.value, average_last=average_last, step=_STEP.value, beam_size=beam_size,
-        alpha=alpha, save_averaged=_SAVE_AVERAGED.value, params_path=_PARAMS.value)
+        name=_NAME.value, step=_STEP.value, save_averaged=_SAVE_AVERAGED.value,
+        params_path=_PARAMS.value)
     print(evaluate.summary(report))
   except checks.ConfigError as e:  # A config value or config.json: like a flag error.
     checks.exit_with_error(e, 2)

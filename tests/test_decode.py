@@ -55,10 +55,11 @@ def sequence_logprob(table, source, seq):
   return total
 
 
-def exhaustive_best(table, source, limit, alpha):
-  """Best (sequence, score) over every Y ending in EOS with |Y| <= limit."""
+def exhaustive_best(table, source, limit, alpha, min_length=0):
+  """Best (sequence, score) over every Y ending in EOS with |Y| <= limit and
+  at least min_length tokens before EOS (fewer only where the limit forces)."""
   best = (None, -math.inf)
-  for length in range(1, limit + 1):
+  for length in range(min(min_length + 1, limit), limit + 1):
     for body in itertools.product(
         [t for t in EMITTABLE if t != EOS_ID], repeat=length - 1):
       seq = list(body) + [EOS_ID]
@@ -70,16 +71,18 @@ def exhaustive_best(table, source, limit, alpha):
 
 
 def run_beam(table, sources, limits, beam_size, alpha, max_length,
-             early_termination=True):
+             early_termination=True, min_length=0):
   fn = jax.jit(functools.partial(
       decode.beam_search_state, toy_step_fn(table), beam_size=beam_size,
-      alpha=alpha, max_length=max_length, early_termination=early_termination))
+      alpha=alpha, max_length=max_length, early_termination=early_termination,
+      min_length=min_length))
   return fn(toy_cache(sources), jnp.asarray(limits, jnp.int32))
 
 
-def run_greedy(table, sources, limits, max_length):
+def run_greedy(table, sources, limits, max_length, min_length=0):
   fn = jax.jit(functools.partial(
-      decode.greedy_search, toy_step_fn(table), max_length=max_length))
+      decode.greedy_search, toy_step_fn(table), max_length=max_length,
+      min_length=min_length))
   return fn(toy_cache(sources), jnp.asarray(limits, jnp.int32))
 
 
@@ -257,6 +260,76 @@ def test_output_respects_per_sentence_limit_and_never_emits_pad_or_bos():
     assert np.all(np.diff(np.asarray(state.finished_scores[i])) <= 0)
 
 
+# ----------------------------------------------------------------------------
+# decode.min_length: no empty translation (a deviation from the paper's search).
+# ----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("min_length", [1, 2])
+def test_min_length_beam_equals_exhaustive_search_over_long_enough_outputs(min_length):
+  # EOS has most of the mass at every step: the paper's search (min_length 0)
+  # ends at once, min_length forbids EOS before that many tokens, and the
+  # wide beam finds the exhaustive optimum among the outputs it allows.
+  table = toy_table(7, eos_bias=6.0)
+  sources, limits = [5, 11, 12], [4, 3, 1]
+  paper = run_beam(table, sources, limits, beam_size=128, alpha=0.6, max_length=6)
+  state = run_beam(table, sources, limits, beam_size=128, alpha=0.6, max_length=6,
+                   min_length=min_length)
+  for i, (source, limit) in enumerate(zip(sources, limits, strict=True)):
+    assert strip(paper.finished_seqs[i, 0]) == [EOS_ID]
+    want_seq, want_score = exhaustive_best(table, source, limit, 0.6, min_length)
+    assert strip(state.finished_seqs[i, 0]) == want_seq
+    np.testing.assert_allclose(state.finished_scores[i, 0], want_score, rtol=1e-5)
+    # The limit wins over min_length: |Y| <= 1 leaves only [EOS].
+    assert len(want_seq) == min(min_length + 1, limit)
+
+
+@pytest.mark.parametrize("min_length", [0, 1, 3])
+def test_min_length_greedy_and_beam_1_follow_the_same_rule(min_length):
+  table = toy_table(8, eos_bias=4.0)
+  sources, limits = list(range(30, 38)), [6, 6, 6, 6, 2, 1, 6, 6]
+  greedy, logprobs = run_greedy(table, sources, limits, max_length=6,
+                                min_length=min_length)
+  beam = run_beam(table, sources, limits, beam_size=1, alpha=0.0, max_length=6,
+                  min_length=min_length)
+  np.testing.assert_array_equal(beam.finished_seqs[:, 0], greedy)
+  np.testing.assert_allclose(beam.finished_scores[:, 0], logprobs, rtol=1e-5)
+  for i, limit in enumerate(limits):
+    seq = strip(greedy[i])
+    assert len(seq) - 1 >= min(min_length, limit - 1)
+    np.testing.assert_allclose(logprobs[i], sequence_logprob(table, sources[i], seq),
+                               rtol=1e-5)
+  if min_length == 0:  # With this EOS bias the paper's greedy search ends at once.
+    assert sum(strip(g) == [EOS_ID] for g in greedy) >= 4
+
+
+def eos_loving_model():
+  """A tiny Transformer whose decoder output is the same vector u at every
+  position, with EOS's output column equal to u: EOS has nearly all the mass
+  at every step, as in a small model that learned to end early."""
+  model = tiny_model(share_output_embedding=False)
+  norm = model.decoder_layers[-1].residual_3.norm  # Post-LN: the decoder's last op.
+  norm.scale[...] = jnp.zeros_like(norm.scale[...])
+  norm.bias[...] = jnp.ones_like(norm.bias[...])  # u = 1.
+  model.output_projection[...] = model.output_projection[...].at[:, EOS_ID].set(1.0)
+  return model
+
+
+@pytest.mark.parametrize("beam_size", [1, 4])
+def test_model_that_prefers_eos_gives_no_empty_translation_by_default(beam_size):
+  model = eos_loving_model()
+  inputs = np.array([[4, 5, 6, EOS_ID], [6, EOS_ID, PAD_ID, PAD_ID]])
+  first = jax.nn.softmax(_forward(model, inputs, np.full((2, 1), EOS_ID))[:, 0])
+  assert np.all(np.asarray(first)[:, EOS_ID] > 0.99)  # Most of the first-step mass.
+  paper = decode.translate_batch(model, inputs, beam_size=beam_size, min_length=0)
+  assert [decode.strip_eos(row) for row in paper] == [[], []]
+  default = decode.translate_batch(model, inputs, beam_size=beam_size)
+  # One real token (the most probable one after EOS), then EOS.
+  assert [len(decode.strip_eos(row)) for row in default] == [1, 1]
+  two = decode.translate_batch(model, inputs, beam_size=beam_size, min_length=2)
+  assert [len(decode.strip_eos(row)) for row in two] == [2, 2]
+
+
 def test_output_limits_and_strip_eos():
   inputs = np.array([[5, 6, EOS_ID, 0], [EOS_ID, 0, 0, 0], [0, 0, 0, 0]])
   np.testing.assert_array_equal(decode.output_limits(inputs, 50), [53, 51, 1])
@@ -290,11 +363,12 @@ def _forward(model, inputs, targets):
   return nnx.jit(lambda m, i, t: m(i, t))(model, jnp.asarray(inputs), jnp.asarray(targets))
 
 
-def model_exhaustive_best(model, source, limit, alpha):
-  """Best (sequence, score) over every Y with |Y| <= limit, scored by the
-  teacher-forced forward pass (no cache)."""
+def model_exhaustive_best(model, source, limit, alpha, min_length=0):
+  """Best (sequence, score) over every Y with |Y| <= limit and at least
+  min_length tokens before EOS, scored by the teacher-forced forward pass (no
+  cache)."""
   words = [t for t in range(MODEL_VOCAB) if t not in (PAD_ID, BOS_ID, EOS_ID)]
-  seqs = [list(body) + [EOS_ID] for n in range(limit)
+  seqs = [list(body) + [EOS_ID] for n in range(min(min_length, limit - 1), limit)
           for body in itertools.product(words, repeat=n)]
   targets = np.zeros((len(seqs), 4), np.int32)  # One shape: one compilation.
   for i, s in enumerate(seqs):
@@ -321,17 +395,18 @@ def model_search(model, inputs, limits, search, max_length, **kwargs):
   return fn(cache, jnp.asarray(limits, jnp.int32))
 
 
-@pytest.mark.parametrize("alpha", [0.0, 0.6, 3.0])
-def test_model_wide_beam_equals_exhaustive_search(alpha):
+@pytest.mark.parametrize("alpha,min_length", [(0.0, 0), (0.6, 0), (3.0, 0), (0.0, 1),
+                                              (0.6, 2)])
+def test_model_wide_beam_equals_exhaustive_search(alpha, min_length):
   # Limits |Y| <= 4 and 3: at most 16 live prefixes and 80 candidates per
   # step, so a beam of 128 is exhaustive.
   model = tiny_model()
   inputs = np.array([[4, 5, EOS_ID], [6, EOS_ID, PAD_ID]])
   ids, scores = decode.translate_batch(
       model, inputs, beam_size=128, alpha=alpha, max_extra_length=1,
-      return_scores=True)
+      min_length=min_length, return_scores=True)
   for i, (source, limit) in enumerate([(inputs[0], 4), (inputs[1], 3)]):
-    want_seq, want_score = model_exhaustive_best(model, source, limit, alpha)
+    want_seq, want_score = model_exhaustive_best(model, source, limit, alpha, min_length)
     assert decode.strip_eos(ids[i]) + [EOS_ID] == want_seq
     np.testing.assert_allclose(scores[i], want_score, rtol=1e-5)
 
@@ -363,7 +438,8 @@ def test_model_beam_1_alpha_0_equals_greedy():
   np.testing.assert_array_equal(seqs[:, 0], greedy)
   np.testing.assert_allclose(scores[:, 0], logprobs, rtol=1e-5)
   # translate_batch with beam_size=1 is this greedy decoding.
-  ids = decode.translate_batch(model, inputs, beam_size=1, max_extra_length=10)
+  ids = decode.translate_batch(model, inputs, beam_size=1, max_extra_length=10,
+                               min_length=0)
   np.testing.assert_array_equal(ids, np.asarray(greedy)[:, :ids.shape[1]])
 
 
@@ -416,6 +492,8 @@ def test_translate_batch_rejects_bad_arguments():
     decode.translate_batch(model, np.array([[4, EOS_ID]]), beam_size=0)
   with pytest.raises(ValueError, match="alpha must be >= 0"):
     decode.translate_batch(model, np.array([[4, EOS_ID]]), alpha=-1.0)
+  with pytest.raises(ValueError, match="min_length"):
+    decode.translate_batch(model, np.array([[4, EOS_ID]]), min_length=-1)
   learned = tiny_model(positional_encoding="learned", max_len=16)
   with pytest.raises(ValueError, match="model.max_len=16"):
     decode.translate_batch(learned, np.array([[4, EOS_ID]]), max_extra_length=50)

@@ -167,8 +167,8 @@ def test_evaluation_covers_every_sentence_once_in_order(run):
   assert report["num_sentences"] == 12
   assert os.path.isfile(os.path.join(run["workdir"], "eval", "copy.json"))
   for key in ("bleu", "sacrebleu_signature", "bleu_tokenized", "num_sentences",
-              "checkpoint_steps", "beam_size", "alpha", "decode_seconds",
-              "sentences_per_second"):
+              "checkpoint_steps", "beam_size", "alpha", "min_length", "decode_seconds",
+              "sentences_per_second", "empty_outputs", "bleu_lowercase"):
     assert key in report
   from transformer import bleu
 
@@ -181,8 +181,9 @@ def test_evaluate_source_and_reference_files_with_the_averaged_model(run, tmp_pa
   source, reference = tmp_path / "src.en", tmp_path / "ref.de"
   source.write_text("The dog sees the car.\nWe follow the cars.\nHe is happy.\n")
   reference.write_text("Der Hund sieht das Auto.\nWir folgen den Autos.\nEr ist froh.\n")
-  report = ev.evaluate(run["config"], run["workdir"], source=str(source),
-                       reference=str(reference), beam_size=2, alpha=0.6)
+  config = run["config"].copy_and_resolve_references()
+  config.decode.beam_size = 2
+  report = ev.evaluate(config, run["workdir"], source=str(source), reference=str(reference))
   assert report["name"] == "src.en.avg2"
   assert report["checkpoint_steps"] == [2, 3] and report["step"] == 3
   assert report["num_sentences"] == 3 and report["beam_size"] == 2
@@ -191,10 +192,42 @@ def test_evaluate_source_and_reference_files_with_the_averaged_model(run, tmp_pa
     assert len(f.read().splitlines()) == 3
   # Each line is what the model gives that sentence alone.
   model, _ = ev.restore_model(run["config"], run["workdir"], average_last=2)
-  fn = ev.make_translate_fn(model, beam_size=2, alpha=0.6, max_extra_length=5)
+  fn = ev.make_translate_fn(model, config.decode)
   alone = ev.translate_sentences(fn, run["tokenizer"], ["He is happy."])
   with open(report["hypotheses"], encoding="utf-8") as f:
     assert f.read().splitlines()[2] == alone[0]
+
+
+def test_report_counts_empty_outputs_warns_and_gives_lowercase_bleu(run, tmp_path, caplog):
+  import sacrebleu
+
+  source, reference = tmp_path / "src.en", tmp_path / "ref.de"
+  lines = ["The dog sees the car.", "We follow the cars.", "He is happy.", "The old dog."]
+  source.write_text("\n".join(lines) + "\n")
+  reference.write_text("the dog sees the car.\nWe follow the cars.\nhe is happy.\nx\n")
+
+  def empty_odd_rows(inputs):  # Copies the source, but rows 1 and 3 of a batch end at once.
+    out = np.asarray(inputs).copy()
+    out[1::2] = PAD_ID
+    out[1::2, 0] = EOS_ID
+    return out
+
+  config = run["config"].copy_and_resolve_references()
+  config.decode.batch_size = 4
+  with caplog.at_level("WARNING"):
+    report = ev.evaluate(config, run["workdir"], source=str(source), reference=str(reference),
+                         translate_fn=empty_odd_rows, name="empty")
+  with open(report["hypotheses"], encoding="utf-8") as f:
+    hypotheses = f.read().splitlines()
+  assert sum(h == "" for h in hypotheses) == 2 and report["empty_outputs"] == 2
+  assert "2 of 4 translations are empty" in caplog.text
+  refs = reference.read_text().splitlines()
+  want_lc = sacrebleu.corpus_bleu(hypotheses, [refs], lowercase=True).score
+  want = sacrebleu.corpus_bleu(hypotheses, [refs]).score
+  assert report["bleu_lowercase"] == pytest.approx(want_lc)
+  assert report["bleu"] == pytest.approx(want) and want < want_lc
+  assert "case:lc" in report["sacrebleu_signature_lowercase"]
+  assert "empty translations: 2" in ev.summary(report)
 
 
 def test_empty_source_file_is_a_clear_error(run, tmp_path):
@@ -235,7 +268,7 @@ def test_attention_plot_is_a_valid_png(run, tmp_path):
   model, _ = ev.restore_model(run["config"], run["workdir"], average_last=1)
   path = str(tmp_path / "attention.png")
   ev.write_attention_plot(model, run["tokenizer"], "The dog sees the car.", path,
-                          beam_size=2, alpha=0.6, max_extra_length=5)
+                          run["config"].decode, beam_size=2)
   with open(path, "rb") as f:
     assert f.read(8) == b"\x89PNG\r\n\x1a\n"
   assert os.path.getsize(path) > 10_000
@@ -244,8 +277,7 @@ def test_attention_plot_is_a_valid_png(run, tmp_path):
 def test_attention_weights_are_distributions(run):
   model, _ = ev.restore_model(run["config"], run["workdir"], average_last=1)
   translation, attention, src, tgt, dec_in = ev.attention_for_sentence(
-      model, run["tokenizer"], "The dog sees the car.", beam_size=1, alpha=0.6,
-      max_extra_length=5)
+      model, run["tokenizer"], "The dog sees the car.", run["config"].decode, beam_size=1)
   assert src[-1] == "</s>" and tgt[-1] == "</s>" and dec_in[0] == "<s>"
   assert len(dec_in) == len(tgt)
   enc, dec, cross = (attention[k][0] for k in ("encoder_self", "decoder_self",

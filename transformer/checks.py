@@ -145,6 +145,7 @@ RULES = {
         "beam_size": (int, *_at_least(1)),  # 1 is greedy.
         "alpha": (float, *_in(0.0, MAX_ALPHA)),
         "max_extra_length": (int, *_at_least(0)),
+        "min_length": (int, *_at_least(0)),  # Real tokens before EOS; 0: the paper.
         "average_last": (int, *_at_least(1)),
         "batch_size": (int, *_at_least(1)),
     },

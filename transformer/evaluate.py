@@ -5,7 +5,8 @@ Used by the root ``evaluate.py``; every piece is importable:
   config = load_run_config(workdir)                       # DIR/config.json
   model, steps = restore_model(config, workdir, average_last=5)
   tokenizer = load_run_tokenizer(config, workdir)
-  hyps = translate_sentences(model, tokenizer, sources, beam_size=4, alpha=0.6)
+  translate_fn = make_translate_fn(model, config.decode)   # beam 4, alpha 0.6
+  hyps = translate_sentences(translate_fn, tokenizer, sources)
   report = evaluate(config, workdir, split="test")       # DIR/eval/test.avg5.json
 
 Checkpoint averaging (§6.1: "averaging the last 5 checkpoints, which were
@@ -256,11 +257,25 @@ def _pad(rows: list[np.ndarray]) -> np.ndarray:
   return out
 
 
-def make_translate_fn(model, *, beam_size: int, alpha: float,
-                      max_extra_length: int) -> TranslateFn:
+def decode_options(decode_config, **overrides) -> dict:
+  """The search's arguments of ``decode.translate_batch`` from a ``config.decode``
+  section (beam_size, alpha, max_extra_length, min_length); ``overrides`` win."""
+  options = {key: decode_config[key]
+             for key in ("beam_size", "alpha", "max_extra_length", "min_length")}
+  unknown = set(overrides) - set(options)
+  if unknown:
+    raise TypeError(f"Unknown decoding options {sorted(unknown)}.")
+  options.update(overrides)
+  return options
+
+
+def make_translate_fn(model, decode_config, **overrides) -> TranslateFn:
+  """(B, S) source ids -> (B, L) output ids, searched as ``config.decode`` says
+  (``overrides``, e.g. ``beam_size=1``, replace single fields)."""
+  options = decode_options(decode_config, **overrides)
+
   def translate(inputs):
-    return decode.translate_batch(model, inputs, beam_size=beam_size, alpha=alpha,
-                                  max_extra_length=max_extra_length)
+    return decode.translate_batch(model, inputs, **options)
   return translate
 
 
@@ -340,8 +355,7 @@ def read_lines(path: str, what: str) -> list[str]:
 
 def evaluate(config, workdir: str, *, split: str | None = None, source: str | None = None,
              reference: str | None = None, name: str | None = None,
-             average_last: int | None = None, step: int | None = None,
-             beam_size: int | None = None, alpha: float | None = None,
+             step: int | None = None,
              save_averaged: bool = False, params_path: str | None = None,
              translate_fn: TranslateFn | None = None, model=None, steps=None) -> dict:
   """Translates a split (or a source file) and writes BLEU reports.
@@ -351,7 +365,10 @@ def evaluate(config, workdir: str, *, split: str | None = None, source: str | No
   the split or the source file's name, with ``.avg<N>`` when N > 1
   checkpoints are averaged.
 
-  Arguments left None come from ``config.decode`` / ``config.data``.
+  The search and the checkpoint averaging are ``config.decode``'s; the split
+  left None is ``config.data.test_split``. The report counts the empty
+  hypotheses (``empty_outputs``) and gives sacreBLEU with ``-lc``
+  (``bleu_lowercase``, the figure Multi30k papers print) beside the cased one.
   ``decode_seconds`` is the wall time of translating (tokenization, decoding
   and detokenization), compilation of the few padded shapes included.
   ``translate_fn``/``model``/``steps`` let tests inject a decoder.
@@ -360,9 +377,6 @@ def evaluate(config, workdir: str, *, split: str | None = None, source: str | No
 
   check_workdir(workdir)
   d = config.decode
-  average_last = d.average_last if average_last is None else average_last
-  beam_size = d.beam_size if beam_size is None else beam_size
-  alpha = d.alpha if alpha is None else alpha
   if source:
     sources = read_lines(source, "Source")
     references = read_lines(reference, "Reference") if reference else None
@@ -378,10 +392,9 @@ def evaluate(config, workdir: str, *, split: str | None = None, source: str | No
   tokenizer = load_run_tokenizer(config, workdir)
   if translate_fn is None:
     if model is None:
-      model, steps = restore_model(config, workdir, average_last=average_last, step=step,
+      model, steps = restore_model(config, workdir, average_last=d.average_last, step=step,
                                    params_path=params_path)
-    translate_fn = make_translate_fn(model, beam_size=beam_size, alpha=alpha,
-                                     max_extra_length=d.max_extra_length)
+    translate_fn = make_translate_fn(model, d)
   steps = list(steps or [])
   if name is None:
     name = base + (f".avg{len(steps)}" if len(steps) > 1 else "")
@@ -403,13 +416,24 @@ def evaluate(config, workdir: str, *, split: str | None = None, source: str | No
             "reference": reference}
   if references is not None:
     report.update(bleu_lib.compute_bleu(hypotheses, references, lang=config.data.target_lang))
+    report["bleu_lowercase"], report["sacrebleu_signature_lowercase"] = (
+        bleu_lib.sacrebleu_bleu(hypotheses, references, lowercase=True))
+  empty = [i for i, h in enumerate(hypotheses) if not h.strip()]
+  if empty:
+    logging.warning(
+        "%d of %d translations are empty (lines %s%s of %s). With decode.min_length=0 "
+        "(the paper's search) a model may prefer ending at once; decode.min_length=1 "
+        "forbids it.", len(empty), len(hypotheses), ", ".join(str(i + 1) for i in empty[:10]),
+        " ..." if len(empty) > 10 else "", source or f"split {split}")
   report.update({
       "num_sentences": len(hypotheses),
+      "empty_outputs": len(empty),
       "checkpoint_steps": [int(s) for s in steps],
       "step": int(max(steps)) if steps else None,  # The latest step averaged.
-      "beam_size": beam_size,
-      "alpha": alpha,
+      "beam_size": d.beam_size,
+      "alpha": d.alpha,
       "max_extra_length": d.max_extra_length,
+      "min_length": d.min_length,
       "decode_seconds": seconds,
       "sentences_per_second": len(hypotheses) / max(seconds, 1e-9),
       "device": jax.devices()[0].device_kind,
@@ -432,8 +456,13 @@ def summary(report: dict) -> str:
   if "bleu" in report:
     lines.append(f"  BLEU {report['bleu']:6.2f}  sacreBLEU on detokenized text "
                  f"({report['sacrebleu_signature']})")
-    lines.append(f"  BLEU {report['bleu_tokenized']:6.2f}  tokenized, compound-split: "
-                 "comparable to the paper's 27.3 / 28.4")
+    if "bleu_lowercase" in report:
+      lines.append(f"  BLEU {report['bleu_lowercase']:6.2f}  sacreBLEU, lowercased (-lc)")
+    lines.append(f"  BLEU {report['bleu_tokenized']:6.2f}  tokenized, compound-split: the "
+                 "paper's way of scoring WMT14 (Table 2)")
+  if report.get("empty_outputs"):
+    lines.append(f"  empty translations: {report['empty_outputs']} (decode.min_length="
+                 f"{report.get('min_length')})")
   lines.append(f"  decoding: {report['decode_seconds']:.1f} s, "
                f"{report['sentences_per_second']:.1f} sentences/s on {report['device']}")
   lines.append(f"  hypotheses: {report['hypotheses']}")
@@ -445,9 +474,9 @@ def summary(report: dict) -> str:
 # ----------------------------------------------------------------------------
 
 
-def attention_for_sentence(model, tokenizer, sentence: str, *, beam_size: int, alpha: float,
-                           max_extra_length: int):
-  """Translates ``sentence`` and returns its attention weights and tokens.
+def attention_for_sentence(model, tokenizer, sentence: str, decode_config, **overrides):
+  """Translates ``sentence`` (searched as ``config.decode`` says, ``overrides``
+  replacing single fields) and returns its attention weights and tokens.
 
   Returns:
     (translation, attention, source_pieces, target_pieces, decoder_input_pieces):
@@ -457,8 +486,7 @@ def attention_for_sentence(model, tokenizer, sentence: str, *, beam_size: int, a
   from transformer.tokens import BOS_ID
 
   source = encode_sources(tokenizer, [sentence])[0]
-  ids = decode.translate_batch(model, source[None], beam_size=beam_size, alpha=alpha,
-                               max_extra_length=max_extra_length)[0]
+  ids = make_translate_fn(model, decode_config, **overrides)(source[None])[0]
   target = np.asarray(decode.strip_eos(ids) + [EOS_ID], np.int32)
   _, attention = nnx.jit(lambda m, x, y: m(x, y, return_attention=True))(
       model, jnp.asarray(source[None]), jnp.asarray(target[None]))
@@ -472,16 +500,15 @@ def attention_for_sentence(model, tokenizer, sentence: str, *, beam_size: int, a
           pieces(decoder_inputs))
 
 
-def write_attention_plot(model, tokenizer, sentence: str, path: str, *, beam_size: int,
-                         alpha: float, max_extra_length: int) -> str:
+def write_attention_plot(model, tokenizer, sentence: str, path: str, decode_config,
+                         **overrides) -> str:
   """Draws the three attention grids of ``sentence``'s translation to ``path``."""
   from transformer import plot
 
   if not sentence.strip():
     raise ValueError("--plot_attention needs a non-empty --sentence to translate.")
   translation, attention, src, tgt, dec_in = attention_for_sentence(
-      model, tokenizer, sentence, beam_size=beam_size, alpha=alpha,
-      max_extra_length=max_extra_length)
+      model, tokenizer, sentence, decode_config, **overrides)
   plot.plot_attention(attention, src, tgt, dec_in, path,
                       title=f"{sentence}  ->  {translation}")
   return translation

@@ -597,8 +597,7 @@ def _periodic_eval(setup, eval_fn, tokenizer, params, dev_batches, dev_sources,
   row = {f"dev/{k}": v for k, v in evaluate_loss(setup, eval_fn, params, dev_batches).items()}
   if dev_sources:
     translate_fn = evaluate_lib.make_translate_fn(
-        make_model(setup, params), beam_size=1, alpha=config.decode.alpha,
-        max_extra_length=config.decode.max_extra_length)
+        make_model(setup, params), config.decode, beam_size=1)
     hypotheses = evaluate_lib.translate_sentences(
         translate_fn, tokenizer, dev_sources, batch_size=config.decode.batch_size)
     row["dev/bleu"], _ = bleu_lib.sacrebleu_bleu(hypotheses, dev_references)
