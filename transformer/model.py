@@ -15,9 +15,12 @@ Logical axis names on parameters (mapped to mesh axes only by
 transformer/sharding.py): "vocab", "embed", "mlp", "heads", "kv".
 
 Initialization (our choice; the paper does not state one):
-  * Projections (W^Q, W^K, W^V, W^O, W_1, W_2) are Xavier-uniform, the
-    tensor2tensor default the paper's code used: it keeps activation variance
-    roughly constant through each linear map.
+  * Projections (W^Q, W^K, W^V, W^O, W_1, W_2) are Xavier-uniform,
+    U(+-sqrt(6 / (fan_in + fan_out))): it keeps activation variance roughly
+    constant through each linear map. tensor2tensor's transformer_base_v1
+    sets initializer="uniform_unit_scaling", initializer_gain=1.0, which it
+    builds as tf.variance_scaling_initializer(1.0, mode="fan_avg",
+    distribution="uniform"): the same distribution under another name.
   * Embeddings are N(0, d_model^-1). Multiplied by sqrt(d_model) (§3.4) they
     have unit variance, the same scale as the sinusoids; and when tied to the
     pre-softmax projection, the initial logits of a unit-variance decoder
