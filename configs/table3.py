@@ -6,9 +6,11 @@ Run card
   python -m transformer.summary --config=configs/table3.py:B1
 
   Each row trains for 100K steps (300K for "big") on 8 GPUs like base (12 h
-  on 8 P100 in the paper). The paper reports dev perplexity (per word-piece)
-  and dev BLEU on newstest2013 *without* checkpoint averaging, with beam
-  search as in §6.1; compare against the ``paper`` numbers of each row.
+  on 8 P100 in the paper). The paper reports dev perplexity (per
+  word-piece, its name here for the pieces of its byte-pair encoding; ours is
+  per piece of the run's own 37000-piece BPE) and dev BLEU on newstest2013
+  *without* checkpoint averaging, with beam search as in §6.1; compare
+  against the ``paper`` numbers of each row.
 
 Variants: base, A1-A4, B1-B2, C1-C7, D1-D4, E, big.
 """
