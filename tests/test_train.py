@@ -362,3 +362,20 @@ def test_mixed_precision_keeps_float32_params():
   assert np.isfinite(float(metrics["loss"]))
   assert {x.dtype for x in jax.tree.leaves(state["params"])} == {np.dtype("float32")}
   assert {x.dtype for x in jax.tree.leaves(state["opt_state"]) if x.ndim} == {np.dtype("float32")}
+
+
+def test_final_evaluation_averages_the_last_checkpoints(tmp_path):
+  # decode.average_last=3 with a checkpoint every step: the final test report
+  # is the mean of steps 4-6 (§6.1), the same as evaluate.py --average_last=3.
+  from transformer import evaluate as evaluate_lib
+
+  workdir = str(tmp_path)
+  config = tiny_config(**{"train.checkpoint_every_steps": 1, "decode.average_last": 3})
+  final = train.train_and_evaluate(config, workdir)
+  assert final["test/checkpoint_steps"] == [4, 5, 6]
+  report = json.load(open(os.path.join(workdir, "eval", "test.json")))
+  assert report["checkpoint_steps"] == [4, 5, 6] and report["empty_outputs"] == 0
+  saved = checkpoint.load_config(workdir)
+  again = evaluate_lib.evaluate(saved, workdir, split="test", name="again")
+  assert again["checkpoint_steps"] == [4, 5, 6]
+  assert again["bleu"] == final["test/bleu"]

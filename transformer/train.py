@@ -608,8 +608,27 @@ def _periodic_eval(setup, eval_fn, tokenizer, params, dev_batches, dev_sources,
 def evaluate_test(setup, params, config, workdir, step) -> dict:
   """Translates the whole test split with ``config.decode`` (beam 4, alpha 0.6),
   writes DIR/eval/<split>.json and DIR/eval/<split>.hyp.txt through
-  ``transformer.evaluate`` (the code path of evaluate.py); returns test/* values."""
+  ``transformer.evaluate`` (the code path of evaluate.py); returns test/* values.
+
+  With ``decode.average_last`` = N > 1 the model is the mean of the last N
+  checkpoints up to ``step`` (§6.1), as ``evaluate.py --average_last=N`` would
+  give; fewer when fewer are kept (with a warning).
+  """
+  model, steps = make_model(setup, params), [step]
+  wanted = config.decode.average_last
+  if wanted > 1:
+    saved = [s for s in checkpoint_lib.list_steps(workdir) if s <= step]
+    if len(saved) < wanted:
+      logging.warning("decode.average_last=%d but only %d checkpoints (steps %s) are kept; "
+                      "averaging those (train.keep_checkpoints sets how many are kept).",
+                      wanted, len(saved), saved)
+    if len(saved) > 1:
+      model, steps = evaluate_lib.restore_model(
+          config, workdir, average_last=min(wanted, len(saved)), step=step)
   report = evaluate_lib.evaluate(config, workdir, split=config.data.test_split,
-                                 model=make_model(setup, params), steps=[step])
+                                 name=config.data.test_split, model=model, steps=steps)
   return {"test/bleu": report["bleu"], "test/bleu_tokenized": report["bleu_tokenized"],
-          "test/num_sentences": report["num_sentences"]}
+          "test/bleu_lowercase": report["bleu_lowercase"],
+          "test/empty_outputs": report["empty_outputs"],
+          "test/num_sentences": report["num_sentences"],
+          "test/checkpoint_steps": steps}
