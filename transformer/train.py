@@ -42,6 +42,7 @@ from transformer import checkpoint as checkpoint_lib
 from transformer import checks, optim
 from transformer import data as data_lib
 from transformer import evaluate as evaluate_lib
+from transformer import loss as loss_lib
 from transformer import metrics as metrics_lib
 from transformer import model as model_lib
 from transformer import sharding as sharding_lib
@@ -217,7 +218,7 @@ def _loss_sums(setup, params, rest, batch, dropout_key, *, train: bool):
   if "index" in batch:  # Filler rows of an evaluation batch have index -1.
     weights = jnp.broadcast_to((batch["index"] >= 0)[:, None], batch["targets"].shape)
   label_smoothing = setup.config.train.label_smoothing
-  return optim.cross_entropy_sums(logits, batch["targets"], label_smoothing, weights)
+  return loss_lib.cross_entropy_sums(logits, batch["targets"], label_smoothing, weights)
 
 
 def _grads_and_sums(setup, state, rest, batch, micro_index):
@@ -247,7 +248,7 @@ def _apply(setup, state, grads, sums):
   new_state = {"params": params, "opt_state": opt_state, "step": state["step"] + 1,
                "rng": state["rng"]}
   schedule = optim.learning_rate_schedule(setup.config)
-  metrics = optim.summarize(sums)
+  metrics = loss_lib.summarize(sums)
   metrics.update({
       "learning_rate": schedule(state["step"] + 1),
       "grad_norm": optax.tree.norm(grads),
@@ -335,7 +336,7 @@ def evaluate_loss(setup, eval_fn, params, batches) -> dict:
     total = sums if total is None else jax.tree.map(jnp.add, total, sums)
   if total is None:
     return {}
-  return {k: float(v) for k, v in optim.summarize(total).items()}
+  return {k: float(v) for k, v in loss_lib.summarize(total).items()}
 
 
 # ---------------------------------------------------------------------------
