@@ -9,11 +9,12 @@ from configs import common
 from transformer import optim
 
 
-def _config(**train):
+def _train_config(**train):
+  """The base model's ``config.train`` section (d_model 512), ``train`` replaced."""
   config = common.get_base_config("base")
   for k, v in train.items():
     config.train[k] = v
-  return config
+  return config.train
 
 
 @pytest.mark.parametrize("step, expected", [
@@ -22,23 +23,22 @@ def _config(**train):
     (100000, 512**-0.5 * 100000**-0.5),  # 1.398e-04, end of base training
 ])
 def test_schedule_eq3(step, expected):
-  schedule = optim.learning_rate_schedule(_config())
+  schedule = optim.learning_rate_schedule(_train_config(), 512)
   np.testing.assert_allclose(schedule(step), expected, rtol=1e-6)
 
 
 def test_schedule_values_in_numbers():
-  schedule = optim.learning_rate_schedule(_config())
+  schedule = optim.learning_rate_schedule(_train_config(), 512)
   np.testing.assert_allclose(
       [schedule(1), schedule(4000), schedule(100000)],
       [1.7469e-07, 6.9877e-04, 1.3975e-04], rtol=1e-4)
   # The scale factor multiplies the whole schedule.
-  scaled = optim.learning_rate_schedule(_config(learning_rate_scale=2.0))
+  scaled = optim.learning_rate_schedule(_train_config(learning_rate_scale=2.0), 512)
   np.testing.assert_allclose(scaled(4000), 2 * 6.9877e-04, rtol=1e-4)
 
 
 def test_adam_first_update_uses_step_one_and_paper_hyperparameters():
-  config = _config()
-  tx = optim.make_optimizer(config)
+  tx = optim.make_optimizer(_train_config(), 512)
   params = {"w": jnp.zeros((3,))}
   state = tx.init(params)
   grads = {"w": jnp.array([1.0, -2.0, 0.5])}
@@ -56,8 +56,8 @@ def test_adam_first_update_uses_step_one_and_paper_hyperparameters():
 def test_clipping_and_weight_decay_are_opt_in():
   params = {"w": jnp.ones((2, 2)), "b": jnp.ones((2,))}
   grads = {"w": jnp.full((2, 2), 100.0), "b": jnp.zeros((2,))}
-  config = _config(grad_clip_norm=1.0, weight_decay=0.5, warmup_steps=1)
-  tx = optim.make_optimizer(config)
+  train_config = _train_config(grad_clip_norm=1.0, weight_decay=0.5, warmup_steps=1)
+  tx = optim.make_optimizer(train_config, 512)
   updates, _ = tx.update(grads, tx.init(params), params)
   lr1 = 512**-0.5
   # Bias vector: zero gradient and no decay -> no update.

@@ -15,17 +15,18 @@ import optax
 from transformer.loss import cross_entropy_sums  # noqa: F401
 
 
-def learning_rate_schedule(config: ml_collections.ConfigDict) -> Callable:
+def learning_rate_schedule(train_config: ml_collections.ConfigDict,
+                           d_model: int) -> Callable:
   """Eq. (3) as a function of the 1-based update number ``step``.
 
     lrate = scale * d_model^-0.5 * min(step^-0.5, step * warmup_steps^-1.5)
 
   It rises linearly for ``warmup_steps`` updates, then decays as step^-0.5.
-  ``config`` is the whole config (uses model.d_model and the train section).
+  ``train_config`` is the ``config.train`` section (warmup_steps,
+  learning_rate_scale); ``d_model`` is ``config.model.d_model``.
   """
-  d_model = config.model.d_model
-  warmup = config.train.warmup_steps
-  scale = config.train.learning_rate_scale
+  warmup = train_config.warmup_steps
+  scale = train_config.learning_rate_scale
   if warmup <= 0:
     raise ValueError(f"train.warmup_steps must be positive, got {warmup}.")
 
@@ -36,16 +37,18 @@ def learning_rate_schedule(config: ml_collections.ConfigDict) -> Callable:
   return schedule
 
 
-def make_optimizer(config: ml_collections.ConfigDict) -> optax.GradientTransformation:
-  """Adam(b1=0.9, b2=0.98, eps=1e-9) driven by Eq. (3) (§5.3).
+def make_optimizer(train_config: ml_collections.ConfigDict,
+                   d_model: int) -> optax.GradientTransformation:
+  """Adam(b1=0.9, b2=0.98, eps=1e-9) driven by Eq. (3) (§5.3), from the
+  ``config.train`` section and the model's ``d_model``.
 
   Optional deviations from the paper, all off by default: global-norm gradient
   clipping (train.grad_clip_norm > 0) and decoupled weight decay on matrices
   (train.weight_decay > 0, AdamW; biases, LayerNorm and other vectors are not
   decayed).
   """
-  t = config.train
-  schedule = learning_rate_schedule(config)
+  t = train_config
+  schedule = learning_rate_schedule(train_config, d_model)
   # optax counts updates from 0; Eq. (3) counts them from 1.
   def lr(count):
     return schedule(count + 1)

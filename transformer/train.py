@@ -156,7 +156,7 @@ def setup_state(config, mesh, model_fn) -> TrainSetup:
   pure_abstract = nnx.to_pure_dict(abstract_params)
   sharding_lib.check_divisible(pure_abstract, param_specs, mesh)
   param_shardings = sharding_lib.named(mesh, param_specs)
-  tx = optim.make_optimizer(config)
+  tx = optim.make_optimizer(config.train, config.model.d_model)
   abstract_opt = jax.eval_shape(tx.init, pure_abstract)
   replicated = sharding_lib.replicated(mesh)
   # Adam's moments are sharded like the params; counts are replicated.
@@ -247,7 +247,7 @@ def _apply(setup, state, grads, sums):
   params = optax.apply_updates(state["params"], updates)
   new_state = {"params": params, "opt_state": opt_state, "step": state["step"] + 1,
                "rng": state["rng"]}
-  schedule = optim.learning_rate_schedule(setup.config)
+  schedule = optim.learning_rate_schedule(setup.config.train, setup.config.model.d_model)
   metrics = loss_lib.summarize(sums)
   metrics.update({
       "learning_rate": schedule(state["step"] + 1),
