@@ -11,8 +11,8 @@ import pytest
 from flax import nnx
 
 from configs import common
+from transformer import loss, tokens
 from transformer import model as model_lib
-from transformer import optim, tokens
 
 VOCAB = 23
 
@@ -29,6 +29,22 @@ def build(seed=0, **overrides):
   model = model_lib.Transformer(tiny_config(**overrides), rngs=nnx.Rngs(seed))
   model.eval()
   return model
+
+
+def _randomize(module, seed):
+  """Every parameter of ``module`` set to N(0, 0.5^2) values (LayerNorm gains
+  and biases and the FFN biases would otherwise start at exactly 1 and 0)."""
+  state = nnx.state(module, nnx.Param)
+  leaves, treedef = jax.tree.flatten(state)
+  rng = np.random.default_rng(seed)
+  new = [jnp.asarray(0.5 * rng.normal(size=x.shape), x.dtype) for x in leaves]
+  nnx.update(module, jax.tree.unflatten(treedef, new))
+
+
+def _float64_params(module):
+  """A module's direct parameters as float64 NumPy arrays, by attribute name."""
+  return {name: np.asarray(value[...], np.float64) for name, value in vars(module).items()
+          if isinstance(value, nnx.Param)}
 
 
 # Two source sentences (EOS = 1, PAD = 0) and their targets.
@@ -56,6 +72,7 @@ def test_attention_equals_numpy_eq1():
       np.testing.assert_allclose(out[b, h], p @ v[b, h], rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.slow
 def test_fused_attention_impl_matches_einsum():
   a = build(attention_impl="xla", d_v=4)
   b = build(attention_impl="dot_product_attention", d_v=4)
@@ -72,6 +89,7 @@ def test_positional_encoding_closed_form(pos, i):
   np.testing.assert_allclose(pe[pos, 2 * i + 1], math.cos(angle), atol=1e-5)
 
 
+@pytest.mark.slow
 def test_causality():
   model = build()
   logits = model(INPUTS, TARGETS)
@@ -85,6 +103,7 @@ def test_causality():
   np.testing.assert_allclose(new[1], logits[1], atol=1e-6)  # other row untouched
 
 
+@pytest.mark.slow
 def test_padding_invariance():
   model = build()
   logits = model(INPUTS, TARGETS)
@@ -107,6 +126,7 @@ def _packed_row():
 
 
 @pytest.mark.parametrize("positional_encoding", ["sinusoidal", "learned"])
+@pytest.mark.slow
 def test_packed_row_equals_separate_sentences(positional_encoding):
   model = build(positional_encoding=positional_encoding)
   separate = model(INPUTS, TARGETS)
@@ -126,6 +146,7 @@ def test_shift_right_restarts_at_each_segment():
     {}, {"norm_position": "pre"}, {"positional_encoding": "learned"},
     {"activation": "swiglu", "share_output_embedding": False},
     {"attention_impl": "dot_product_attention", "d_v": 4}, {"dtype": "bfloat16"}])
+@pytest.mark.slow
 def test_cached_decoding_equals_full_forward(overrides):
   model = build(**overrides)
   full = np.asarray(model(INPUTS, TARGETS))
@@ -145,6 +166,7 @@ def test_cached_decoding_equals_full_forward(overrides):
     previous = TARGETS[:, t]
 
 
+@pytest.mark.slow
 def test_attention_weights_are_returned():
   model = build()
   logits, attention = model(INPUTS, TARGETS, return_attention=True)
@@ -183,6 +205,7 @@ def test_embedding_scaled_by_sqrt_d_model():
   assert abs(float(jnp.var(big(jnp.arange(4000)[None]))) - 1.0) < 0.05
 
 
+@pytest.mark.slow
 def test_dropout_only_in_train_mode():
   model = build(dropout_rate=0.3)
   a, b = model(INPUTS, TARGETS), model(INPUTS, TARGETS)
@@ -192,43 +215,198 @@ def test_dropout_only_in_train_mode():
   assert np.abs(np.asarray(c) - np.asarray(a)).max() > 1e-3
 
 
+# Each activation of the registry, written out in float64 NumPy from its
+# formula. gelu is the exact one, x * Phi(x) (the tanh approximation differs
+# by up to 5e-4, which these tolerances reject).
+_erf = np.vectorize(math.erf)
+_sigmoid = lambda x: 1.0 / (1.0 + np.exp(-x))  # noqa: E731
+ACTIVATION_FORMULAS = {
+    "relu": lambda x: np.maximum(0.0, x),
+    "gelu": lambda x: 0.5 * x * (1.0 + _erf(x / math.sqrt(2.0))),
+    "elu": lambda x: np.where(x > 0, x, np.expm1(np.minimum(x, 0.0))),
+    "silu": lambda x: x * _sigmoid(x),
+}
+GATED_FORMULAS = {"reglu": "relu", "geglu": "gelu", "swiglu": "silu"}
+
+
+def test_every_registered_activation_has_a_formula_here():
+  assert set(model_lib.ACTIVATIONS) == set(ACTIVATION_FORMULAS)
+  assert set(model_lib.GATED_ACTIVATIONS) == set(GATED_FORMULAS)
+
+
+@pytest.mark.parametrize("name", sorted(ACTIVATION_FORMULAS))
+def test_activation_vs_numpy_formula(name):
+  x = np.linspace(-6.0, 6.0, 241).astype(np.float32)
+  expected = ACTIVATION_FORMULAS[name](x.astype(np.float64))
+  got = np.asarray(model_lib.ACTIVATIONS[name](jnp.asarray(x)))
+  np.testing.assert_allclose(got, expected, rtol=1e-6, atol=1e-6)
+  if name in ("relu", "gelu", "silu"):  # their gated forms use the same function
+    gated = {v: k for k, v in GATED_FORMULAS.items()}[name]
+    got = np.asarray(model_lib.GATED_ACTIVATIONS[gated](jnp.asarray(x)))
+    np.testing.assert_allclose(got, expected, rtol=1e-6, atol=1e-6)
+
+
 @pytest.mark.parametrize("activation", sorted(
     list(model_lib.ACTIVATIONS) + list(model_lib.GATED_ACTIVATIONS)))
-def test_every_activation_runs(activation):
-  logits = build(activation=activation)(INPUTS, TARGETS)
-  assert logits.shape == (2, 5, VOCAB) and logits.dtype == jnp.float32
-  assert np.all(np.isfinite(logits))
-
-
-def test_gated_ffn_formula():
-  ffn = model_lib.FeedForward(4, 8, activation="swiglu", ffn_dropout_rate=0.0,
+def test_ffn_vs_numpy(activation):
+  """Eq. (2) with relu, act(x W_1 + b_1) W_2 + b_2 with the others, and
+  (act(x W_1) * x W_gate) W_2 for the gated ones (Shazeer 2020)."""
+  ffn = model_lib.FeedForward(8, 32, activation=activation, ffn_dropout_rate=0.0,
                               dtype=jnp.float32, param_dtype=jnp.float32,
                               rngs=nnx.Rngs(0))
-  x = jax.random.normal(jax.random.key(1), (1, 3, 4))
-  w1, wg, w2 = ffn.w_1[...], ffn.w_gate[...], ffn.w_2[...]
-  expected = (jax.nn.silu(x @ w1) * (x @ wg)) @ w2
-  np.testing.assert_allclose(ffn(x), expected, rtol=1e-5, atol=1e-6)
+  _randomize(ffn, seed=1)
+  x = np.random.default_rng(2).normal(size=(2, 3, 8)).astype(np.float32)  # (B, T, D)
+  p = _float64_params(ffn)
+  xd = x.astype(np.float64)
+  if activation in GATED_FORMULAS:
+    act = ACTIVATION_FORMULAS[GATED_FORMULAS[activation]]
+    expected = (act(xd @ p["w_1"]) * (xd @ p["w_gate"])) @ p["w_2"]
+  else:
+    act = ACTIVATION_FORMULAS[activation]
+    expected = act(xd @ p["w_1"] + p["b_1"]) @ p["w_2"] + p["b_2"]
+  np.testing.assert_allclose(ffn(jnp.asarray(x)), expected, rtol=1e-5, atol=1e-5)
 
 
-def test_relu_ffn_is_eq2():
-  ffn = model_lib.FeedForward(4, 8, activation="relu", ffn_dropout_rate=0.0,
-                              dtype=jnp.float32, param_dtype=jnp.float32,
-                              rngs=nnx.Rngs(0))
-  ffn.b_1[...] = jnp.linspace(-1, 1, 8)
-  x = jax.random.normal(jax.random.key(1), (1, 3, 4))
-  expected = np.maximum(0, x @ ffn.w_1[...] + ffn.b_1[...]) @ ffn.w_2[...] + ffn.b_2[...]
-  np.testing.assert_allclose(ffn(x), expected, rtol=1e-5, atol=1e-6)
+# ----------------------------------------------------------------------------
+# Encoder and decoder layers vs the paper's equations in float64 NumPy.
+# ----------------------------------------------------------------------------
+
+def np_layer_norm(x, norm, epsilon):
+  """LayerNorm over the last axis, gain g and bias b (Ba et al. 2016)."""
+  g, b = _float64_params(norm)["scale"], _float64_params(norm)["bias"]
+  mean = x.mean(-1, keepdims=True)
+  var = ((x - mean) ** 2).mean(-1, keepdims=True)
+  return (x - mean) / np.sqrt(var + epsilon) * g + b
 
 
-def test_post_and_pre_layer_norm():
-  post, pre = build(), build(norm_position="pre")
-  assert not hasattr(post, "encoder_norm")
-  assert hasattr(pre, "encoder_norm") and hasattr(pre, "decoder_norm")
-  # Post-LN: every sub-layer output is normalized (zero mean, unit variance).
-  x = post.encode(INPUTS)
-  np.testing.assert_allclose(np.asarray(x).mean(-1), 0.0, atol=1e-5)
+def np_multi_head_attention(x_q, x_kv, mha, mask):
+  """§3.2.2: Concat(head_1, ..., head_h) W^O, head_i = Attention(x_q W_i^Q,
+  x_kv W_i^K, x_kv W_i^V), Eq. (1) per head; one sentence, mask (Q, M) bool."""
+  p = _float64_params(mha)
+  num_heads, d_k = p["w_q"].shape[1:]
+  heads = []
+  for i in range(num_heads):
+    q, k, v = x_q @ p["w_q"][:, i], x_kv @ p["w_k"][:, i], x_kv @ p["w_v"][:, i]
+    scores = np.where(mask, q @ k.T / math.sqrt(d_k), -np.inf)  # (Q, M)
+    weights = np.exp(scores - scores.max(-1, keepdims=True))
+    weights /= weights.sum(-1, keepdims=True)  # softmax
+    heads.append(weights @ v)  # (Q, d_v)
+  w_o = p["w_o"].reshape(-1, p["w_o"].shape[-1])  # (h * d_v, D)
+  return np.concatenate(heads, axis=-1) @ w_o
 
 
+def np_ffn(x, ffn):
+  """Eq. (2): max(0, x W_1 + b_1) W_2 + b_2."""
+  p = _float64_params(ffn)
+  return np.maximum(0.0, x @ p["w_1"] + p["b_1"]) @ p["w_2"] + p["b_2"]
+
+
+def np_sublayer(x, sublayer, connection, norm_position, epsilon):
+  """post (§3.1): LayerNorm(x + Sublayer(x)); pre: x + Sublayer(LayerNorm(x))."""
+  if norm_position == "post":
+    return np_layer_norm(x + sublayer(x), connection.norm, epsilon)
+  return x + sublayer(np_layer_norm(x, connection.norm, epsilon))
+
+
+def np_encoder_layer(x, layer, source_real, norm_position, epsilon):
+  """One sentence x (S, D); source_real (S,) bool, False at padding."""
+  mask = np.broadcast_to(source_real, (len(x), len(x)))  # no key is padding
+  x = np_sublayer(x, lambda h: np_multi_head_attention(h, h, layer.self_attention, mask),
+                  layer.residual_1, norm_position, epsilon)
+  return np_sublayer(x, lambda h: np_ffn(h, layer.feed_forward), layer.residual_2,
+                     norm_position, epsilon)
+
+
+def np_decoder_layer(y, memory, layer, source_real, norm_position, epsilon):
+  """One sentence y (T, D) over encoder output memory (S, D)."""
+  t = len(y)
+  causal = np.tril(np.ones((t, t), bool))  # position i sees positions <= i (§3.2.3)
+  cross = np.broadcast_to(source_real, (t, len(memory)))  # no source padding
+  y = np_sublayer(y, lambda h: np_multi_head_attention(h, h, layer.self_attention, causal),
+                  layer.residual_1, norm_position, epsilon)
+  y = np_sublayer(y, lambda h: np_multi_head_attention(h, memory, layer.cross_attention,
+                                                       cross),
+                  layer.residual_2, norm_position, epsilon)
+  return np_sublayer(y, lambda h: np_ffn(h, layer.feed_forward), layer.residual_3,
+                     norm_position, epsilon)
+
+
+# Dropout rates are non-zero: layer.eval() must switch every dropout off. The
+# epsilon is not the default, so a LayerNorm that ignored it would fail.
+LAYER_CONFIG = dict(d_model=16, d_ff=32, num_heads=2, d_k=4, d_v=6, dtype="float32",
+                    dropout_rate=0.3, attention_dropout_rate=0.3, ffn_dropout_rate=0.3,
+                    layer_norm_epsilon=1e-3)
+
+
+def _layer(layer_class, norm_position):
+  cfg = tiny_config(norm_position=norm_position, **LAYER_CONFIG)
+  layer = layer_class(cfg, dtype=jnp.float32, param_dtype=jnp.float32, rngs=nnx.Rngs(0))
+  _randomize(layer, seed=1)
+  layer.eval()
+  return layer, cfg.layer_norm_epsilon
+
+
+@pytest.mark.parametrize("norm_position", ["post", "pre"])
+def test_encoder_layer_vs_numpy(norm_position):
+  layer, epsilon = _layer(model_lib.EncoderLayer, norm_position)
+  x = np.random.default_rng(2).normal(size=(2, 6, 16)).astype(np.float32)  # (B, S, D)
+  segments = (INPUTS != tokens.PAD_ID).astype(jnp.int32)
+  out, _ = layer(jnp.asarray(x), model_lib.attention_mask(segments, segments))
+  for b in range(2):
+    real = np.asarray(segments[b]) == 1
+    expected = np_encoder_layer(x[b].astype(np.float64), layer, real, norm_position,
+                                epsilon)
+    # Padding positions attend to nothing; only real positions are compared.
+    np.testing.assert_allclose(np.asarray(out[b])[real], expected[real], rtol=1e-5,
+                               atol=1e-5)
+
+
+@pytest.mark.parametrize("norm_position", ["post", "pre"])
+def test_decoder_layer_vs_numpy(norm_position):
+  layer, epsilon = _layer(model_lib.DecoderLayer, norm_position)
+  rng = np.random.default_rng(2)
+  y = rng.normal(size=(2, 5, 16)).astype(np.float32)  # (B, T, D)
+  memory = rng.normal(size=(2, 6, 16)).astype(np.float32)  # (B, S, D) encoder output
+  source = (INPUTS != tokens.PAD_ID).astype(jnp.int32)
+  target = (TARGETS != tokens.PAD_ID).astype(jnp.int32)
+  out, _, _ = layer(jnp.asarray(y), lambda k, v: (k, v),
+                    model_lib.attention_mask(target, target, causal=True),
+                    layer.cross_attention.project_kv(jnp.asarray(memory)),
+                    model_lib.attention_mask(target, source))
+  for b in range(2):
+    real = np.asarray(target[b]) == 1
+    expected = np_decoder_layer(y[b].astype(np.float64), memory[b].astype(np.float64),
+                                layer, np.asarray(source[b]) == 1, norm_position, epsilon)
+    np.testing.assert_allclose(np.asarray(out[b])[real], expected[real], rtol=1e-5,
+                               atol=1e-5)
+
+
+@pytest.mark.parametrize("norm_position", ["post", "pre"])
+def test_encoder_stack_vs_numpy(norm_position):
+  """Embedding * sqrt(d_model) + sinusoids (§3.4, §3.5), N layers, and for
+  pre-LN the final LayerNorm on the stack's output."""
+  model = build(norm_position=norm_position, **LAYER_CONFIG)
+  _randomize(model, seed=1)
+  epsilon = model.cfg.layer_norm_epsilon
+  out = np.asarray(model.encode(INPUTS))
+  d_model = 16
+  embedding = np.asarray(model.source_embedding.embedding[...], np.float64)
+  pos = np.arange(INPUTS.shape[1])[:, None]
+  i = np.arange(d_model // 2)[None, :]
+  pe = np.zeros((INPUTS.shape[1], d_model))
+  pe[:, 0::2] = np.sin(pos / 10000 ** (2 * i / d_model))
+  pe[:, 1::2] = np.cos(pos / 10000 ** (2 * i / d_model))
+  for b in range(2):
+    real = np.asarray(INPUTS[b]) != tokens.PAD_ID
+    x = embedding[np.asarray(INPUTS[b])] * math.sqrt(d_model) + pe
+    for layer in model.encoder_layers:
+      x = np_encoder_layer(x, layer, real, norm_position, epsilon)
+    if norm_position == "pre":
+      x = np_layer_norm(x, model.encoder_norm, epsilon)
+    np.testing.assert_allclose(out[b][real], x[real], rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.slow
 def test_bfloat16_forward_close_to_float32():
   f32 = build()
   bf16 = build(dtype="bfloat16")
@@ -332,16 +510,17 @@ def _loss_gradient(model):
   """jax.grad of the train step's loss (dropout on), lowered for XLA."""
   graphdef, params, rest = nnx.split(model, nnx.Param, ...)
 
-  def loss(params):
+  def loss_sum(params):
     m = nnx.merge(graphdef, params, rest, copy=True)
     m.train()
-    return optim.cross_entropy_sums(m(INPUTS, TARGETS), TARGETS, 0.1)["loss_sum"]
+    return loss.cross_entropy_sums(m(INPUTS, TARGETS), TARGETS, 0.1)["loss_sum"]
 
-  return jax.jit(jax.grad(loss)).lower(params)
+  return jax.jit(jax.grad(loss_sum)).lower(params)
 
 
 @pytest.mark.parametrize("overrides", [{}, {"activation": "swiglu",
                                             "share_output_embedding": False}])
+@pytest.mark.slow
 def test_bfloat16_matmuls_take_bf16_operands_and_accumulate_in_float32(overrides):
   """Q/K/V/O, FFN, Q K^T, weights x V and logits, and the two gradient
   matmuls XLA derives from each: all bf16 x bf16 -> f32."""
@@ -370,6 +549,7 @@ def test_float32_matmuls_stay_float32():
   assert dots and {(ops, out) for ops, out, _ in dots} == {(("f32", "f32"), "f32")}
 
 
+@pytest.mark.slow
 def test_bfloat16_decode_step_matmuls_take_bf16_operands():
   model = build(dtype="bfloat16")
   cache = model.init_cache(model.encode(INPUTS), INPUTS, max_length=5, beam_size=2)
