@@ -37,6 +37,7 @@ def test_benchmark_figures():
   assert "H100" not in r["device"] or r["spec_peak_flops_per_second"]
 
 
+@pytest.mark.slow
 def test_recomputation_decodes_the_same_tokens_as_the_cache():
   config = tiny_config()
   model = model_lib.Transformer(config.model, rngs=nnx.Rngs(0))

@@ -260,6 +260,7 @@ def test_broken_config_file_is_one_line(tmp_path):
   assert_one_error_line(stderr, f"--config={path}", "syntax error", "line 1")
 
 
+@pytest.mark.slow
 def test_bad_value_stops_train_before_any_work(tmp_path):
   code, stderr = run_cli("train.py", QUICKSTART, "--config.train.num_steps=0",
                          f"--workdir={tmp_path / 'run'}")
@@ -268,6 +269,7 @@ def test_bad_value_stops_train_before_any_work(tmp_path):
   assert not (tmp_path / "run").exists()
 
 
+@pytest.mark.slow
 def test_workdir_that_is_a_file_is_one_line(tmp_path):
   path = tmp_path / "run"
   path.write_text("x")
@@ -279,6 +281,7 @@ def test_workdir_that_is_a_file_is_one_line(tmp_path):
   assert_one_error_line(stderr, str(path), "is a file")
 
 
+@pytest.mark.slow
 def test_evaluate_malformed_config_json_is_one_line(tmp_path):
   (tmp_path / "config.json").write_text("{\"model\": ")
   for extra in ([], ["--config.decode.beam_size=2"]):

@@ -35,6 +35,7 @@ def shrink(model_config):
 
 
 @pytest.mark.parametrize("name,variant", VARIANTS)
+@pytest.mark.slow
 def test_variant_builds_and_runs(name, variant):
   config = load(name, variant)
   # The full-size model builds (abstractly, no memory).

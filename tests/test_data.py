@@ -467,6 +467,7 @@ def _tfds_config(**fields):
   return config
 
 
+@pytest.mark.slow
 def test_tfds_mock_data_direction_from_config(tmp_path):
   tfds = pytest.importorskip("tensorflow_datasets")
   import tensorflow as tf

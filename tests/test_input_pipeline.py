@@ -14,6 +14,7 @@ from benchmarks import input_pipeline
 PAIRS = 3000
 
 
+@pytest.mark.slow
 def test_benchmark_on_a_tiny_corpus(tmp_path):
   script = os.path.join(os.path.dirname(__file__), "..", "benchmarks",
                         "input_pipeline.py")

@@ -111,7 +111,6 @@ def test_one_device_equals_eight_devices():
                        capture_output=True, text=True, timeout=300)
   assert out.returncode == 0, out.stderr[-3000:]
   result = json.loads(out.stdout.strip().splitlines()[-1])
-  print(result)
   np.testing.assert_allclose(result["data8"], result["one"], rtol=1e-5)
   np.testing.assert_allclose(result["fsdp8"], result["one"], rtol=1e-5)
   # Parameters after 3 Adam updates: sharded reductions sum in another order,

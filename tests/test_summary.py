@@ -16,7 +16,11 @@ from transformer import summary
 ROWS_WITH_COUNTS = [row for row, (_, paper) in table3.ROWS.items() if paper[2]]
 
 
-@pytest.mark.parametrize("row", ROWS_WITH_COUNTS)
+# About 2-3 s a row (the full-size model is traced): the base and big models
+# run in the fast suite, the other rows with the slow tests.
+@pytest.mark.parametrize("row", [
+    row if row in ("base", "big") else pytest.param(row, marks=pytest.mark.slow)
+    for row in ROWS_WITH_COUNTS])
 def test_parameter_count_matches_table3(row):
   config = table3.get_config(row)
   ours = summary.summarize(config)["total_params"]
@@ -34,6 +38,7 @@ def test_modules_add_up_and_base_is_exact():
 
 
 @pytest.mark.parametrize("activation", ["relu", "swiglu"])
+@pytest.mark.slow
 def test_flops_formula_matches_xla_cost_analysis(activation):
   config = table3.get_config("base")
   cfg = config.model
@@ -53,6 +58,7 @@ def test_flops_formula_matches_xla_cost_analysis(activation):
   assert 0.9 * xla_per_token <= ours <= 1.0 * xla_per_token, (ours, xla_per_token)
 
 
+@pytest.mark.slow
 def test_cli_json():
   out = subprocess.run(
       [sys.executable, "-m", "transformer.summary", "--config=configs/wmt14_ende.py:big",

@@ -87,6 +87,7 @@ def _random_batch(rng, rows, vocab=32):
   return {"inputs": inputs, "targets": targets}
 
 
+@pytest.mark.slow
 def test_accumulation_equals_bigger_batch():
   rng = np.random.default_rng(0)
   a, b = _random_batch(rng, 4), _random_batch(rng, 4)
@@ -111,6 +112,7 @@ def test_accumulation_equals_bigger_batch():
     np.testing.assert_allclose(x, y, rtol=1e-5, atol=1e-7)
 
 
+@pytest.mark.slow
 def test_tiny_batch_overfits():
   setup = _setup(dropout_rate=0.0, warmup_steps=30, learning_rate_scale=0.2)
   state = train.init_state(setup)
@@ -133,6 +135,7 @@ def test_tiny_batch_overfits():
 # ---------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_resume_is_bitwise_identical(tmp_path):
   straight, resumed = str(tmp_path / "straight"), str(tmp_path / "resumed")
   final = train.train_and_evaluate(tiny_config(), straight)
@@ -161,6 +164,7 @@ def test_resume_is_bitwise_identical(tmp_path):
     assert len(f.read().splitlines()) == 24
 
 
+@pytest.mark.slow
 def test_nan_loss_stops_and_keeps_last_good_checkpoint(tmp_path):
   workdir = str(tmp_path)
   config = tiny_config(**{"train.learning_rate_scale": 1e32, "train.num_steps": 20,
@@ -168,13 +172,13 @@ def test_nan_loss_stops_and_keeps_last_good_checkpoint(tmp_path):
   with pytest.raises(train.NonFiniteLossError, match=r"at step (\d+)") as info:
     train.train_and_evaluate(config, workdir)
   bad_step = int(re.search(r"at step (\d+)", str(info.value)).group(1))
-  print(info.value)
   steps = checkpoint.list_steps(workdir)
   assert steps and max(steps) < bad_step
   params = checkpoint.restore_params(workdir, max(steps))
   assert all(np.all(np.isfinite(x)) for x in jax.tree.leaves(params))
 
 
+@pytest.mark.slow
 def test_changed_model_cannot_resume(tmp_path):
   workdir = str(tmp_path)
   train.train_and_evaluate(tiny_config(**{"train.num_steps": 3}), workdir)
@@ -182,6 +186,7 @@ def test_changed_model_cannot_resume(tmp_path):
     train.train_and_evaluate(tiny_config(**{"model.d_ff": 128}), workdir)
 
 
+@pytest.mark.slow
 def test_bad_rerun_keeps_the_runs_config_and_checkpoints(tmp_path):
   workdir = str(tmp_path)
   train.train_and_evaluate(tiny_config(**{"train.num_steps": 3}), workdir)
@@ -345,6 +350,7 @@ def test_bfloat16_losses_track_float32_for_50_quickstart_steps(tmp_path):
   assert bf16[-1] < bf16[0] - 2.0  # It learns (6.6 -> 3.6 nats).
 
 
+@pytest.mark.slow
 def test_mixed_precision_keeps_float32_params():
   config = tiny_config(**{"model.dtype": "auto", "model.vocab_size": 32})
   resolved = train.resolve_config(config)
@@ -364,6 +370,7 @@ def test_mixed_precision_keeps_float32_params():
   assert {x.dtype for x in jax.tree.leaves(state["opt_state"]) if x.ndim} == {np.dtype("float32")}
 
 
+@pytest.mark.slow
 def test_final_evaluation_averages_the_last_checkpoints(tmp_path):
   # decode.average_last=3 with a checkpoint every step: the final test report
   # is the mean of steps 4-6 (§6.1), the same as evaluate.py --average_last=3.
