@@ -161,8 +161,7 @@ class Trainer:
   def __init__(self, config):
     self.config = config
     self.mesh = sharding_lib.make_mesh(config)
-    self.setup = train_lib.setup_state(config, self.mesh,
-                                       train_lib.default_model_fn(config))
+    self.setup = train_lib.setup_state(config, self.mesh)
     self.state = train_lib.init_state(self.setup)
     self.update = train_lib.make_update_fn(self.setup)
 

@@ -75,7 +75,7 @@ def _run_equivalence():
     config = _tiny_config(**train_overrides)
     config.model.dropout_rate = 0.1  # Dropout masks must not depend on sharding.
     mesh = sharding.make_mesh(config, devices=devices)
-    setup = train.setup_state(config, mesh, train.default_model_fn(config))
+    setup = train.setup_state(config, mesh)
     state = train.init_state(setup)
     update = train.make_update_fn(setup)
     losses = []

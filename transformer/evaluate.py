@@ -33,6 +33,7 @@ from flax import nnx
 from transformer import bleu as bleu_lib
 from transformer import checkpoint as checkpoint_lib
 from transformer import checks, decode
+from transformer import model as model_lib
 from transformer import summary as summary_lib
 from transformer.tokens import EOS_ID, PAD_ID
 
@@ -148,10 +149,7 @@ def restore_model(config, workdir: str, *, average_last: int = 1, step: int | No
   params = _fit(params, abstract_params, params_path or "the average")
 
   def rest_fn():
-    from transformer.model import Transformer
-
-    m = Transformer(config.model, rngs=nnx.Rngs(params=0, dropout=1))
-    return nnx.split(m, nnx.Param, ...)[2]
+    return nnx.split(model_lib.build_model(config.model), nnx.Param, ...)[2]
 
   rest = jax.jit(rest_fn)()  # RNG streams only; XLA drops the unused params.
   model = nnx.merge(graphdef, params, rest)

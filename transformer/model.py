@@ -745,3 +745,14 @@ class Transformer(nnx.Module):
     logits = self._logits(y).reshape(batch * beams, -1)  # (B * beams, V)
     new_shared = {"encoder_mask": shared["encoder_mask"], "layers": new_layers}
     return logits, {"origin": origin, "shared": new_shared}
+
+
+def build_model(model_config, *, seed: int = 0) -> Transformer:
+  """The Transformer of a ``config.model`` section: the one place a model is
+  built (training, evaluation, the summary and the benchmarks call it).
+
+  Parameters are drawn from the PRNG stream ``params`` seeded with ``seed``,
+  dropout masks from the stream ``dropout`` seeded with ``seed + 1``. Wrap it
+  in ``nnx.eval_shape`` for the shapes alone.
+  """
+  return Transformer(model_config, rngs=nnx.Rngs(params=seed, dropout=seed + 1))

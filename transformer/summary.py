@@ -26,7 +26,7 @@ from transformer import model as model_lib
 
 def abstract_model(model_config):
   """The model with ShapeDtypeStruct parameters: no memory, no compute."""
-  return nnx.eval_shape(lambda: model_lib.Transformer(model_config, rngs=nnx.Rngs(0)))
+  return nnx.eval_shape(lambda: model_lib.build_model(model_config))
 
 
 def count_parameters(model):

@@ -123,10 +123,6 @@ def _check_resumed_config(workdir: str, config: ml_collections.ConfigDict):
 # ---------------------------------------------------------------------------
 
 
-def default_model_fn(config: ml_collections.ConfigDict) -> Callable:
-  return lambda rngs: model_lib.Transformer(config.model, rngs=rngs)
-
-
 @dataclasses.dataclass
 class TrainSetup:
   """Everything the step functions close over."""
@@ -141,16 +137,16 @@ class TrainSetup:
   init_fn: Callable  # () -> (state, rest), jitted with the state's out_shardings.
 
 
-def _make_model(model_fn, seed):
+def _make_model(model_config, seed):
   with nnx.use_eager_sharding(False):  # Shardings come from sharding.py's rules.
-    return model_fn(nnx.Rngs(params=seed, dropout=seed + 1))
+    return model_lib.build_model(model_config, seed=seed)
 
 
-def setup_state(config, mesh, model_fn) -> TrainSetup:
+def setup_state(config, mesh) -> TrainSetup:
   """Shapes, shardings and step machinery for the train state (no arrays yet)."""
   rules = sharding_lib.logical_axis_rules(config)
   seed = config.train.seed
-  abstract_model = nnx.eval_shape(lambda: _make_model(model_fn, seed))
+  abstract_model = nnx.eval_shape(lambda: _make_model(config.model, seed))
   graphdef, abstract_params, _ = nnx.split(abstract_model, nnx.Param, ...)
   param_specs = nnx.to_pure_dict(sharding_lib.state_partition_specs(abstract_params, rules))
   pure_abstract = nnx.to_pure_dict(abstract_params)
@@ -167,7 +163,7 @@ def setup_state(config, mesh, model_fn) -> TrainSetup:
                      "step": replicated, "rng": replicated}
 
   def init():
-    model = _make_model(model_fn, seed)
+    model = _make_model(config.model, seed)
     _, params, rest = nnx.split(model, nnx.Param, ...)
     params = nnx.to_pure_dict(params)
     state = {"params": params, "opt_state": tx.init(params), "step": jnp.int32(0),
@@ -410,8 +406,7 @@ def _primary_first(fn: Callable, what: str):
   return fn()
 
 
-def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
-                       model_fn: Callable | None = None) -> dict:
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   """Trains ``config`` in ``workdir`` (resuming what is there), evaluates.
 
   Returns the final metrics (also in DIR/metrics.jsonl and DIR/eval/).
@@ -455,7 +450,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
       process_count=jax.process_count(), row_multiple=divisor // jax.process_count())
 
   # -- model and state --------------------------------------------------------
-  setup = setup_state(config, mesh, model_fn or default_model_fn(config))
+  setup = setup_state(config, mesh)
   update = make_update_fn(setup)
   eval_fn = make_eval_fn(setup)
   num_params = sum(x.size for x in jax.tree.leaves(setup.abstract_state["params"]))
