@@ -10,10 +10,6 @@ import jax.numpy as jnp
 import ml_collections
 import optax
 
-# Kept for tests/test_model.py, which still names optim.cross_entropy_sums; the
-# loss lives in transformer/loss.py.
-from transformer.loss import cross_entropy_sums  # noqa: F401
-
 
 def learning_rate_schedule(train_config: ml_collections.ConfigDict,
                            d_model: int) -> Callable:
