@@ -119,6 +119,7 @@ def test_wide_beam_equals_exhaustive_search(alpha):
                                rtol=1e-5)
 
 
+@pytest.mark.slow
 def test_beam_4_finds_exhaustive_best_and_beats_greedy():
   # On these toy sentences beam 4 finds the exhaustive optimum, and for at
   # least one of them greedy does not.
@@ -226,6 +227,7 @@ def test_early_termination_equals_running_to_max_length(alpha):
   assert int(early.step) < 12  # It did stop early.
 
 
+@pytest.mark.slow
 def test_sentence_decodes_the_same_alone_and_in_a_batch():
   table = toy_table(5)
   sources = [70, 71, 72, 73, 74]
@@ -315,6 +317,7 @@ def eos_loving_model():
   return model
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("beam_size", [1, 4])
 def test_model_that_prefers_eos_gives_no_empty_translation_by_default(beam_size):
   model = eos_loving_model()
@@ -397,6 +400,7 @@ def model_search(model, inputs, limits, search, max_length, **kwargs):
 
 @pytest.mark.parametrize("alpha,min_length", [(0.0, 0), (0.6, 0), (3.0, 0), (0.0, 1),
                                               (0.6, 2)])
+@pytest.mark.slow
 def test_model_wide_beam_equals_exhaustive_search(alpha, min_length):
   # Limits |Y| <= 4 and 3: at most 16 live prefixes and 80 candidates per
   # step, so a beam of 128 is exhaustive.
@@ -411,6 +415,7 @@ def test_model_wide_beam_equals_exhaustive_search(alpha, min_length):
     np.testing.assert_allclose(scores[i], want_score, rtol=1e-5)
 
 
+@pytest.mark.slow
 def test_model_length_penalty_moves_the_choice_to_longer_outputs():
   model = tiny_model()
   inputs = np.array([[4, 5, EOS_ID], [6, EOS_ID, PAD_ID]])
@@ -424,6 +429,7 @@ def test_model_length_penalty_moves_the_choice_to_longer_outputs():
   assert lengths[0.0] != lengths[3.0]
 
 
+@pytest.mark.slow
 def test_model_beam_1_alpha_0_equals_greedy():
   model = tiny_model(vocab_size=19, seed=1)
   rng = np.random.default_rng(0)
@@ -443,6 +449,7 @@ def test_model_beam_1_alpha_0_equals_greedy():
   np.testing.assert_array_equal(ids, np.asarray(greedy)[:, :ids.shape[1]])
 
 
+@pytest.mark.slow
 def test_model_early_termination_equals_running_to_max_length():
   model = tiny_model(vocab_size=19, seed=2)
   rng = np.random.default_rng(1)
@@ -457,6 +464,7 @@ def test_model_early_termination_equals_running_to_max_length():
   assert int(runs[1].step) == 12
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("beam_size", [1, 4])
 def test_model_sentence_decodes_the_same_alone_and_in_a_padded_batch(beam_size):
   model = tiny_model(vocab_size=19, seed=3)
@@ -476,6 +484,7 @@ def test_model_sentence_decodes_the_same_alone_and_in_a_padded_batch(beam_size):
     assert len(decode.strip_eos(alone[0])) < n + 6
 
 
+@pytest.mark.slow
 def test_translate_batch_is_deterministic_and_keeps_the_model_mode():
   model = tiny_model(vocab_size=19, seed=4, dropout_rate=0.5)
   inputs = np.array([[5, 6, 7, EOS_ID]])
@@ -486,6 +495,7 @@ def test_translate_batch_is_deterministic_and_keeps_the_model_mode():
   assert model.source_dropout.deterministic is False
 
 
+@pytest.mark.slow
 def test_translate_batch_rejects_bad_arguments():
   model = tiny_model()
   with pytest.raises(ValueError, match="beam_size must be >= 1"):

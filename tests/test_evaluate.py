@@ -93,7 +93,7 @@ def test_average_params_of_three_trees():
 def test_saved_averaged_parameters_restore_identically(run, tmp_path):
   model, steps = ev.restore_model(run["config"], run["workdir"], average_last=3)
   params = nnx.to_pure_dict(nnx.state(model, nnx.Param))
-  ev.save_params(params, str(tmp_path / "avg"), steps)
+  checkpoint_lib.save_params(params, str(tmp_path / "avg"), steps)
   again, again_steps = ev.restore_model(run["config"], run["workdir"],
                                         params_path=str(tmp_path / "avg"))
   assert again_steps == [1, 2, 3]
@@ -177,6 +177,7 @@ def test_evaluation_covers_every_sentence_once_in_order(run):
   assert f"BLEU {report['bleu']:6.2f}  sacreBLEU" in text and "12 sentences" in text
 
 
+@pytest.mark.slow
 def test_evaluate_source_and_reference_files_with_the_averaged_model(run, tmp_path):
   source, reference = tmp_path / "src.en", tmp_path / "ref.de"
   source.write_text("The dog sees the car.\nWe follow the cars.\nHe is happy.\n")
@@ -264,6 +265,7 @@ def test_translate_mode_round_trips_and_streams(run):
   assert out.flushed == [2, 4, 5]
 
 
+@pytest.mark.slow
 def test_attention_plot_is_a_valid_png(run, tmp_path):
   model, _ = ev.restore_model(run["config"], run["workdir"], average_last=1)
   path = str(tmp_path / "attention.png")
@@ -274,6 +276,7 @@ def test_attention_plot_is_a_valid_png(run, tmp_path):
   assert os.path.getsize(path) > 10_000
 
 
+@pytest.mark.slow
 def test_attention_weights_are_distributions(run):
   model, _ = ev.restore_model(run["config"], run["workdir"], average_last=1)
   translation, attention, src, tgt, dec_in = ev.attention_for_sentence(
@@ -299,6 +302,7 @@ def _cli(*args, stdin=""):
       env={**os.environ, "PYTHONPATH": REPO, "JAX_PLATFORMS": "cpu"})
 
 
+@pytest.mark.slow
 def test_cli_translate_from_stdin(run):
   result = _cli(f"--workdir={run['workdir']}", "--translate", "--beam_size=1",
                 "--config.decode.batch_size=2",
@@ -307,6 +311,7 @@ def test_cli_translate_from_stdin(run):
   assert len(result.stdout.splitlines()) == 3
 
 
+@pytest.mark.slow
 def test_cli_errors_are_one_clear_line(run, tmp_path):
   result = _cli(f"--workdir={tmp_path / 'nope'}")
   assert result.returncode == 1
