@@ -203,7 +203,7 @@ def test_failed_save_is_one_error_and_leaves_no_temporary_folder(tmp_path, monke
   workdir = str(tmp_path)
   ckpt = checkpoint.Checkpointer(workdir, every_steps=1, every_minutes=0, keep=5)
   ckpt.save(1, _state(1), {})
-  ckpt.wait()
+  ckpt.manager.wait_until_finished()
 
   def full_disk(step, args, force):  # What a full disk leaves: a partial save.
     tmp = os.path.join(checkpoint.checkpoint_dir(workdir), f"{step}.orbax-checkpoint-tmp-9")

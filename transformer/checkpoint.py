@@ -21,7 +21,14 @@ For evaluation (checkpoint averaging) use the two public functions:
   steps = checkpoint.list_steps(workdir)              # e.g. [1000, 2000, 3000]
   params = checkpoint.restore_params(workdir, steps[-1], target=abstract)
 
-and ``load_config(workdir)`` to get the run's config back.
+and ``load_config(workdir)`` to get the run's config back. Parameters saved
+apart from a run (``evaluate.py --save_averaged``) are a folder ``P``::
+
+  P/params                         the parameters (a pure dict of arrays)
+  P/steps.json                     {"checkpoint_steps": [...]}: where they come from
+
+written by ``save_params`` and read by ``load_params``. Orbax's own log lines
+that say nothing to a user are filtered here too (``quiet_orbax_logs``).
 """
 
 import contextlib
@@ -103,6 +110,91 @@ def config_differences(old: ml_collections.ConfigDict, new: ml_collections.Confi
 
 
 # ---------------------------------------------------------------------------
+# Orbax's logs: what is dropped, and why (the one place that filters them).
+# ---------------------------------------------------------------------------
+
+
+class _OrbaxInfoFilter(py_logging.Filter):
+  """Orbax logs each step of every save at INFO level; keep its warnings."""
+
+  def filter(self, record):
+    return record.levelno >= py_logging.WARNING or "/orbax/" not in record.pathname
+
+
+def quiet_orbax_logs():
+  """Drops Orbax's INFO lines (one per step of every save) from absl's log;
+  its warnings stay. Training calls it once."""
+  absl_logger = logging.get_absl_logger()
+  if not any(isinstance(f, _OrbaxInfoFilter) for f in absl_logger.filters):
+    absl_logger.addFilter(_OrbaxInfoFilter())
+
+
+class _DropMissingMetadata(py_logging.Filter):
+  def filter(self, record):
+    return "Metadata file does not exist" not in record.getMessage()
+
+
+@contextlib.contextmanager
+def _quiet_missing_step_metadata():
+  """Silences Orbax's warning that a single item of a step has no step
+  metadata file: it lives one folder up, and the item reads fine without it."""
+  logger, drop = py_logging.getLogger("absl"), _DropMissingMetadata()
+  logger.addFilter(drop)
+  try:
+    yield
+  finally:
+    logger.removeFilter(drop)
+
+
+def _is_closed_loop_report(unraisable) -> bool:
+  """A read of a failed restore that ends after Orbax closed its event loop:
+  "Event loop is closed", or an Orbax coroutine finalized with its error."""
+  if (isinstance(unraisable.exc_value, RuntimeError)
+      and "Event loop is closed" in str(unraisable.exc_value)):
+    return True
+  code = getattr(unraisable.object, "cr_code", None)
+  return code is not None and f"{os.sep}orbax{os.sep}" in code.co_filename
+
+
+def _from_orbax(traceback) -> bool:
+  while traceback is not None:
+    if f"{os.sep}orbax{os.sep}" in traceback.tb_frame.f_code.co_filename:
+      return True
+    traceback = traceback.tb_next
+  return False
+
+
+class _DropOrbaxOrphanTasks(py_logging.Filter):
+  """asyncio's "Task exception was never retrieved" for an Orbax read of a
+  failed restore, logged when the task is collected (with its traceback)."""
+
+  def filter(self, record):
+    return not ("exception was never retrieved" in record.getMessage()
+                and record.exc_info and _from_orbax(record.exc_info[2]))
+
+
+def _drop_closed_loop_reports():
+  """When a restore fails, Orbax closes its event loop while TensorStore reads
+  of the same checkpoint are still finishing; each then reports "Event loop is
+  closed" as an unraisable exception (a traceback on stderr, dozens per
+  checkpoint), and unfinished Orbax reads report their errors when they are
+  collected (as unraisable coroutines, or through asyncio's logger as tasks
+  whose exception was never retrieved). They are harmless, and the failure itself is reported once
+  (``CheckpointError`` or a warning naming the step): drop just those."""
+  previous = sys.unraisablehook
+  if getattr(previous, "drops_closed_loop_reports", False):
+    return
+
+  def hook(unraisable):
+    if not _is_closed_loop_report(unraisable):
+      previous(unraisable)
+
+  hook.drops_closed_loop_reports = True
+  sys.unraisablehook = hook
+  py_logging.getLogger("asyncio").addFilter(_DropOrbaxOrphanTasks())
+
+
+# ---------------------------------------------------------------------------
 # Reading checkpoints (evaluation, averaging).
 # ---------------------------------------------------------------------------
 
@@ -121,23 +213,6 @@ def list_steps(workdir: str) -> list[int]:
   if not os.path.isdir(directory):
     return []
   return sorted(int(s) for s in ocp.utils.checkpoint_steps(directory))
-
-
-class _DropMissingMetadata(py_logging.Filter):
-  def filter(self, record):
-    return "Metadata file does not exist" not in record.getMessage()
-
-
-@contextlib.contextmanager
-def _quiet_missing_step_metadata():
-  """Silences Orbax's warning that a single item of a step has no step
-  metadata file: it lives one folder up, and the item reads fine without it."""
-  logger, drop = py_logging.getLogger("absl"), _DropMissingMetadata()
-  logger.addFilter(drop)
-  try:
-    yield
-  finally:
-    logger.removeFilter(drop)
 
 
 def restore_params(workdir: str, step: int, target=None):
@@ -189,58 +264,37 @@ def _reason(e: BaseException) -> str:
   return text if len(text) <= 300 else text[:297] + "..."
 
 
-def _is_closed_loop_report(unraisable) -> bool:
-  """A read of a failed restore that ends after Orbax closed its event loop:
-  "Event loop is closed", or an Orbax coroutine finalized with its error."""
-  if (isinstance(unraisable.exc_value, RuntimeError)
-      and "Event loop is closed" in str(unraisable.exc_value)):
-    return True
-  code = getattr(unraisable.object, "cr_code", None)
-  return code is not None and f"{os.sep}orbax{os.sep}" in code.co_filename
-
-
-def _from_orbax(traceback) -> bool:
-  while traceback is not None:
-    if f"{os.sep}orbax{os.sep}" in traceback.tb_frame.f_code.co_filename:
-      return True
-    traceback = traceback.tb_next
-  return False
-
-
-class _DropOrbaxOrphanTasks(py_logging.Filter):
-  """asyncio's "Task exception was never retrieved" for an Orbax read of a
-  failed restore, logged when the task is collected (with its traceback)."""
-
-  def filter(self, record):
-    return not ("exception was never retrieved" in record.getMessage()
-                and record.exc_info and _from_orbax(record.exc_info[2]))
-
-
-def _drop_closed_loop_reports():
-  """When a restore fails, Orbax closes its event loop while TensorStore reads
-  of the same checkpoint are still finishing; each then reports "Event loop is
-  closed" as an unraisable exception (a traceback on stderr, dozens per
-  checkpoint), and unfinished Orbax reads report their errors when they are
-  collected (as unraisable coroutines, or through asyncio's logger as tasks
-  whose exception was never retrieved). They are harmless, and the failure itself is reported once
-  (``CheckpointError`` or a warning naming the step): drop just those."""
-  previous = sys.unraisablehook
-  if getattr(previous, "drops_closed_loop_reports", False):
-    return
-
-  def hook(unraisable):
-    if not _is_closed_loop_report(unraisable):
-      previous(unraisable)
-
-  hook.drops_closed_loop_reports = True
-  sys.unraisablehook = hook
-  py_logging.getLogger("asyncio").addFilter(_DropOrbaxOrphanTasks())
-
-
 def _abstract(x):
   if isinstance(x, jax.ShapeDtypeStruct):
     return x
   return jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=getattr(x, "sharding", None))
+
+
+# ---------------------------------------------------------------------------
+# Saved parameters (``evaluate.py --save_averaged``, ``--params``).
+# ---------------------------------------------------------------------------
+
+
+def save_params(params, path: str, steps: list[int]):
+  """Saves (averaged) parameters to ``path/params`` with Orbax, and the steps
+  they come from to ``path/steps.json``."""
+  path = os.path.abspath(path)
+  with ocp.StandardCheckpointer() as checkpointer:
+    checkpointer.save(os.path.join(path, "params"), params, force=True)
+  with open(os.path.join(path, "steps.json"), "w", encoding="utf-8") as f:
+    json.dump({"checkpoint_steps": [int(s) for s in steps]}, f)
+
+
+def load_params(path: str):
+  """(params, steps) written by ``save_params``."""
+  path = os.path.abspath(path)
+  if not os.path.isdir(os.path.join(path, "params")):
+    raise FileNotFoundError(f"No saved parameters in {path} (expected {path}/params).")
+  with ocp.StandardCheckpointer() as checkpointer:
+    params = checkpointer.restore(os.path.join(path, "params"))
+  with open(os.path.join(path, "steps.json"), encoding="utf-8") as f:
+    steps = json.load(f)["checkpoint_steps"]
+  return params, steps
 
 
 # ---------------------------------------------------------------------------
@@ -424,11 +478,6 @@ class Checkpointer:
     if jax.process_count() > 1:
       multihost_utils.sync_global_devices("checkpoint: damaged steps moved")
     self.manager.reload()
-
-  def wait(self):
-    """Blocks until a background save has finished."""
-    with self._failed_save_is_one_error():
-      self.manager.wait_until_finished()
 
   def close(self):
     try:

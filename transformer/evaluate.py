@@ -127,7 +127,7 @@ def restore_model(config, workdir: str, *, average_last: int = 1, step: int | No
     workdir: the run's workdir.
     average_last: how many of the latest checkpoints to average.
     step: the latest step to use (default: the latest checkpoint).
-    params_path: restore parameters saved by ``save_params`` instead.
+    params_path: restore parameters saved by ``checkpoint.save_params`` instead.
 
   Returns:
     (model, steps): an ``nnx.Module`` in eval mode and the averaged steps.
@@ -136,7 +136,7 @@ def restore_model(config, workdir: str, *, average_last: int = 1, step: int | No
   graphdef, abstract_params, _ = nnx.split(abstract, nnx.Param, ...)
   abstract_params = nnx.to_pure_dict(abstract_params)
   if params_path:
-    params, steps = load_params(params_path)
+    params, steps = checkpoint_lib.load_params(params_path)
   elif average_last == 1 and step is None:
     params, steps = _restore_newest_intact(workdir, abstract_params)
   else:
@@ -175,31 +175,6 @@ def _restore_newest_intact(workdir: str, abstract_params):
   raise checkpoint_lib.CheckpointError(
       f"No checkpoint in {checkpoint_lib.checkpoint_dir(workdir)} can be restored. "
       + " ".join(failures))
-
-
-def save_params(params, path: str, steps: list[int]):
-  """Saves (averaged) parameters with Orbax, and the steps they come from."""
-  import orbax.checkpoint as ocp
-
-  path = os.path.abspath(path)
-  with ocp.StandardCheckpointer() as checkpointer:
-    checkpointer.save(os.path.join(path, "params"), params, force=True)
-  with open(os.path.join(path, "steps.json"), "w", encoding="utf-8") as f:
-    json.dump({"checkpoint_steps": [int(s) for s in steps]}, f)
-
-
-def load_params(path: str):
-  """(params, steps) written by ``save_params``."""
-  import orbax.checkpoint as ocp
-
-  path = os.path.abspath(path)
-  if not os.path.isdir(os.path.join(path, "params")):
-    raise FileNotFoundError(f"No saved parameters in {path} (expected {path}/params).")
-  with ocp.StandardCheckpointer() as checkpointer:
-    params = checkpointer.restore(os.path.join(path, "params"))
-  with open(os.path.join(path, "steps.json"), encoding="utf-8") as f:
-    steps = json.load(f)["checkpoint_steps"]
-  return params, steps
 
 
 def load_run_tokenizer(config, workdir: str):
@@ -404,7 +379,7 @@ def evaluate(config, workdir: str, *, split: str | None = None, source: str | No
     os.makedirs(out_dir, exist_ok=True)
   if save_averaged and model is not None:  # Orbax: every process takes part.
     path = os.path.join(out_dir, f"{name}.params")
-    save_params(nnx.to_pure_dict(nnx.state(model, nnx.Param)), path, steps)
+    checkpoint_lib.save_params(nnx.to_pure_dict(nnx.state(model, nnx.Param)), path, steps)
     logging.info("Saved the averaged parameters of steps %s to %s.", steps, path)
 
   start = time.time()

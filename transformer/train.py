@@ -22,7 +22,6 @@ uninterrupted one.
 
 import dataclasses
 import functools
-import logging as py_logging
 import os
 import signal
 import time
@@ -73,19 +72,6 @@ def initialize_distributed(coordinator_address: str = "", num_processes: int = 1
   jax.config.update("jax_cpu_collectives_implementation", "gloo")
   jax.distributed.initialize(coordinator_address=coordinator_address,
                              num_processes=num_processes, process_id=process_id)
-
-
-class _OrbaxInfoFilter(py_logging.Filter):
-  """Orbax logs each step of every save at INFO level; keep its warnings."""
-
-  def filter(self, record):
-    return record.levelno >= py_logging.WARNING or "/orbax/" not in record.pathname
-
-
-def quiet_library_logs():
-  absl_logger = logging.get_absl_logger()
-  if not any(isinstance(f, _OrbaxInfoFilter) for f in absl_logger.filters):
-    absl_logger.addFilter(_OrbaxInfoFilter())
 
 
 def resolve_config(config: ml_collections.ConfigDict, *,
@@ -413,7 +399,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   """
 
   # -- config and workdir ---------------------------------------------------
-  quiet_library_logs()
+  checkpoint_lib.quiet_orbax_logs()
   requested_dtype = config.model.dtype
   # Every field, the workdir and the saved run, before any work.
   config = resolve_config(config, num_devices=jax.device_count())
