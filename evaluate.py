@@ -144,7 +144,7 @@ def main(argv):
 
     if _PLOT.value is not None or translate:
       tokenizer = evaluate.load_run_tokenizer(config, workdir)
-      model, steps = evaluate.restore_model(config, workdir, average_last=d.average_last,
+      model, steps = evaluate.restore_model(config.model, workdir, average_last=d.average_last,
                                             step=_STEP.value, params_path=_PARAMS.value)
       if _PLOT.value is not None:
         translation = evaluate.write_attention_plot(

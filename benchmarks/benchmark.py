@@ -160,7 +160,7 @@ class Trainer:
 
   def __init__(self, config):
     self.config = config
-    self.mesh = sharding_lib.make_mesh(config)
+    self.mesh = sharding_lib.make_mesh(config.train)
     self.setup = train_lib.setup_state(config, self.mesh)
     self.state = train_lib.init_state(self.setup)
     self.update = train_lib.make_update_fn(self.setup)
@@ -258,7 +258,7 @@ def run_benchmark(config, *, batch_size=16, seq_len=64, repeats=3, decode_senten
   """Every figure, as one dict (the --json output)."""
   cfg = config.model
   dtype = model_lib.get_dtype(cfg.dtype)
-  summary = summary_lib.summarize(config, seq_len)
+  summary = summary_lib.summarize(cfg, seq_len)
 
   def peaks():  # (compute dtype, float32)
     peak = matmul_peak(dtype, repeats)

@@ -39,7 +39,7 @@ def shrink(model_config):
 def test_variant_builds_and_runs(name, variant):
   config = load(name, variant)
   # The full-size model builds (abstractly, no memory).
-  assert summary.summarize(config)["total_params"] > 1_000_000
+  assert summary.summarize(config.model)["total_params"] > 1_000_000
   model = model_lib.Transformer(shrink(config.model), rngs=nnx.Rngs(0))
   model.eval()
   inputs = jnp.array([[4, 5, 6, 1]])

@@ -72,14 +72,14 @@ def copy_translate(inputs):
 
 
 def test_averaging_gives_the_elementwise_mean(run):
-  model, steps = ev.restore_model(run["config"], run["workdir"], average_last=2)
+  model, steps = ev.restore_model(run["config"].model, run["workdir"], average_last=2)
   assert steps == [2, 3]
   got = nnx.to_pure_dict(nnx.state(model, nnx.Param))
   want = jax.tree.map(lambda a, b: (np.asarray(a) + np.asarray(b)) / 2,
                       run["params"][2], run["params"][3])
   jax.tree.map(lambda g, w: np.testing.assert_allclose(g, w, rtol=1e-6, atol=1e-7), got, want)
   # One checkpoint: exactly its parameters; --step picks an earlier one.
-  model, steps = ev.restore_model(run["config"], run["workdir"], average_last=1, step=2)
+  model, steps = ev.restore_model(run["config"].model, run["workdir"], average_last=1, step=2)
   assert steps == [2]
   got = nnx.to_pure_dict(nnx.state(model, nnx.Param))
   jax.tree.map(np.testing.assert_array_equal, got, run["params"][2])
@@ -91,10 +91,10 @@ def test_average_params_of_three_trees():
 
 
 def test_saved_averaged_parameters_restore_identically(run, tmp_path):
-  model, steps = ev.restore_model(run["config"], run["workdir"], average_last=3)
+  model, steps = ev.restore_model(run["config"].model, run["workdir"], average_last=3)
   params = nnx.to_pure_dict(nnx.state(model, nnx.Param))
   checkpoint_lib.save_params(params, str(tmp_path / "avg"), steps)
-  again, again_steps = ev.restore_model(run["config"], run["workdir"],
+  again, again_steps = ev.restore_model(run["config"].model, run["workdir"],
                                         params_path=str(tmp_path / "avg"))
   assert again_steps == [1, 2, 3]
   jax.tree.map(np.testing.assert_array_equal,
@@ -115,7 +115,7 @@ def test_clear_errors_for_workdir_checkpoints_and_averaging(run, tmp_path):
   config = tiny_config(run["data_dir"])
   config.model.d_model = 32
   with pytest.raises(ValueError, match="do not fit the model config"):
-    ev.restore_model(config, run["workdir"], average_last=1)
+    ev.restore_model(config.model, run["workdir"], average_last=1)
 
 
 def test_tokenizer_that_does_not_match_the_run_is_refused(run, tmp_path):
@@ -192,7 +192,7 @@ def test_evaluate_source_and_reference_files_with_the_averaged_model(run, tmp_pa
   with open(report["hypotheses"], encoding="utf-8") as f:
     assert len(f.read().splitlines()) == 3
   # Each line is what the model gives that sentence alone.
-  model, _ = ev.restore_model(run["config"], run["workdir"], average_last=2)
+  model, _ = ev.restore_model(run["config"].model, run["workdir"], average_last=2)
   fn = ev.make_translate_fn(model, config.decode)
   alone = ev.translate_sentences(fn, run["tokenizer"], ["He is happy."])
   with open(report["hypotheses"], encoding="utf-8") as f:
@@ -267,7 +267,7 @@ def test_translate_mode_round_trips_and_streams(run):
 
 @pytest.mark.slow
 def test_attention_plot_is_a_valid_png(run, tmp_path):
-  model, _ = ev.restore_model(run["config"], run["workdir"], average_last=1)
+  model, _ = ev.restore_model(run["config"].model, run["workdir"], average_last=1)
   path = str(tmp_path / "attention.png")
   ev.write_attention_plot(model, run["tokenizer"], "The dog sees the car.", path,
                           run["config"].decode, beam_size=2)
@@ -278,7 +278,7 @@ def test_attention_plot_is_a_valid_png(run, tmp_path):
 
 @pytest.mark.slow
 def test_attention_weights_are_distributions(run):
-  model, _ = ev.restore_model(run["config"], run["workdir"], average_last=1)
+  model, _ = ev.restore_model(run["config"].model, run["workdir"], average_last=1)
   translation, attention, src, tgt, dec_in = ev.attention_for_sentence(
       model, run["tokenizer"], "The dog sees the car.", run["config"].decode, beam_size=1)
   assert src[-1] == "</s>" and tgt[-1] == "</s>" and dec_in[0] == "<s>"

@@ -33,14 +33,14 @@ def _tiny_config(**train):
 
 
 def test_rules_data_parallel_by_default():
-  rules = dict(sharding.logical_axis_rules(_tiny_config()))
+  rules = dict(sharding.logical_axis_rules(_tiny_config().train))
   assert rules["batch"] == ("data", "fsdp")
   assert rules["embed"] is None  # Parameters are replicated.
   assert sharding.logical_to_mesh(("vocab", "embed"), tuple(rules.items())) == P("tensor", None)
 
 
 def test_rules_fsdp_shards_embed():
-  rules = sharding.logical_axis_rules(_tiny_config(fsdp=True))
+  rules = sharding.logical_axis_rules(_tiny_config(fsdp=True).train)
   assert sharding.logical_to_mesh(("embed", "mlp"), rules) == P("fsdp", "tensor")
   assert sharding.batch_spec(rules, ndim=2) == P(("data", "fsdp"), None)
 
@@ -74,7 +74,7 @@ def _run_equivalence():
   def run(devices, **train_overrides):
     config = _tiny_config(**train_overrides)
     config.model.dropout_rate = 0.1  # Dropout masks must not depend on sharding.
-    mesh = sharding.make_mesh(config, devices=devices)
+    mesh = sharding.make_mesh(config.train, devices=devices)
     setup = train.setup_state(config, mesh)
     state = train.init_state(setup)
     update = train.make_update_fn(setup)

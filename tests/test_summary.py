@@ -23,14 +23,14 @@ ROWS_WITH_COUNTS = [row for row, (_, paper) in table3.ROWS.items() if paper[2]]
     for row in ROWS_WITH_COUNTS])
 def test_parameter_count_matches_table3(row):
   config = table3.get_config(row)
-  ours = summary.summarize(config)["total_params"]
+  ours = summary.summarize(config.model)["total_params"]
   paper = config.paper.params_millions * 1e6
   # Table 3 rounds to millions: within the larger of 3M and 3%.
   assert abs(ours - paper) <= max(3e6, 0.03 * paper), (row, ours, paper)
 
 
 def test_modules_add_up_and_base_is_exact():
-  s = summary.summarize(table3.get_config("base"))
+  s = summary.summarize(table3.get_config("base").model)
   assert sum(s["modules"].values()) == s["total_params"] == 63_045_632
   # Shared 37000 x 512 embedding counted once (three-way tying).
   assert s["modules"]["source_embedding"] == 37000 * 512

@@ -72,7 +72,7 @@ def _setup(dropout_rate=0.1, **train_overrides):
   config = tiny_config(**{f"train.{k}": v for k, v in train_overrides.items()})
   config.model.vocab_size = 32
   config.model.dropout_rate = dropout_rate
-  mesh = sharding.make_mesh(config)
+  mesh = sharding.make_mesh(config.train)
   return train.setup_state(config, mesh)
 
 
@@ -359,7 +359,7 @@ def test_mixed_precision_keeps_float32_params():
   expected = "bfloat16" if model_lib.cpu_has_bf16_matmul() else "float32"
   assert resolved.model.dtype == expected
   config.model.dtype = "bfloat16"  # bfloat16 compute, float32 params and Adam state.
-  setup = train.setup_state(config, sharding.make_mesh(config))
+  setup = train.setup_state(config, sharding.make_mesh(config.train))
   state = train.init_state(setup)
   update = train.make_update_fn(setup)
   batch = sharding.global_batch(_random_batch(np.random.default_rng(2), 2), setup.mesh,

@@ -3,7 +3,7 @@
 Used by the root ``evaluate.py``; every piece is importable:
 
   config = load_run_config(workdir)                       # DIR/config.json
-  model, steps = restore_model(config, workdir, average_last=5)
+  model, steps = restore_model(config.model, workdir, average_last=5)
   tokenizer = load_run_tokenizer(config, workdir)
   translate_fn = make_translate_fn(model, config.decode)   # beam 4, alpha 0.6
   hyps = translate_sentences(translate_fn, tokenizer, sources)
@@ -34,7 +34,6 @@ from transformer import bleu as bleu_lib
 from transformer import checkpoint as checkpoint_lib
 from transformer import checks, decode
 from transformer import model as model_lib
-from transformer import summary as summary_lib
 from transformer.tokens import EOS_ID, PAD_ID
 
 # (B, S) source ids -> (B, L) output ids; decode.translate_batch by default.
@@ -118,12 +117,12 @@ def average_params(param_trees: Iterable) -> dict:
   return jax.tree.map(lambda t, d: (t / count).astype(d), total, dtypes)
 
 
-def restore_model(config, workdir: str, *, average_last: int = 1, step: int | None = None,
-                  params_path: str | None = None):
+def restore_model(model_config, workdir: str, *, average_last: int = 1,
+                  step: int | None = None, params_path: str | None = None):
   """The model with the mean parameters of the last ``average_last`` checkpoints.
 
   Args:
-    config: the run's config (``model`` must match the checkpoints).
+    model_config: the run's ``config.model`` section (must match the checkpoints).
     workdir: the run's workdir.
     average_last: how many of the latest checkpoints to average.
     step: the latest step to use (default: the latest checkpoint).
@@ -132,7 +131,7 @@ def restore_model(config, workdir: str, *, average_last: int = 1, step: int | No
   Returns:
     (model, steps): an ``nnx.Module`` in eval mode and the averaged steps.
   """
-  abstract = summary_lib.abstract_model(config.model)
+  abstract = nnx.eval_shape(lambda: model_lib.build_model(model_config))
   graphdef, abstract_params, _ = nnx.split(abstract, nnx.Param, ...)
   abstract_params = nnx.to_pure_dict(abstract_params)
   if params_path:
@@ -149,7 +148,7 @@ def restore_model(config, workdir: str, *, average_last: int = 1, step: int | No
   params = _fit(params, abstract_params, params_path or "the average")
 
   def rest_fn():
-    return nnx.split(model_lib.build_model(config.model), nnx.Param, ...)[2]
+    return nnx.split(model_lib.build_model(model_config), nnx.Param, ...)[2]
 
   rest = jax.jit(rest_fn)()  # RNG streams only; XLA drops the unused params.
   model = nnx.merge(graphdef, params, rest)
@@ -365,7 +364,7 @@ def evaluate(config, workdir: str, *, split: str | None = None, source: str | No
   tokenizer = load_run_tokenizer(config, workdir)
   if translate_fn is None:
     if model is None:
-      model, steps = restore_model(config, workdir, average_last=d.average_last, step=step,
+      model, steps = restore_model(config.model, workdir, average_last=d.average_last, step=step,
                                    params_path=params_path)
     translate_fn = make_translate_fn(model, d)
   steps = list(steps or [])

@@ -32,9 +32,10 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 MESH_AXES = ("data", "fsdp", "tensor")
 
 
-def logical_axis_rules(config: ml_collections.ConfigDict) -> tuple[tuple[str, object], ...]:
-  """The logical-axis -> mesh-axis rules table (``config`` is the whole config)."""
-  fsdp = bool(config.train.fsdp)
+def logical_axis_rules(train_config: ml_collections.ConfigDict) -> tuple[tuple[str, object], ...]:
+  """The logical-axis -> mesh-axis rules table, from the ``config.train``
+  section (``train.fsdp``)."""
+  fsdp = bool(train_config.fsdp)
   return (
       ("batch", ("data", "fsdp")),  # Rows of a batch: over every data replica.
       ("vocab", "tensor"),  # Embedding rows / softmax columns.
@@ -66,10 +67,11 @@ def resolve_mesh_shape(mesh_shape: Mapping[str, int], num_devices: int) -> tuple
   return tuple(sizes)
 
 
-def make_mesh(config: ml_collections.ConfigDict, devices=None) -> Mesh:
-  """The ("data", "fsdp", "tensor") mesh over all devices of all processes."""
+def make_mesh(train_config: ml_collections.ConfigDict, devices=None) -> Mesh:
+  """The ("data", "fsdp", "tensor") mesh over all devices of all processes,
+  shaped by the ``config.train`` section's ``mesh_shape``."""
   devices = jax.devices() if devices is None else devices
-  shape = resolve_mesh_shape(config.train.mesh_shape, len(devices))
+  shape = resolve_mesh_shape(train_config.mesh_shape, len(devices))
   return jax.make_mesh(shape, MESH_AXES, axis_types=(jax.sharding.AxisType.Auto,) * 3,
                        devices=devices)
 

@@ -55,13 +55,14 @@ def flops_per_token(cfg, seq_len):
   return n * (encoder + decoder + cross_kv) + logits
 
 
-def summarize(config, seq_len=128):
-  """A dict with ``total_params``, ``flops_per_token`` and ``modules``."""
-  model = abstract_model(config.model)
+def summarize(model_config, seq_len=128):
+  """A dict with ``total_params``, ``flops_per_token`` and ``modules`` of the
+  model of a ``config.model`` section."""
+  model = abstract_model(model_config)
   modules = count_parameters(model)
   return {
       "total_params": int(sum(modules.values())),
-      "flops_per_token": int(flops_per_token(config.model, seq_len)),
+      "flops_per_token": int(flops_per_token(model_config, seq_len)),
       "seq_len": seq_len,
       "modules": modules,
   }
@@ -110,7 +111,7 @@ def main(argv):
   config = _CONFIG.value
   if config is None:
     sys.exit("Pass --config=configs/<file>.py[:variant].")
-  summary = summarize(config, _SEQ_LEN.value)
+  summary = summarize(config.model, _SEQ_LEN.value)
   if _JSON.value:
     print(json.dumps(summary))
   else:

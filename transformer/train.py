@@ -130,7 +130,7 @@ def _make_model(model_config, seed):
 
 def setup_state(config, mesh) -> TrainSetup:
   """Shapes, shardings and step machinery for the train state (no arrays yet)."""
-  rules = sharding_lib.logical_axis_rules(config)
+  rules = sharding_lib.logical_axis_rules(config.train)
   seed = config.train.seed
   abstract_model = nnx.eval_shape(lambda: _make_model(config.model, seed))
   graphdef, abstract_params, _ = nnx.split(abstract_model, nnx.Param, ...)
@@ -304,9 +304,10 @@ def make_eval_fn(setup: TrainSetup) -> Callable:
 # ---------------------------------------------------------------------------
 
 
-def _eval_batch_size(config, setup) -> int:
+def _eval_batch_size(data_config, setup) -> int:
+  """``data.eval_batch_size`` rounded up to a multiple of the batch's split."""
   divisor = sharding_lib.batch_divisor(setup.mesh, setup.rules)
-  return -(-config.data.eval_batch_size // divisor) * divisor
+  return -(-data_config.eval_batch_size // divisor) * divisor
 
 
 def evaluate_loss(setup, eval_fn, params, batches) -> dict:
@@ -415,8 +416,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
               jax.local_device_count(), jax.default_backend())
 
   # -- mesh -----------------------------------------------------------------
-  mesh = sharding_lib.make_mesh(config)
-  writer.info("Mesh %s; rules %s.", dict(mesh.shape), sharding_lib.logical_axis_rules(config))
+  mesh = sharding_lib.make_mesh(t)
+  writer.info("Mesh %s; rules %s.", dict(mesh.shape), sharding_lib.logical_axis_rules(t))
 
   # -- input ----------------------------------------------------------------
   # Process 0 prepares the corpus and the tokenizer; the others then reuse them.
@@ -426,7 +427,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     raise ValueError(
         f"The tokenizer has {tokenizer.vocab_size} pieces but model.vocab_size is "
         f"{config.model.vocab_size}; set --config.model.vocab_size={tokenizer.vocab_size}.")
-  rules = sharding_lib.logical_axis_rules(config)
+  rules = sharding_lib.logical_axis_rules(t)
   divisor = sharding_lib.batch_divisor(mesh, rules)
   if divisor % jax.process_count():
     raise ValueError(f"The batch is split {divisor} ways, not a multiple of the "
@@ -471,7 +472,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   step = int(state["step"])
 
   # -- loop -------------------------------------------------------------------
-  eval_batch_size = _eval_batch_size(config, setup)
+  eval_batch_size = _eval_batch_size(config.data, setup)
 
   @functools.cache  # Read on the first evaluation, then kept for the others.
   def dev_data():
@@ -534,7 +535,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
           eta = step_time * (t.num_steps - step)
         if is_eval:
           row.update(_periodic_eval(setup, eval_fn, tokenizer, state["params"], *dev_data(),
-                                    config))
+                                    config.decode))
         if row:
           writer.write(step, row, eta_s=eta)
         if save_due or signalled:
@@ -574,14 +575,15 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
 
 
 def _periodic_eval(setup, eval_fn, tokenizer, params, dev_batches, dev_sources,
-                   dev_references, config) -> dict:
-  """Dev loss on the whole dev split; greedy BLEU on its first sentences."""
+                   dev_references, decode_config) -> dict:
+  """Dev loss on the whole dev split; greedy BLEU on its first sentences
+  (``config.decode`` with beam_size=1)."""
   row = {f"dev/{k}": v for k, v in evaluate_loss(setup, eval_fn, params, dev_batches).items()}
   if dev_sources:
     translate_fn = evaluate_lib.make_translate_fn(
-        make_model(setup, params), config.decode, beam_size=1)
+        make_model(setup, params), decode_config, beam_size=1)
     hypotheses = evaluate_lib.translate_sentences(
-        translate_fn, tokenizer, dev_sources, batch_size=config.decode.batch_size)
+        translate_fn, tokenizer, dev_sources, batch_size=decode_config.batch_size)
     row["dev/bleu"], _ = bleu_lib.sacrebleu_bleu(hypotheses, dev_references)
     row["dev/bleu_sentences"] = len(hypotheses)
   return row
@@ -606,7 +608,7 @@ def evaluate_test(setup, params, config, workdir, step) -> dict:
                       wanted, len(saved), saved)
     if len(saved) > 1:
       model, steps = evaluate_lib.restore_model(
-          config, workdir, average_last=min(wanted, len(saved)), step=step)
+          config.model, workdir, average_last=min(wanted, len(saved)), step=step)
   report = evaluate_lib.evaluate(config, workdir, split=config.data.test_split,
                                  name=config.data.test_split, model=model, steps=steps)
   return {"test/bleu": report["bleu"], "test/bleu_tokenized": report["bleu_tokenized"],
