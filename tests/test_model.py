@@ -183,8 +183,9 @@ def test_attention_weights_are_returned():
 
 
 def test_three_way_tying_and_untying():
-  def n_params(**kw):
-    return sum(x.size for x in jax.tree.leaves(nnx.state(build(**kw), nnx.Param)))
+  def n_params(**kw):  # Shapes only (eval_shape): nothing is initialised.
+    abstract = nnx.eval_shape(lambda: build(**kw))
+    return sum(x.size for x in jax.tree.leaves(nnx.state(abstract, nnx.Param)))
   tied = n_params()
   emb = VOCAB * 16
   assert n_params(share_source_target_embedding=False) == tied + emb
@@ -351,7 +352,9 @@ def test_encoder_layer_vs_numpy(norm_position):
   layer, epsilon = _layer(model_lib.EncoderLayer, norm_position)
   x = np.random.default_rng(2).normal(size=(2, 6, 16)).astype(np.float32)  # (B, S, D)
   segments = (INPUTS != tokens.PAD_ID).astype(jnp.int32)
-  out, _ = layer(jnp.asarray(x), model_lib.attention_mask(segments, segments))
+  # Jitted: one compilation instead of one per operation.
+  out, _ = nnx.jit(lambda m, x, mask: m(x, mask))(
+      layer, jnp.asarray(x), model_lib.attention_mask(segments, segments))
   for b in range(2):
     real = np.asarray(segments[b]) == 1
     expected = np_encoder_layer(x[b].astype(np.float64), layer, real, norm_position,
@@ -369,9 +372,13 @@ def test_decoder_layer_vs_numpy(norm_position):
   memory = rng.normal(size=(2, 6, 16)).astype(np.float32)  # (B, S, D) encoder output
   source = (INPUTS != tokens.PAD_ID).astype(jnp.int32)
   target = (TARGETS != tokens.PAD_ID).astype(jnp.int32)
-  out, _, _ = layer(jnp.asarray(y), lambda k, v: (k, v),
+  @nnx.jit  # One compilation instead of one per operation.
+  def apply(m, y, memory, self_mask, cross_mask):
+    return m(y, lambda k, v: (k, v), self_mask, m.cross_attention.project_kv(memory),
+             cross_mask)
+
+  out, _, _ = apply(layer, jnp.asarray(y), jnp.asarray(memory),
                     model_lib.attention_mask(target, target, causal=True),
-                    layer.cross_attention.project_kv(jnp.asarray(memory)),
                     model_lib.attention_mask(target, source))
   for b in range(2):
     real = np.asarray(target[b]) == 1
@@ -388,7 +395,7 @@ def test_encoder_stack_vs_numpy(norm_position):
   model = build(norm_position=norm_position, **LAYER_CONFIG)
   _randomize(model, seed=1)
   epsilon = model.cfg.layer_norm_epsilon
-  out = np.asarray(model.encode(INPUTS))
+  out = np.asarray(nnx.jit(lambda m, x: m.encode(x))(model, INPUTS))
   d_model = 16
   embedding = np.asarray(model.source_embedding.embedding[...], np.float64)
   pos = np.arange(INPUTS.shape[1])[:, None]
