@@ -522,20 +522,3 @@ def test_beam_search_neither_tiles_nor_reorders_the_shared_cache_entry():
   decode.beam_search(step_fn, cache, jnp.array([3, 3]), beam_size=beams, alpha=0.6,
                      max_length=4)
   assert seen and all(shapes == ((batch * beams, 5), (batch, 7)) for shapes in seen)
-
-
-def test_constant_cache_leaves_are_hoisted_out_of_the_beam_loop():
-  # The encoder-decoder keys/values and the source mask never change: beam
-  # search keeps them out of the loop state instead of reordering them.
-  model = tiny_model()
-  model.eval()
-  inputs = jnp.array([[4, 5, EOS_ID]])
-  cache = model.init_cache(model.encode(inputs), inputs, 6)
-  step_fn = lambda tokens, cache, step: model.decode_step(tokens, cache, step)  # noqa: E731
-  _, carried = decode._hoist_constant_leaves(step_fn, cache, rows=1)
-  layers = cache["shared"]["layers"]
-  # Per hypothesis: the slot table. Per sentence: self_k_t and self_v per layer.
-  assert [x.shape for x in carried["rows"]] == [cache["origin"].shape]
-  assert len(carried["shared"]) == 2 * len(layers)
-  assert ({x.shape for x in carried["shared"]}
-          == {layers[0]["self_k_t"].shape, layers[0]["self_v"].shape})

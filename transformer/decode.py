@@ -186,47 +186,6 @@ class BeamState(NamedTuple):
   cache: Any  # batch leading axis of size B * K, row b * K + k
 
 
-def _hoist_constant_leaves(step_fn: StepFn, cache, rows: int):
-  """Takes the cache leaves that ``step_fn`` returns unchanged out of the loop.
-
-  Leaves such as the encoder-decoder keys and values never change, so
-  carrying (and, per hypothesis, reordering) them each step is wasted memory
-  traffic. A leaf counts as constant when ``step_fn`` hands back the very
-  same array it was given (checked by tracing it once). Returns a step
-  function over the remaining leaves and those leaves, as
-  {"rows": [per-hypothesis leaves], "shared": [per-sentence leaves]}.
-  """
-  leaves, treedef = jax.tree.flatten(cache)
-  is_shared = jax.tree.leaves(
-      _map_per_hypothesis(lambda _: False, jax.tree.map(lambda _: True, cache)))
-  constant = []
-
-  def probe(leaves):
-    _, new = step_fn(jnp.zeros((rows,), jnp.int32), jax.tree.unflatten(treedef, leaves),
-                     jnp.array(0, jnp.int32))
-    new_leaves, new_treedef = jax.tree.flatten(new)
-    if new_treedef == treedef:
-      constant.extend(a is b for a, b in zip(leaves, new_leaves, strict=True))
-    return 0
-
-  jax.eval_shape(probe, leaves)
-  if not any(constant):
-    return step_fn, cache
-
-  def split(leaves):
-    kept = [(x, sh) for x, c, sh in zip(leaves, constant, is_shared, strict=True) if not c]
-    return {"rows": [x for x, sh in kept if not sh], SHARED: [x for x, sh in kept if sh]}
-
-  def carried_step_fn(tokens, carried, step):
-    rows_it, shared_it = iter(carried["rows"]), iter(carried[SHARED])
-    full = [leaf if c else next(shared_it if sh else rows_it)
-            for leaf, c, sh in zip(leaves, constant, is_shared, strict=True)]
-    logits, new = step_fn(tokens, jax.tree.unflatten(treedef, full), step)
-    return logits, split(jax.tree.leaves(new))
-
-  return carried_step_fn, split(leaves)
-
-
 def _map_per_hypothesis(fn, cache):
   """Applies ``fn`` to every leaf of ``cache`` except those under "shared"."""
   if isinstance(cache, dict) and SHARED in cache:
@@ -295,7 +254,6 @@ def beam_search_state(step_fn: StepFn, cache, max_lengths, *, beam_size: int,
   max_lengths = jnp.clip(jnp.asarray(max_lengths, jnp.int32), 1, max_length)
   batch = max_lengths.shape[0]
   cache = _map_per_hypothesis(lambda x: jnp.repeat(x, k, axis=0), cache)
-  step_fn, cache = _hoist_constant_leaves(step_fn, cache, batch * k)
   lp_at_limit = length_penalty(max_lengths, alpha)  # (B,)
   state = BeamState(
       step=jnp.array(0, jnp.int32),
