@@ -195,11 +195,7 @@ def load_run_tokenizer(config, workdir: str):
         f"The run's tokenizer {trained_path} is missing; without it the "
         "checkpoint's token ids cannot be read. Restore it, or pass the one the "
         "run used with --config.data.tokenizer_path=FILE.")
-  tokenizer = data.load_tokenizer(config, workdir)
-  if tokenizer.vocab_size != config.model.vocab_size:
-    raise ValueError(
-        f"The tokenizer {tokenizer.path} has {tokenizer.vocab_size} pieces but the "
-        f"model's vocabulary (model.vocab_size) has {config.model.vocab_size}.")
+  tokenizer = data.load_tokenizer(config, workdir)  # Of model.vocab_size pieces, or an error.
   if os.path.isfile(trained_path) and os.path.abspath(trained_path) != os.path.abspath(
       tokenizer.path):
     trained = tokenizer_lib.Tokenizer(trained_path)

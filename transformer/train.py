@@ -421,12 +421,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
 
   # -- input ----------------------------------------------------------------
   # Process 0 prepares the corpus and the tokenizer; the others then reuse them.
+  # load_tokenizer refuses a tokenizer whose size is not model.vocab_size.
   tokenizer = _primary_first(lambda: data_lib.load_tokenizer(config, workdir),
                              "preparing the corpus and the tokenizer")
-  if tokenizer.vocab_size != config.model.vocab_size:
-    raise ValueError(
-        f"The tokenizer has {tokenizer.vocab_size} pieces but model.vocab_size is "
-        f"{config.model.vocab_size}; set --config.model.vocab_size={tokenizer.vocab_size}.")
   rules = sharding_lib.logical_axis_rules(t)
   divisor = sharding_lib.batch_divisor(mesh, rules)
   if divisor % jax.process_count():
