@@ -51,7 +51,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from transformer.tokens import BOS_ID, EOS_ID, PAD_ID
+from transformer.tokens import BOS_ID, EOS_ID, PAD_ID, bucket
 
 # Score of an impossible hypothesis. Finite, so that sums never make NaNs.
 NEG_INF = -1.0e9
@@ -336,11 +336,6 @@ def beam_search_state(step_fn: StepFn, cache, max_lengths, *, beam_size: int,
 # ----------------------------------------------------------------------------
 # Decoding a Transformer.
 # ----------------------------------------------------------------------------
-
-
-def bucket(n: int, minimum: int = 8) -> int:
-  """Smallest power of two >= max(n, minimum): the padded shapes we compile."""
-  return max(minimum, 1 << max(int(n) - 1, 0).bit_length())
 
 
 @functools.partial(nnx.jit, static_argnames=("beam_size", "max_length"))

@@ -2,12 +2,8 @@
 
 import numpy as np
 
+from transformer import tokens
 from transformer.data import packing, token_cache
-
-
-def _eval_length(n):
-  """Power-of-two lengths (>= 8) for evaluation: few shapes to compile."""
-  return max(8, int(2 ** np.ceil(np.log2(max(n, 1)))))
 
 
 def eval_batches(config, tokenizer, workdir, split, *, batch_size):
@@ -21,8 +17,8 @@ def eval_batches(config, tokenizer, workdir, split, *, batch_size):
   for start in range(0, len(data), batch_size):
     indices = np.arange(start, min(start + batch_size, len(data)))
     batch = packing.fill_one_per_row(
-        data, indices, batch_size, _eval_length(source_lengths[indices].max()),
-        _eval_length(target_lengths[indices].max()))
+        data, indices, batch_size, tokens.bucket(source_lengths[indices].max()),
+        tokens.bucket(target_lengths[indices].max()))
     batch["index"] = np.full((batch_size,), -1, np.int32)
     batch["index"][:len(indices)] = indices
     batches.append(batch)
