@@ -31,11 +31,17 @@ def empty_batch(rows, source_length, target_length):
           for name in FEATURES}
 
 
-def padding_efficiency(batch):
-  """Real tokens / slots over both sides of a batch."""
+def token_counts(batch):
+  """(real tokens, slots) over both sides of a batch."""
   real = np.count_nonzero(batch["inputs_segmentation"]) + np.count_nonzero(
       batch["targets_segmentation"])
-  return real / (batch["inputs"].size + batch["targets"].size)
+  return real, batch["inputs"].size + batch["targets"].size
+
+
+def padding_efficiency(batch):
+  """Real tokens / slots over both sides of a batch."""
+  real, slots = token_counts(batch)
+  return real / slots
 
 
 @numba.njit(nogil=True, cache=True)

@@ -307,10 +307,9 @@ class TrainIterator:
     previous_epoch = self.epoch
     self._state = state
     self._batches += 1
-    self._real_tokens += np.count_nonzero(
-        batch["inputs_segmentation"]) + np.count_nonzero(
-            batch["targets_segmentation"])
-    self._slots += batch["inputs"].size + batch["targets"].size
+    real, slots = packing.token_counts(batch)
+    self._real_tokens += real
+    self._slots += slots
     if self._batches == 100 or self.epoch != previous_epoch:
       logging.info(
           "Train data (process %d): %d batches, %d epochs done, padding "
