@@ -44,6 +44,8 @@ import hashlib
 import os
 import random
 
+from transformer import atomic
+
 SPLITS = ("train", "validation", "test")
 LANGS = ("en", "de")
 
@@ -433,29 +435,22 @@ def generate(train_size, dev_size, test_size, seed=0):
 def write_corpus(directory, train_size, dev_size, test_size, seed=0):
   """Writes ``{train,validation,test}.{en,de}`` into ``directory`` (once).
 
-  Returns the directory. Files are written to a temporary folder and renamed,
-  so a crash never leaves a partial corpus behind.
+  Returns the directory. Files are written to a temporary folder and renamed
+  (``atomic.folder``), so a crash never leaves a partial corpus behind.
   """
   if os.path.isfile(os.path.join(directory, "COMPLETE")):
     return directory
   corpus = generate(train_size, dev_size, test_size, seed)
   parent = os.path.dirname(os.path.abspath(directory))
   os.makedirs(parent, exist_ok=True)
-  tmp = f"{directory}.tmp{os.getpid()}"
-  os.makedirs(tmp, exist_ok=True)
-  for split, (english, german) in corpus.items():
-    for lang, lines in zip(LANGS, (english, german), strict=True):
-      with open(os.path.join(tmp, f"{split}.{lang}"), "w",
-                encoding="utf-8") as f:
-        f.write("\n".join(lines) + "\n")
-  with open(os.path.join(tmp, "COMPLETE"), "w") as f:
-    f.write("")
-  try:
-    os.rename(tmp, directory)
-  except OSError:  # Another process finished first.
-    for name in os.listdir(tmp):
-      os.remove(os.path.join(tmp, name))
-    os.rmdir(tmp)
+  with atomic.folder(directory) as tmp:
+    for split, (english, german) in corpus.items():
+      for lang, lines in zip(LANGS, (english, german), strict=True):
+        with open(os.path.join(tmp, f"{split}.{lang}"), "w",
+                  encoding="utf-8") as f:
+          f.write("\n".join(lines) + "\n")
+    with open(os.path.join(tmp, "COMPLETE"), "w") as f:
+      f.write("")
   return directory
 
 

@@ -23,12 +23,12 @@ import json
 import os
 import re
 import shutil
-import socket
 import time
 
 import numpy as np
 from absl import logging
 
+from transformer import atomic
 from transformer.data import sources as sources_lib
 
 _FORMAT = "v2"
@@ -113,8 +113,8 @@ def _load(path):
 
 def _remove_stale_builds(path):
   """Removes this host's temporary folders of ``path`` whose process died."""
-  parent, name = os.path.split(path)
-  prefix = f"{name}.tmp-{socket.gethostname()}-"
+  parent = os.path.dirname(path)
+  prefix = os.path.basename(atomic.temporary_prefix(path))
   for entry in os.listdir(parent):
     if not entry.startswith(prefix):
       continue
@@ -140,17 +140,8 @@ def tokenize_split(config, tokenizer, workdir, split):
     return cached
   os.makedirs(os.path.dirname(path), exist_ok=True)
   _remove_stale_builds(path)
-  tmp = f"{path}.tmp-{socket.gethostname()}-{os.getpid()}"
-  shutil.rmtree(tmp, ignore_errors=True)
-  os.makedirs(tmp)
-  try:
+  with atomic.folder(path) as tmp:
     meta = _build(config, tokenizer, workdir, split, tmp)
-    try:
-      os.rename(tmp, path)
-    except OSError:  # Another process wrote the same cache first.
-      pass
-  finally:
-    shutil.rmtree(tmp, ignore_errors=True)
   cached = _load(path)
   if cached is None:
     raise RuntimeError(f"The token cache {path} could not be written.")
