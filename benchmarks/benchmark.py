@@ -19,9 +19,11 @@ What it measures (random weights; speed does not depend on them):
   target tokens, all real. FLOPs per step = 3 x the summary's forward FLOPs
   per target token x target tokens (backward = 2 x forward).
 * decoding: ``decode_sentences`` sentences of ``seq_len`` source tokens,
-  exactly ``decode_steps`` output tokens each (EOS is forbidden, so no
-  sentence stops early), greedy and beam 4, each with the key/value cache and
-  with full recomputation of the decoder over the whole prefix buffer.
+  exactly ``decode_steps`` output tokens each (decode.py's search with
+  min_length at the length limit: EOS only comes last, so no sentence stops
+  early), greedy and beam 4, each with the key/value cache (the jitted
+  function translate_batch runs) and with full recomputation of the decoder
+  over the whole prefix buffer.
 * scaling: train step time for each of ``scaling_lengths`` at a constant
   number of tokens per batch, and the cached decode time per step as the
   output length grows (it should stay flat).
@@ -197,44 +199,34 @@ def train_figures(trainer, cfg, batch_size, length, peak, spec, repeats):
 
 # -- decoding -----------------------------------------------------------------
 
-def _no_eos(step_fn):
-  """Forbids EOS so that every sentence runs for exactly the length limit."""
-  def wrapped(tok, cache, step):
-    logits, cache = step_fn(tok, cache, step)
-    return logits.at[:, tokens.EOS_ID].set(-1e9), cache
-  return wrapped
-
-
 @nnx.jit(static_argnames=("beam_size", "steps", "cached"))
 def _decode_fixed(model, inputs, *, beam_size, steps, cached):
-  """Decodes exactly ``steps`` tokens per sentence (EOS only at the limit)."""
-  model = nnx.view(model, deterministic=True)
-  encoded = model.encode(inputs)
-  if cached:
-    cache = model.init_cache(encoded, inputs, steps, beam_size=beam_size)
-    step_fn = model.decode_step
-  else:
-    # Full recomputation: the decoder re-runs over the whole prefix buffer
-    # (fixed shape, ``steps`` positions) at every step.
-    cache = {"encoded": encoded, "inputs": inputs,
-             "prefix": jnp.zeros((inputs.shape[0], steps), jnp.int32)}
-
-    def step_fn(tok, cache, step):
-      prefix = jax.lax.dynamic_update_index_in_dim(cache["prefix"], tok, step, 1)
-      # decode() shifts right and puts BOS first: feed the prefix shifted left.
-      targets = jnp.pad(prefix[:, 1:], ((0, 0), (0, 1)))
-      segments = jnp.ones_like(targets)
-      input_segments = (cache["inputs"] != tokens.PAD_ID).astype(jnp.int32)
-      logits = model.decode(cache["encoded"], input_segments, targets, segments)
-      return (jax.lax.dynamic_index_in_dim(logits, step, 1, keepdims=False),
-              dict(cache, prefix=prefix))
-
+  """Decodes exactly ``steps`` tokens per sentence with decode.py's search:
+  min_length is the length limit, so EOS comes only at the limit."""
   limits = jnp.full((inputs.shape[0],), steps, jnp.int32)
-  if beam_size == 1:
-    seqs, _ = decode_lib.greedy_search(_no_eos(step_fn), cache, limits, max_length=steps)
+  alpha, min_length = jnp.float32(0.6), jnp.int32(steps)
+  if cached:  # What translate_batch runs.
+    seqs, _ = decode_lib.decode_padded(model, inputs, limits, alpha, min_length,
+                                       beam_size=beam_size, max_length=steps)
     return seqs
-  seqs, _ = decode_lib.beam_search(_no_eos(step_fn), cache, limits, beam_size=beam_size,
-                                   alpha=0.6, max_length=steps)
+  # Full recomputation: the decoder re-runs over the whole prefix buffer
+  # (fixed shape, ``steps`` positions) at every step.
+  model = nnx.view(model, deterministic=True)
+  cache = {"encoded": model.encode(inputs), "inputs": inputs,
+           "prefix": jnp.zeros((inputs.shape[0], steps), jnp.int32)}
+
+  def step_fn(tok, cache, step):
+    prefix = jax.lax.dynamic_update_index_in_dim(cache["prefix"], tok, step, 1)
+    # decode() shifts right and puts BOS first: feed the prefix shifted left.
+    targets = jnp.pad(prefix[:, 1:], ((0, 0), (0, 1)))
+    segments = jnp.ones_like(targets)
+    input_segments = (cache["inputs"] != tokens.PAD_ID).astype(jnp.int32)
+    logits = model.decode(cache["encoded"], input_segments, targets, segments)
+    return (jax.lax.dynamic_index_in_dim(logits, step, 1, keepdims=False),
+            dict(cache, prefix=prefix))
+
+  seqs, _ = decode_lib.search(step_fn, cache, limits, beam_size=beam_size, alpha=alpha,
+                              max_length=steps, min_length=min_length)
   return seqs
 
 

@@ -338,17 +338,10 @@ def beam_search_state(step_fn: StepFn, cache, max_lengths, *, beam_size: int,
 # ----------------------------------------------------------------------------
 
 
-@functools.partial(nnx.jit, static_argnames=("beam_size", "max_length"))
-def _decode(model, inputs, max_lengths, alpha, min_length, *, beam_size, max_length):
-  """Encodes once, builds the cache and searches. beam_size 1 is greedy."""
-  # Deterministic (no dropout) in a view: the caller's model keeps its mode.
-  model = nnx.view(model, deterministic=True)
-  encoded = model.encode(inputs)  # (B, S, D)
-  cache = model.init_cache(encoded, inputs, max_length, beam_size=beam_size)
-
-  def step_fn(tokens, cache, step):
-    return model.decode_step(tokens, cache, step)
-
+def search(step_fn: StepFn, cache, max_lengths, *, beam_size: int, alpha, max_length: int,
+           min_length=0):
+  """Greedy search for beam_size 1, beam search otherwise: the best hypothesis
+  of each sentence, (seqs (B, L) int32, scores (B,) float32)."""
   if beam_size == 1:
     return greedy_search(step_fn, cache, max_lengths, max_length=max_length,
                          min_length=min_length)
@@ -356,6 +349,18 @@ def _decode(model, inputs, max_lengths, alpha, min_length, *, beam_size, max_len
       step_fn, cache, max_lengths, beam_size=beam_size, alpha=alpha,
       max_length=max_length, min_length=min_length)
   return seqs[:, 0], scores[:, 0]
+
+
+@functools.partial(nnx.jit, static_argnames=("beam_size", "max_length"))
+def decode_padded(model, inputs, max_lengths, alpha, min_length, *, beam_size, max_length):
+  """Encodes once, builds the cache and searches (``search``), on (B, S)
+  inputs already padded to a compiled shape; ``translate_batch`` pads them."""
+  # Deterministic (no dropout) in a view: the caller's model keeps its mode.
+  model = nnx.view(model, deterministic=True)
+  encoded = model.encode(inputs)  # (B, S, D)
+  cache = model.init_cache(encoded, inputs, max_length, beam_size=beam_size)
+  return search(model.decode_step, cache, max_lengths, beam_size=beam_size, alpha=alpha,
+                max_length=max_length, min_length=min_length)
 
 
 def output_limits(inputs, max_extra_length: int):
@@ -425,7 +430,7 @@ def translate_batch(model, inputs, *, beam_size: int = 4, alpha: float = 0.6,
         f"max_extra_length {max_extra_length}) but the learned positional "
         f"embedding has model.max_len={cfg.max_len}; shorten the inputs or "
         "lower decode.max_extra_length.")
-  seqs, scores = _decode(
+  seqs, scores = decode_padded(
       model, padded, limits, jnp.float32(alpha), jnp.int32(min_length),
       beam_size=beam_size, max_length=max_length)
   seqs = np.asarray(seqs)[:batch]
