@@ -265,6 +265,22 @@ def test_translate_mode_round_trips_and_streams(run):
   assert out.flushed == [2, 4, 5]
 
 
+def test_translate_mode_warns_about_empty_translations(run, caplog):
+  def empty_first_row(inputs):
+    out = np.asarray(inputs).copy()
+    out[0] = PAD_ID
+    out[0, 0] = EOS_ID
+    return out
+
+  out = io.StringIO()
+  with caplog.at_level("WARNING"):
+    count = ev.translate_stream(empty_first_row, run["tokenizer"],
+                                ["The dog sees the car.", "He is happy.", "We follow."], out,
+                                batch_size=2)
+  assert count == 3 and out.getvalue().splitlines().count("") == 2
+  assert "2 of 3 translations are empty" in caplog.text
+
+
 @pytest.mark.slow
 def test_attention_plot_is_a_valid_png(run, tmp_path):
   model, _ = ev.restore_model(run["config"].model, run["workdir"], average_last=1)

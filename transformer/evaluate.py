@@ -281,14 +281,17 @@ def translate_stream(translate_fn: TranslateFn, tokenizer, lines: Iterable[str],
 
   Writes one translation per input line to ``out`` and flushes after every
   batch, so that a long file (or a pipe) starts producing output at once.
-  Returns the number of lines translated.
+  Returns the number of lines translated; warns (log) when any is empty.
   """
   count = 0
+  empty = []  # One entry per empty translation.
   batch = []
 
   def flush(batch):
     for hypothesis in translate_sentences(translate_fn, tokenizer, batch,
                                           batch_size=batch_size):
+      if not hypothesis.strip():
+        empty.append(hypothesis)
       out.write(hypothesis + "\n")
     out.flush()
 
@@ -301,6 +304,10 @@ def translate_stream(translate_fn: TranslateFn, tokenizer, lines: Iterable[str],
   if batch:
     flush(batch)
     count += len(batch)
+  if empty:
+    logging.warning("%d of %d translations are empty. With decode.min_length=0 (the "
+                    "paper's search) a model may prefer ending at once; decode.min_length=1 "
+                    "forbids it.", len(empty), count)
   return count
 
 
