@@ -387,11 +387,11 @@ def run_benchmark(corpus_dir, workdir, *, reuse=False, batch_tokens=None, max_le
   d = config.data
 
   start = time.perf_counter()
-  tokenizer = data.load_tokenizer(config, workdir)
+  tokenizer = data.load_tokenizer(d, workdir, vocab_size=config.model.vocab_size)
   tokenizer_seconds = time.perf_counter() - start
 
   start = time.perf_counter()
-  train = data.tokenize_split(config, tokenizer, workdir, d.train_split)
+  train = data.tokenize_split(d, tokenizer, workdir, d.train_split)
   tokenize_seconds = time.perf_counter() - start
   pairs = len(train)
   # The ceiling right after the build, so that both see the same load.
@@ -406,7 +406,7 @@ def run_benchmark(corpus_dir, workdir, *, reuse=False, batch_tokens=None, max_le
   del train, source_lengths, target_lengths
 
   start = time.perf_counter()
-  it = data.make_train_iterator(config, tokenizer, workdir)
+  it = data.make_train_iterator(d, tokenizer, workdir)
   iterator_seconds = time.perf_counter() - start
   start = time.perf_counter()
   next(it)
@@ -421,7 +421,7 @@ def run_benchmark(corpus_dir, workdir, *, reuse=False, batch_tokens=None, max_le
   busy_result = None
   if busy > 0:
     with busy_cores(busy):
-      it = data.make_train_iterator(config, tokenizer, workdir)
+      it = data.make_train_iterator(d, tokenizer, workdir)
       try:
         busy_result = measure_batches(it, batches, warmup)
       finally:

@@ -70,7 +70,8 @@ def workdir(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def tok(corpus_dir, workdir):
-  return data.load_tokenizer(_config(corpus_dir), workdir)
+  config = _config(corpus_dir)
+  return data.load_tokenizer(config.data, workdir, vocab_size=config.model.vocab_size)
 
 
 def _segments(batch, row, side):
@@ -122,7 +123,7 @@ def _epoch(iterator, tok):
 def _kept_pairs(config, tok):
   """Training pairs with both sides non-empty and at most max_length tokens
   (EOS included): not pair 10 (empty) nor pair 20 (too long)."""
-  sources, targets = data.load_split_text(config, "train")
+  sources, targets = data.load_split_text(config.data, "train")
   kept = [(s, t) for s, t in zip(sources, targets, strict=True)
           if s and t and max(len(tok.encode(s)), len(tok.encode(t))) + 1
           <= config.data.max_length]
@@ -138,21 +139,21 @@ def _kept_pairs(config, tok):
 
 def test_text_folder_reads_plain_and_gz(corpus_dir):
   config = _config(corpus_dir)
-  sources, targets = data.load_split_text(config, "train")
+  sources, targets = data.load_split_text(config.data, "train")
   expected = synthetic.generate(TRAIN_SIZE, 20, 5, seed=7)["train"]
   assert len(sources) == len(targets) == TRAIN_SIZE
   assert sources[0] == expected[0][0] and targets[0] == expected[1][0]
   assert "Ä" in "".join(targets) or "ü" in "".join(targets)
   # The direction comes from the config.
   config.data.source_lang, config.data.target_lang = "de", "en"
-  reverse = data.load_split_text(config, "train")
+  reverse = data.load_split_text(config.data, "train")
   assert reverse == (targets, sources)
 
 
 def test_batches_respect_budget_and_are_consistent(corpus_dir, workdir, tok):
   config = _config(corpus_dir)
   kept = set(_kept_pairs(config, tok))
-  with data.make_train_iterator(config, tok, workdir) as iterator:
+  with data.make_train_iterator(config.data, tok, workdir) as iterator:
     assert iterator.batch_shape == (512 // 64, 64)
     for _ in range(5):
       batch = next(iterator)
@@ -169,7 +170,7 @@ def test_batches_respect_budget_and_are_consistent(corpus_dir, workdir, tok):
 def test_epoch_covers_every_kept_pair_once_and_drops_the_rest(
     corpus_dir, workdir, tok):
   config = _config(corpus_dir)
-  with data.make_train_iterator(config, tok, workdir) as iterator:
+  with data.make_train_iterator(config.data, tok, workdir) as iterator:
     pairs = _epoch(iterator, tok)
     second = _epoch(iterator, tok)
   assert sorted(pairs) == sorted(_kept_pairs(config, tok))
@@ -178,18 +179,18 @@ def test_epoch_covers_every_kept_pair_once_and_drops_the_rest(
 
 def test_row_multiple(corpus_dir, workdir, tok):
   config = _config(corpus_dir, batch_tokens=64 * 7)
-  with data.make_train_iterator(config, tok, workdir,
+  with data.make_train_iterator(config.data, tok, workdir,
                                 row_multiple=3) as iterator:
     assert iterator.batch_shape == (6, 64)
     assert next(iterator)["inputs"].shape == (6, 64)
   with pytest.raises(ValueError, match="raise data.batch_tokens"):
-    data.make_train_iterator(config, tok, workdir, row_multiple=8)
+    data.make_train_iterator(config.data, tok, workdir, row_multiple=8)
 
 
 def test_bucket_batches(corpus_dir, workdir, tok):
   config = _config(corpus_dir, batching="bucket")
   kept = set(_kept_pairs(config, tok))
-  with data.make_train_iterator(config, tok, workdir,
+  with data.make_train_iterator(config.data, tok, workdir,
                                 row_multiple=2) as iterator:
     assert iterator.batch_shape is None
     for _ in range(6):
@@ -205,11 +206,11 @@ def test_bucket_batches(corpus_dir, workdir, tok):
 
 def test_deterministic_by_seed(corpus_dir, workdir, tok):
   config = _config(corpus_dir, prefetch=0)
-  first = [next(data.make_train_iterator(config, tok, workdir))["inputs"]
+  first = [next(data.make_train_iterator(config.data, tok, workdir))["inputs"]
            for _ in range(2)]
   np.testing.assert_array_equal(first[0], first[1])
   config.data.seed = 1
-  other = next(data.make_train_iterator(config, tok, workdir))["inputs"]
+  other = next(data.make_train_iterator(config.data, tok, workdir))["inputs"]
   assert not np.array_equal(first[0], other)
 
 
@@ -217,14 +218,14 @@ def test_deterministic_by_seed(corpus_dir, workdir, tok):
 def test_restored_state_reproduces_the_next_batches(corpus_dir, workdir, tok,
                                                     batching):
   config = _config(corpus_dir, batching=batching)
-  with data.make_train_iterator(config, tok, workdir) as iterator:
+  with data.make_train_iterator(config.data, tok, workdir) as iterator:
     for _ in range(7):  # Past the end of the first epoch for "pack".
       next(iterator)
     state = iterator.get_state()
     expected = [next(iterator) for _ in range(12)]
   state = json.loads(json.dumps(state))  # As a checkpoint would store it.
   config.data.prefetch = 0  # Restoring works with or without prefetch.
-  with data.make_train_iterator(config, tok, workdir) as restored:
+  with data.make_train_iterator(config.data, tok, workdir) as restored:
     restored.set_state(state)
     for want in expected:
       got = next(restored)
@@ -234,9 +235,9 @@ def test_restored_state_reproduces_the_next_batches(corpus_dir, workdir, tok,
 
 def test_state_from_another_setup_is_rejected(corpus_dir, workdir, tok):
   config = _config(corpus_dir)
-  with data.make_train_iterator(config, tok, workdir) as iterator:
+  with data.make_train_iterator(config.data, tok, workdir) as iterator:
     state = iterator.get_state()
-  with data.make_train_iterator(config, tok, workdir, process_index=1,
+  with data.make_train_iterator(config.data, tok, workdir, process_index=1,
                                 process_count=2) as other:
     with pytest.raises(ValueError, match="process_index"):
       other.set_state(state)
@@ -246,7 +247,7 @@ def test_two_processes_are_disjoint_and_complete(corpus_dir, workdir, tok):
   config = _config(corpus_dir)
   halves = []
   for process_index in range(2):
-    with data.make_train_iterator(config, tok, workdir,
+    with data.make_train_iterator(config.data, tok, workdir,
                                   process_index=process_index,
                                   process_count=2) as iterator:
       # Each process holds half of the global budget.
@@ -261,7 +262,7 @@ def test_bucket_shapes_agree_across_processes(corpus_dir, workdir, tok):
   config = _config(corpus_dir, batching="bucket", prefetch=0)
   shapes = []
   for process_index in range(2):
-    iterator = data.make_train_iterator(config, tok, workdir,
+    iterator = data.make_train_iterator(config.data, tok, workdir,
                                         process_index=process_index,
                                         process_count=2)
     shapes.append([next(iterator)["inputs"].shape for _ in range(12)])
@@ -274,7 +275,7 @@ def test_dropped_iterator_stops_its_prefetch_thread(corpus_dir, workdir, tok):
     return [t for t in threading.enumerate()
             if t.name == "TrainIteratorPrefetch" and t.is_alive()]
   before = len(threads())
-  iterator = data.make_train_iterator(_config(corpus_dir), tok, workdir)
+  iterator = data.make_train_iterator(_config(corpus_dir).data, tok, workdir)
   next(iterator)
   assert len(threads()) == before + 1
   del iterator
@@ -292,8 +293,8 @@ def test_dropped_iterator_stops_its_prefetch_thread(corpus_dir, workdir, tok):
 
 def test_eval_sentences_once_in_order_untruncated(corpus_dir, workdir, tok):
   config = _config(corpus_dir)
-  sources, references = data.load_split_text(config, "validation")
-  batches = data.eval_batches(config, tok, workdir, "validation", batch_size=8)
+  sources, references = data.load_split_text(config.data, "validation")
+  batches = data.eval_batches(config.data, tok, workdir, "validation", batch_size=8)
   assert len(batches) == 3  # 20 sentences: 8 + 8 + 4 and 4 filler rows.
   indices = np.concatenate([b["index"] for b in batches])
   np.testing.assert_array_equal(indices, list(range(20)) + [-1] * 4)
@@ -319,39 +320,41 @@ def test_tokenizer_is_reused_on_restart(corpus_dir, workdir, tok, monkeypatch):
   def fail(*args, **kwargs):
     raise AssertionError("retrained")
   monkeypatch.setattr(tokenizer_lib, "train_tokenizer", fail)
-  again = data.load_tokenizer(_config(corpus_dir), workdir)
+  config = _config(corpus_dir)
+  again = data.load_tokenizer(config.data, workdir, vocab_size=config.model.vocab_size)
   assert again.fingerprint == tok.fingerprint
   with pytest.raises(ValueError, match="model.vocab_size=300"):
     config = _config(corpus_dir)
     config.model.vocab_size = 300
-    data.load_tokenizer(config, workdir)
+    data.load_tokenizer(config.data, workdir, vocab_size=config.model.vocab_size)
 
 
 def test_given_tokenizer_path(corpus_dir, tmp_path, tok):
   config = _config(corpus_dir, tokenizer_path=tok.path)
-  assert data.load_tokenizer(config, str(tmp_path)).fingerprint == tok.fingerprint
+  given = data.load_tokenizer(config.data, str(tmp_path), vocab_size=config.model.vocab_size)
+  assert given.fingerprint == tok.fingerprint
   config.model.vocab_size = 150
   with pytest.raises(ValueError, match="--config.model.vocab_size=200"):
-    data.load_tokenizer(config, str(tmp_path))
+    data.load_tokenizer(config.data, str(tmp_path), vocab_size=config.model.vocab_size)
 
 
 def test_vocab_too_large_for_corpus_names_the_field(corpus_dir, tmp_path):
   config = _config(corpus_dir)
   config.model.vocab_size = 50_000
   with pytest.raises(ValueError, match="config.model.vocab_size"):
-    data.load_tokenizer(config, str(tmp_path))
+    data.load_tokenizer(config.data, str(tmp_path), vocab_size=config.model.vocab_size)
 
 
 def test_token_ids_are_cached(corpus_dir, workdir, tok, monkeypatch):
   config = _config(corpus_dir)
-  first = data.tokenize_split(config, tok, workdir, "train")
+  first = data.tokenize_split(config.data, tok, workdir, "train")
   def fail(*args, **kwargs):
     raise AssertionError("re-tokenized")
   monkeypatch.setattr(tok, "encode_batch", fail)
-  again = data.tokenize_split(config, tok, workdir, "train")
+  again = data.tokenize_split(config.data, tok, workdir, "train")
   np.testing.assert_array_equal(first.source_ids, again.source_ids)
   np.testing.assert_array_equal(first.target_offsets, again.target_offsets)
-  assert list(first.source(0)) == tok.encode(data.load_split_text(config, "train")[0][0])
+  assert list(first.source(0)) == tok.encode(data.load_split_text(config.data, "train")[0][0])
   cached = os.listdir(os.path.join(workdir, "data_cache"))
   assert len(cached) == 1 and cached[0].startswith("text-corpus")
   entries = os.listdir(os.path.join(workdir, "data_cache", cached[0]))
@@ -371,62 +374,62 @@ def _bad_folder(tmp_path, files):
 def test_line_count_mismatch(tmp_path):
   config = _bad_folder(tmp_path, {"train.en": b"a\nb\nc\n", "train.de": b"x\ny\n"})
   with pytest.raises(ValueError, match=r"train.en has 3 lines but .*train.de has 2"):
-    data.load_split_text(config, "train")
+    data.load_split_text(config.data, "train")
 
 
 def test_invalid_utf8_names_file_and_line(tmp_path):
   config = _bad_folder(tmp_path, {"train.en": b"a\nb\nc\n",
                                   "train.de": b"x\ny\n\xff\xfe kaputt\n"})
   with pytest.raises(ValueError, match=r"train.de line 3 is not valid UTF-8"):
-    data.load_split_text(config, "train")
+    data.load_split_text(config.data, "train")
 
 
 def test_invalid_utf8_in_gz(tmp_path):
   config = _bad_folder(tmp_path, {"train.en": b"a\nb\n",
                                   "train.de.gz": gzip.compress(b"x\n\xc3(\n")})
   with pytest.raises(ValueError, match=r"train.de.gz line 2 is not valid UTF-8"):
-    data.load_split_text(config, "train")
+    data.load_split_text(config.data, "train")
 
 
 def test_missing_split_file(tmp_path):
   config = _bad_folder(tmp_path, {"train.en": b"a\n", "train.de": b"x\n"})
   with pytest.raises(FileNotFoundError,
                      match=r"Missing .*validation.en \(or .gz\) for split 'validation'"):
-    data.load_split_text(config, "validation")
+    data.load_split_text(config.data, "validation")
   config.data.target_lang = "fr"
   with pytest.raises(FileNotFoundError, match=r"train.fr"):
-    data.load_split_text(config, "train")
+    data.load_split_text(config.data, "train")
 
 
 def test_empty_corpus(tmp_path):
   config = _bad_folder(tmp_path, {"train.en": b"", "train.de": b""})
   with pytest.raises(ValueError, match="has no sentence pairs"):
-    data.load_split_text(config, "train")
+    data.load_split_text(config.data, "train")
 
 
 def test_all_pairs_dropped(tmp_path):
   config = _bad_folder(tmp_path, {"train.en": b"a\n\n" * 40,
                                   "train.de": b"\nb\n" * 40})
   config.model.vocab_size = 8
-  tok = data.load_tokenizer(config, str(tmp_path / "w"))
+  tok = data.load_tokenizer(config.data, str(tmp_path / "w"), vocab_size=config.model.vocab_size)
   with pytest.raises(ValueError, match="80 dropped|80 empty"):
-    data.make_train_iterator(config, tok, str(tmp_path / "w"))
+    data.make_train_iterator(config.data, tok, str(tmp_path / "w"))
 
 
 def test_missing_dir(tmp_path):
   config = _config(tmp_path / "nope")
   with pytest.raises(FileNotFoundError, match="does not exist"):
-    data.load_split_text(config, "train")
+    data.load_split_text(config.data, "train")
   config.data.dir = ""
   with pytest.raises(ValueError, match="--config.data.dir"):
-    data.load_split_text(config, "train")
+    data.load_split_text(config.data, "train")
 
 
 def test_bad_config_values(corpus_dir):
   with pytest.raises(ValueError, match="data.source"):
-    data.load_split_text(_config(corpus_dir, source="csv"), "train")
+    data.load_split_text(_config(corpus_dir, source="csv").data, "train")
   with pytest.raises(ValueError, match="data.batching"):
-    data.load_split_text(_config(corpus_dir, batching="sort"), "train")
+    data.load_split_text(_config(corpus_dir, batching="sort").data, "train")
 
 
 # ---------------------------------------------------------------------------
@@ -437,17 +440,17 @@ def test_synthetic_source(tmp_path):
   config = _config("", source="synthetic", synthetic_train_size=200,
                    synthetic_dev_size=10, synthetic_test_size=10)
   workdir = str(tmp_path)
-  tok = data.load_tokenizer(config, workdir)
-  in_memory = data.load_split_text(config, "test")
-  assert data.load_split_text(config, "test", workdir=workdir) == in_memory
+  tok = data.load_tokenizer(config.data, workdir, vocab_size=config.model.vocab_size)
+  in_memory = data.load_split_text(config.data, "test")
+  assert data.load_split_text(config.data, "test", workdir=workdir) == in_memory
   assert len(in_memory[0]) == 10
   folder = [n for n in os.listdir(os.path.join(workdir, "data_cache"))
             if n.startswith("synthetic-")]
   assert folder == ["synthetic-seed0-200-10-10"]
-  batches = data.eval_batches(config, tok, workdir, "test", batch_size=4)
+  batches = data.eval_batches(config.data, tok, workdir, "test", batch_size=4)
   decoded = [p for b in batches for p in _check_batch(b, tok)]
   assert decoded == list(zip(*in_memory, strict=True))
-  with data.make_train_iterator(config, tok, workdir) as iterator:
+  with data.make_train_iterator(config.data, tok, workdir) as iterator:
     _check_batch(next(iterator), tok)
 
 
@@ -482,10 +485,10 @@ def test_tfds_mock_data_direction_from_config(tmp_path):
 
   config = _tfds_config()
   with tfds.testing.mock_data(as_dataset_fn=as_dataset):
-    sources, targets = data.load_split_text(config, "validation")
+    sources, targets = data.load_split_text(config.data, "validation")
     assert (sources, targets) == (list(pairs[0]), list(pairs[1]))
-    tok = data.load_tokenizer(config, str(tmp_path))
-    with data.make_train_iterator(config, tok, str(tmp_path)) as iterator:
+    tok = data.load_tokenizer(config.data, str(tmp_path), vocab_size=config.model.vocab_size)
+    with data.make_train_iterator(config.data, tok, str(tmp_path)) as iterator:
       decoded = _epoch(iterator, tok)
   assert sorted(decoded) == sorted(zip(*pairs, strict=True))
   assert os.listdir(tmp_path / "data_cache") == ["tfds-wmt14_translate_de-en"]
@@ -497,10 +500,10 @@ def test_tfds_not_prepared_names_dataset_and_command(tmp_path):
   with pytest.raises(FileNotFoundError,
                      match=r"wmt14_translate/de-en is not prepared(.|\n)*"
                      r"download_and_prepare"):
-    data.load_split_text(config, "validation")
+    data.load_split_text(config.data, "validation")
   config.data.source_lang = "fr"
   with pytest.raises(ValueError, match="'fr' is not one of them"):
-    data.load_split_text(config, "validation")
+    data.load_split_text(config.data, "validation")
 
 
 # ---------------------------------------------------------------------------
@@ -516,9 +519,9 @@ def test_multi30k_padding_efficiency(tmp_path):
   config.data.dir = MULTI30K
   config.data.prefetch = 0
   workdir = str(tmp_path)
-  tok = data.load_tokenizer(config, workdir)
+  tok = data.load_tokenizer(config.data, workdir, vocab_size=config.model.vocab_size)
   assert tok.vocab_size == config.model.vocab_size
-  with data.make_train_iterator(config, tok, workdir) as iterator:
+  with data.make_train_iterator(config.data, tok, workdir) as iterator:
     for _ in range(40):
       batch = next(iterator)
       assert batch["inputs"].size <= config.data.batch_tokens
@@ -572,7 +575,7 @@ def test_first_fit_matches_a_plain_python_first_fit(seed):
 def test_resumed_iterator_equals_an_uninterrupted_one_across_epochs(
     corpus_dir, workdir, tok):
   config = _config(corpus_dir, prefetch=0)
-  with data.make_train_iterator(config, tok, workdir) as reference:
+  with data.make_train_iterator(config.data, tok, workdir) as reference:
     states, batches = [], []
     while reference.epoch < 2:  # Two epoch boundaries.
       states.append(reference.get_state())
@@ -585,7 +588,7 @@ def test_resumed_iterator_equals_an_uninterrupted_one_across_epochs(
   # epoch's last batch continues across the boundary exactly.
   config = _config(corpus_dir, prefetch=3, workers=2)
   for i in [0] + [k - 1 for k in last_of_epoch]:
-    with data.make_train_iterator(config, tok, workdir) as restored:
+    with data.make_train_iterator(config.data, tok, workdir) as restored:
       restored.set_state(json.loads(json.dumps(states[i])))
       for want in batches[i:]:
         got = next(restored)
@@ -611,7 +614,7 @@ def test_killed_tokenization_leaves_no_trusted_cache(corpus_dir, tmp_path, tok,
     return encode(texts)
   monkeypatch.setattr(tok, "encode_batch", dies_at_the_third_chunk)
   with pytest.raises(KeyboardInterrupt):
-    data.tokenize_split(config, tok, workdir, "train")
+    data.tokenize_split(config.data, tok, workdir, "train")
   monkeypatch.setattr(tok, "encode_batch", encode)
   root = os.path.join(workdir, "data_cache")
   (key,) = os.listdir(root)
@@ -623,16 +626,16 @@ def test_killed_tokenization_leaves_no_trusted_cache(corpus_dir, tmp_path, tok,
   os.makedirs(stale)
   with open(os.path.join(stale, "source_ids.bin"), "wb") as f:
     f.write(b"\x01\x00" * 10)
-  built = data.tokenize_split(config, tok, workdir, "train")
+  built = data.tokenize_split(config.data, tok, workdir, "train")
   assert os.listdir(os.path.join(root, key)) == [name]
   assert len(built) == TRAIN_SIZE
-  sources, _ = data.load_split_text(config, "train")
+  sources, _ = data.load_split_text(config.data, "train")
   assert list(built.source(TRAIN_SIZE - 1)) == tok.encode(sources[-1])
   # A damaged complete cache (a truncated file) is rebuilt, not trusted.
   expected = np.array(built.target_ids)
   ids = os.path.join(root, key, name, "target_ids.bin")
   os.truncate(ids, os.path.getsize(ids) - 2)
-  again = data.tokenize_split(config, tok, workdir, "train")
+  again = data.tokenize_split(config.data, tok, workdir, "train")
   np.testing.assert_array_equal(again.target_ids, expected)
 
 
@@ -641,22 +644,22 @@ def test_errors_name_the_line_in_any_chunk(tmp_path, monkeypatch):
   config = _bad_folder(tmp_path, {"train.en": b"a\nb\nc\nd\ne\n",
                                   "train.de": b"v\nw\nx\ny\n\xff\n"})
   with pytest.raises(ValueError, match=r"train.de line 5 is not valid UTF-8"):
-    data.load_split_text(config, "train")
+    data.load_split_text(config.data, "train")
   config = _bad_folder(tmp_path, {"train.en": b"a\nb\nc\nd\ne\n",
                                   "train.de": b"v\nw\nx\n"})
   with pytest.raises(ValueError, match=r"train.en has 5 lines but .*train.de has 3"):
-    data.load_split_text(config, "train")
+    data.load_split_text(config.data, "train")
   config = _bad_folder(tmp_path, {"train.en": b"a\nb\n",
                                   "train.de": b"v\nw\nx\ny\nz\n"})
   with pytest.raises(ValueError, match=r"train.en has 2 lines but .*train.de has 5"):
-    data.load_split_text(config, "train")
+    data.load_split_text(config.data, "train")
 
 
 def test_tokenizer_sample_is_uniform_seeded_and_in_corpus_order(
     corpus_dir, monkeypatch):
   config = _config(corpus_dir, tokenizer_sample_sentences=100)
-  sources, targets = data.load_split_text(config, "train")
-  sample = data.vocabulary.tokenizer_sample(config, None)
+  sources, targets = data.load_split_text(config.data, "train")
+  sample = data.vocabulary.tokenizer_sample(config.data, None)
   assert len(sample) == 100
   pairs = list(zip(sample[::2], sample[1::2], strict=True))
   where = [sources.index(s) for s, _ in pairs]
@@ -664,12 +667,12 @@ def test_tokenizer_sample_is_uniform_seeded_and_in_corpus_order(
   assert all(targets[i] == t for i, (_, t) in zip(where, pairs, strict=True))
   assert max(where) > 0.7 * TRAIN_SIZE  # Drawn from the whole split.
   monkeypatch.setattr(data.sources, "CHUNK", 7)  # Same chunks' seeds differ,
-  other_chunking = data.vocabulary.tokenizer_sample(config, None)
+  other_chunking = data.vocabulary.tokenizer_sample(config.data, None)
   assert len(other_chunking) == 100 and other_chunking != sample
   monkeypatch.setattr(data.sources, "CHUNK", 20_000)
-  assert data.vocabulary.tokenizer_sample(config, None) == sample  # Seeded.
+  assert data.vocabulary.tokenizer_sample(config.data, None) == sample  # Seeded.
   config.data.seed = 1
-  assert data.vocabulary.tokenizer_sample(config, None) != sample
+  assert data.vocabulary.tokenizer_sample(config.data, None) != sample
   config.data.tokenizer_sample_sentences = 10 * TRAIN_SIZE  # All of it.
-  whole = data.vocabulary.tokenizer_sample(config, None)
+  whole = data.vocabulary.tokenizer_sample(config.data, None)
   assert whole == [x for pair in zip(sources, targets, strict=True) for x in pair]

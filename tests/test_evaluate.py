@@ -53,7 +53,7 @@ def run(tmp_path_factory):
   workdir = str(root / "run")
   config = tiny_config(data_dir)
   checkpoint_lib.save_config(config, workdir)
-  tokenizer = data.load_tokenizer(config, workdir)
+  tokenizer = data.load_tokenizer(config.data, workdir, vocab_size=config.model.vocab_size)
   checkpointer = checkpoint_lib.Checkpointer(workdir, every_steps=1, every_minutes=0, keep=5)
   params = {}
   for step in STEPS:
@@ -158,7 +158,7 @@ def test_evaluation_covers_every_sentence_once_in_order(run):
   tokenizer = run["tokenizer"]
   report = ev.evaluate(run["config"], run["workdir"], split="test", name="copy",
                        translate_fn=copy_translate)
-  sources, references = data.load_split_text(run["config"], "test", workdir=run["workdir"])
+  sources, references = data.load_split_text(run["config"].data, "test", workdir=run["workdir"])
   with open(report["hypotheses"], encoding="utf-8") as f:
     hypotheses = f.read().splitlines()
   # The copy decoder's output is the source, detokenized, in input order.

@@ -224,7 +224,7 @@ def check_config(config: ml_collections.ConfigDict, *, num_devices: int | None =
   _check_mesh_shape(config.train.mesh_shape)
   try:
     model_lib.check_config(config.model)
-    sources.check_config(config)
+    sources.check_config(config.data)
     if num_devices is not None:
       sharding.resolve_mesh_shape(config.train.mesh_shape, num_devices)
   except ValueError as e:

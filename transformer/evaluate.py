@@ -195,7 +195,8 @@ def load_run_tokenizer(config, workdir: str):
         f"The run's tokenizer {trained_path} is missing; without it the "
         "checkpoint's token ids cannot be read. Restore it, or pass the one the "
         "run used with --config.data.tokenizer_path=FILE.")
-  tokenizer = data.load_tokenizer(config, workdir)  # Of model.vocab_size pieces, or an error.
+  tokenizer = data.load_tokenizer(config.data, workdir,  # Of model.vocab_size pieces, or an error.
+                                 vocab_size=config.model.vocab_size)
   if os.path.isfile(trained_path) and os.path.abspath(trained_path) != os.path.abspath(
       tokenizer.path):
     trained = tokenizer_lib.Tokenizer(trained_path)
@@ -361,7 +362,7 @@ def evaluate(config, workdir: str, *, split: str | None = None, source: str | No
     base = os.path.basename(source)
   else:
     split = split or config.data.test_split
-    sources, references = data.load_split_text(config, split, workdir=workdir)
+    sources, references = data.load_split_text(config.data, split, workdir=workdir)
     sources, references = list(sources), list(references)
     base = split
   tokenizer = load_run_tokenizer(config, workdir)

@@ -422,15 +422,16 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   # -- input ----------------------------------------------------------------
   # Process 0 prepares the corpus and the tokenizer; the others then reuse them.
   # load_tokenizer refuses a tokenizer whose size is not model.vocab_size.
-  tokenizer = _primary_first(lambda: data_lib.load_tokenizer(config, workdir),
-                             "preparing the corpus and the tokenizer")
+  tokenizer = _primary_first(
+      lambda: data_lib.load_tokenizer(config.data, workdir, vocab_size=config.model.vocab_size),
+      "preparing the corpus and the tokenizer")
   rules = sharding_lib.logical_axis_rules(t)
   divisor = sharding_lib.batch_divisor(mesh, rules)
   if divisor % jax.process_count():
     raise ValueError(f"The batch is split {divisor} ways, not a multiple of the "
                      f"{jax.process_count()} processes.")
   train_iter = data_lib.make_train_iterator(
-      config, tokenizer, workdir, process_index=jax.process_index(),
+      config.data, tokenizer, workdir, process_index=jax.process_index(),
       process_count=jax.process_count(), row_multiple=divisor // jax.process_count())
 
   # -- model and state --------------------------------------------------------
@@ -473,10 +474,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
 
   @functools.cache  # Read on the first evaluation, then kept for the others.
   def dev_data():
-    batches = data_lib.eval_batches(config, tokenizer, workdir, config.data.dev_split,
+    batches = data_lib.eval_batches(config.data, tokenizer, workdir, config.data.dev_split,
                                     batch_size=eval_batch_size)
     n = t.eval_bleu_sentences
-    sources, references = data_lib.load_split_text(config, config.data.dev_split,
+    sources, references = data_lib.load_split_text(config.data, config.data.dev_split,
                                                     workdir=workdir)
     return batches, list(sources)[:n], list(references)[:n]
 

@@ -28,16 +28,18 @@ Sources (``config.data.source``):
 The direction is always ``data.source_lang`` -> ``data.target_lang``, never
 the order of TFDS's supervised keys.
 
-API (everything a trainer or evaluator needs):
+API (everything a trainer or evaluator needs). Each function takes the
+``config.data`` section (``data_config``), never the whole config:
 
-  load_tokenizer(config, workdir) -> tokenizer.Tokenizer
+  load_tokenizer(data_config, workdir, *, vocab_size) -> tokenizer.Tokenizer
       Loads ``data.tokenizer_path`` or ``<workdir>/tokenizer/spm.model``; on
-      the first run trains it (``model.vocab_size`` pieces, ``data.
+      the first run trains it (``vocab_size`` pieces, ``data.
       tokenizer_type``) on a uniform sample of ``data.tokenizer_sample_
       sentences`` sentences of the whole training split, both languages, and
-      reuses it on restart.
+      reuses it on restart. ``vocab_size`` is ``model.vocab_size``; a
+      loaded tokenizer of another size is an error.
 
-  make_train_iterator(config, tokenizer, workdir, *, process_index=0,
+  make_train_iterator(data_config, tokenizer, workdir, *, process_index=0,
                       process_count=1, row_multiple=1) -> TrainIterator
       Endless, shuffled by ``data.seed`` and epoch. Each ``next()`` is this
       process's part of the global batch, a dict of int32 arrays in the batch
@@ -58,20 +60,20 @@ API (everything a trainer or evaluator needs):
       process_count-th pair); over an epoch the shards cover every kept pair
       once.
 
-  eval_batches(config, tokenizer, workdir, split, *, batch_size) -> list[dict]
+  eval_batches(data_config, tokenizer, workdir, split, *, batch_size) -> list[dict]
       The whole split once, in its original order, ``batch_size`` rows per
       batch, with "index" (original sentence number; -1 on the filler rows of
       the last batch). Nothing dropped or truncated; each batch's S and T are
       the next power of two (>= 8) above its longest sentence.
 
-  load_split_text(config, split, *, workdir=None) -> (sources, references)
+  load_split_text(data_config, split, *, workdir=None) -> (sources, references)
       Raw text of a split, in the order of ``eval_batches``.
 
   read_lines(path) -> list[str]   UTF-8 lines of a plain or gzipped file.
 
   padding_efficiency(batch) -> float   real tokens / slots, both sides.
 
-  tokenize_split(config, tokenizer, workdir, split) -> TokenizedSplit
+  tokenize_split(data_config, tokenizer, workdir, split) -> TokenizedSplit
       Token ids (no EOS) of a whole split, from the cache or built once.
 
 Batch format: see packing.py ("inputs", "targets", their "_segmentation" and

@@ -6,11 +6,11 @@ from transformer import tokens
 from transformer.data import packing, token_cache
 
 
-def eval_batches(config, tokenizer, workdir, split, *, batch_size):
+def eval_batches(data_config, tokenizer, workdir, split, *, batch_size):
   """Every sentence of ``split`` once, in order, in padded batches."""
   if batch_size < 1:
     raise ValueError(f"eval batch_size must be positive, got {batch_size}.")
-  data = token_cache.tokenize_split(config, tokenizer, workdir, split)
+  data = token_cache.tokenize_split(data_config, tokenizer, workdir, split)
   source_lengths = data.source_lengths + 1  # EOS.
   target_lengths = data.target_lengths + 1
   batches = []

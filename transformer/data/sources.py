@@ -20,44 +20,42 @@ BATCHINGS = ("pack", "bucket")
 CHUNK = 20_000  # Pairs per chunk of the stream.
 
 
-def check_config(config):
+def check_config(data_config):
   """The data fields every entry point of the pipeline relies on."""
-  d = config.data
-  if d.source not in SOURCES:
-    raise ValueError(f"Unknown data.source {d.source!r}; use one of {SOURCES}.")
-  if d.batching not in BATCHINGS:
+  if data_config.source not in SOURCES:
+    raise ValueError(f"Unknown data.source {data_config.source!r}; use one of {SOURCES}.")
+  if data_config.batching not in BATCHINGS:
     raise ValueError(
-        f"Unknown data.batching {d.batching!r}; use one of {BATCHINGS}.")
-  if d.source_lang == d.target_lang:
+        f"Unknown data.batching {data_config.batching!r}; use one of {BATCHINGS}.")
+  if data_config.source_lang == data_config.target_lang:
     raise ValueError(
-        f"data.source_lang and data.target_lang are both {d.source_lang!r}.")
-  if d.max_length < 2:
-    raise ValueError(f"data.max_length={d.max_length} must be at least 2 "
+        f"data.source_lang and data.target_lang are both {data_config.source_lang!r}.")
+  if data_config.max_length < 2:
+    raise ValueError(f"data.max_length={data_config.max_length} must be at least 2 "
                      "(one token and EOS).")
-  if d.source == "synthetic":
-    for lang in (d.source_lang, d.target_lang):
+  if data_config.source == "synthetic":
+    for lang in (data_config.source_lang, data_config.target_lang):
       if lang not in synthetic.LANGS:
         raise ValueError(
             f"The synthetic corpus has languages {synthetic.LANGS}; "
             f"data.source_lang/target_lang {lang!r} is not one of them.")
 
 
-def cache_root(config, workdir):
+def cache_root(data_config, workdir):
   """Where token ids and the generated corpus are cached."""
-  if config.data.cache_dir:
-    return config.data.cache_dir
+  if data_config.cache_dir:
+    return data_config.cache_dir
   if not workdir:
     raise ValueError("Set data.cache_dir or give a workdir for the token cache.")
   return os.path.join(workdir, "data_cache")
 
 
-def dataset_name(config):
-  d = config.data
-  if d.source == "tfds":
-    return d.tfds_name
-  if d.source == "synthetic":
+def dataset_name(data_config):
+  if data_config.source == "tfds":
+    return data_config.tfds_name
+  if data_config.source == "synthetic":
     return "the synthetic corpus"
-  return d.dir
+  return data_config.dir
 
 
 # ----------------------------------------------------------------------------
@@ -65,28 +63,27 @@ def dataset_name(config):
 # ----------------------------------------------------------------------------
 
 
-def _synthetic_dir(config, workdir):
+def _synthetic_dir(data_config, workdir):
   """Writes the generated corpus (once) and returns its folder."""
-  d = config.data
-  name = (f"synthetic-seed{d.synthetic_seed}-{d.synthetic_train_size}-"
-          f"{d.synthetic_dev_size}-{d.synthetic_test_size}")
-  directory = os.path.join(cache_root(config, workdir), name)
+  name = (f"synthetic-seed{data_config.synthetic_seed}-{data_config.synthetic_train_size}-"
+          f"{data_config.synthetic_dev_size}-{data_config.synthetic_test_size}")
+  directory = os.path.join(cache_root(data_config, workdir), name)
   start = time.time()
   existed = os.path.isdir(directory)
-  synthetic.write_corpus(directory, d.synthetic_train_size,
-                         d.synthetic_dev_size, d.synthetic_test_size,
-                         d.synthetic_seed)
+  synthetic.write_corpus(directory, data_config.synthetic_train_size,
+                         data_config.synthetic_dev_size, data_config.synthetic_test_size,
+                         data_config.synthetic_seed)
   if not existed:
     logging.info("Generated the synthetic corpus in %s (%.1f s).", directory,
                  time.time() - start)
   return directory
 
 
-def text_dir(config, workdir):
+def text_dir(data_config, workdir):
   """The folder of {split}.{lang} files for "text" and "synthetic"."""
-  if config.data.source == "synthetic":
-    return _synthetic_dir(config, workdir)
-  directory = config.data.dir
+  if data_config.source == "synthetic":
+    return _synthetic_dir(data_config, workdir)
+  directory = data_config.dir
   if not directory:
     raise ValueError(
         "data.source='text' needs a folder of {split}.{lang} files: set "
@@ -188,60 +185,59 @@ def _iter_text_split(directory, split, source_lang, target_lang):
 # ----------------------------------------------------------------------------
 
 
-def _tfds_builder(config):
+def _tfds_builder(data_config):
   import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
-  name = config.data.tfds_name
+  name = data_config.tfds_name
   try:
-    return tfds.builder(name, data_dir=config.data.tfds_data_dir or None)
+    return tfds.builder(name, data_dir=data_config.tfds_data_dir or None)
   except tfds.core.registered.DatasetNotFoundError as e:
     raise ValueError(f"Unknown TFDS dataset data.tfds_name={name!r}.") from e
 
 
-def _prepare_command(config):
-  data_dir = config.data.tfds_data_dir
+def _prepare_command(data_config):
+  data_dir = data_config.tfds_data_dir
   arg = f", data_dir={data_dir!r}" if data_dir else ""
   return ("python -c \"import tensorflow_datasets as tfds; "
-          f"tfds.builder('{config.data.tfds_name}'{arg}).download_and_prepare()\"")
+          f"tfds.builder('{data_config.tfds_name}'{arg}).download_and_prepare()\"")
 
 
-def _iter_tfds_split(config, split):
+def _iter_tfds_split(data_config, split):
   """Yields (sources, targets) chunks of a TFDS split, in stored order."""
   import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
-  d = config.data
-  builder = _tfds_builder(config)
+  builder = _tfds_builder(data_config)
   languages = getattr(builder.info.features, "languages", None) or list(
       builder.info.features.keys())
-  for lang in (d.source_lang, d.target_lang):
+  for lang in (data_config.source_lang, data_config.target_lang):
     if lang not in languages:
       raise ValueError(
-          f"TFDS dataset {d.tfds_name} has languages {list(languages)}; "
+          f"TFDS dataset {data_config.tfds_name} has languages {list(languages)}; "
           f"data.source_lang/target_lang {lang!r} is not one of them.")
   try:
     dataset = builder.as_dataset(split=split, shuffle_files=False)
   except AssertionError as e:  # TFDS's "could not find data".
-    if not d.tfds_download:
+    if not data_config.tfds_download:
       raise FileNotFoundError(
-          f"TFDS dataset {d.tfds_name} is not prepared in "
+          f"TFDS dataset {data_config.tfds_name} is not prepared in "
           f"{builder.data_dir_root}. Prepare it once (needs network):\n  "
-          f"{_prepare_command(config)}\nor set --config.data.tfds_download="
+          f"{_prepare_command(data_config)}\nor set --config.data.tfds_download="
           "True, or point data.tfds_data_dir / $TFDS_DATA_DIR at a prepared "
           "copy.") from e
     try:
       builder.download_and_prepare()
     except Exception as e2:  # pylint: disable=broad-except
       raise RuntimeError(
-          f"Could not download and prepare TFDS dataset {d.tfds_name} "
+          f"Could not download and prepare TFDS dataset {data_config.tfds_name} "
           f"(network needed): {e2}. Prepare it where there is network:\n  "
-          f"{_prepare_command(config)}") from e2
+          f"{_prepare_command(data_config)}") from e2
     dataset = builder.as_dataset(split=split, shuffle_files=False)
   except (KeyError, ValueError) as e:
     raise ValueError(
-        f"TFDS dataset {d.tfds_name} has no split {split!r} (it has "
+        f"TFDS dataset {data_config.tfds_name} has no split {split!r} (it has "
         f"{list(builder.info.splits.keys())}); check data.*_split.") from e
   sources, targets = [], []
   for example in tfds.as_numpy(dataset):
-    sources.append(example[d.source_lang].decode("utf-8").strip())
-    targets.append(example[d.target_lang].decode("utf-8").strip())
+    sources.append(example[data_config.source_lang].decode("utf-8").strip())
+    targets.append(example[data_config.target_lang].decode("utf-8").strip())
     if len(sources) == CHUNK:
       yield sources, targets
       sources, targets = [], []
@@ -254,33 +250,32 @@ def _iter_tfds_split(config, split):
 # ----------------------------------------------------------------------------
 
 
-def iter_split(config, split, workdir):
+def iter_split(data_config, split, workdir):
   """Yields (sources, targets) chunks of a split, in its original order."""
-  check_config(config)
-  if config.data.source == "tfds":
-    yield from _iter_tfds_split(config, split)
+  check_config(data_config)
+  if data_config.source == "tfds":
+    yield from _iter_tfds_split(data_config, split)
     return
-  yield from _iter_text_split(text_dir(config, workdir), split,
-                              config.data.source_lang, config.data.target_lang)
+  yield from _iter_text_split(text_dir(data_config, workdir), split,
+                              data_config.source_lang, data_config.target_lang)
 
 
-def load_split_text(config, split, *, workdir=None):
+def load_split_text(data_config, split, *, workdir=None):
   """Raw (sources, references) of a split, in the order of eval_batches."""
-  check_config(config)
-  if config.data.source == "synthetic" and not (workdir or
-                                                config.data.cache_dir):
-    d = config.data
-    corpus = synthetic.generate(d.synthetic_train_size, d.synthetic_dev_size,
-                                d.synthetic_test_size, d.synthetic_seed)
+  check_config(data_config)
+  if data_config.source == "synthetic" and not (workdir or
+                                                data_config.cache_dir):
+    corpus = synthetic.generate(data_config.synthetic_train_size, data_config.synthetic_dev_size,
+                                data_config.synthetic_test_size, data_config.synthetic_seed)
     if split not in corpus:
       raise ValueError(f"The synthetic corpus has splits {synthetic.SPLITS}; "
                        f"got {split!r}.")
     by_lang = dict(zip(synthetic.LANGS, corpus[split], strict=True))
-    return list(by_lang[d.source_lang]), list(by_lang[d.target_lang])
+    return list(by_lang[data_config.source_lang]), list(by_lang[data_config.target_lang])
   sources, targets = [], []
-  for chunk_sources, chunk_targets in iter_split(config, split, workdir):
+  for chunk_sources, chunk_targets in iter_split(data_config, split, workdir):
     sources.extend(chunk_sources)
     targets.extend(chunk_targets)
   if not sources:
-    raise ValueError(f"Split {split!r} of {dataset_name(config)} is empty.")
+    raise ValueError(f"Split {split!r} of {dataset_name(data_config)} is empty.")
   return sources, targets

@@ -64,11 +64,10 @@ class TokenizedSplit:
     return self.target_ids[self.target_offsets[i]:self.target_offsets[i + 1]]
 
 
-def _dataset_key(config, workdir):
-  d = config.data
-  if d.source == "tfds":
-    return "tfds-" + re.sub(r"[^A-Za-z0-9._-]", "_", d.tfds_name)
-  directory = os.path.abspath(sources_lib.text_dir(config, workdir))
+def _dataset_key(data_config, workdir):
+  if data_config.source == "tfds":
+    return "tfds-" + re.sub(r"[^A-Za-z0-9._-]", "_", data_config.tfds_name)
+  directory = os.path.abspath(sources_lib.text_dir(data_config, workdir))
   # The folder's path and its files' sizes and times: edited data gets a new
   # cache.
   stamp = [directory]
@@ -77,7 +76,7 @@ def _dataset_key(config, workdir):
     stamp.append(f"{name}:{stat.st_size}:{stat.st_mtime_ns}")
   digest = hashlib.sha256("\n".join(stamp).encode()).hexdigest()[:10]
   base = re.sub(r"[^A-Za-z0-9._-]", "_", os.path.basename(directory))
-  return f"{d.source}-{base}-{digest}"
+  return f"{data_config.source}-{base}-{digest}"
 
 
 def _load(path):
@@ -127,13 +126,12 @@ def _remove_stale_builds(path):
       pass
 
 
-def tokenize_split(config, tokenizer, workdir, split):
+def tokenize_split(data_config, tokenizer, workdir, split):
   """Token ids of a whole split (nothing filtered), from the cache or built."""
-  sources_lib.check_config(config)
-  d = config.data
+  sources_lib.check_config(data_config)
   path = os.path.join(
-      sources_lib.cache_root(config, workdir), _dataset_key(config, workdir),
-      f"{split}.{d.source_lang}-{d.target_lang}.{tokenizer.fingerprint}."
+      sources_lib.cache_root(data_config, workdir), _dataset_key(data_config, workdir),
+      f"{split}.{data_config.source_lang}-{data_config.target_lang}.{tokenizer.fingerprint}."
       f"{_FORMAT}")
   cached = _load(path)
   if cached is not None:
@@ -141,22 +139,21 @@ def tokenize_split(config, tokenizer, workdir, split):
   os.makedirs(os.path.dirname(path), exist_ok=True)
   _remove_stale_builds(path)
   with atomic.folder(path) as tmp:
-    meta = _build(config, tokenizer, workdir, split, tmp)
+    meta = _build(data_config, tokenizer, workdir, split, tmp)
   cached = _load(path)
   if cached is None:
     raise RuntimeError(f"The token cache {path} could not be written.")
   logging.info(
       "Tokenized %s split %r (%s->%s): %d pairs, %d tokens in %.1f s "
-      "(%.0f pairs/s, reading included).", sources_lib.dataset_name(config),
-      split, d.source_lang, d.target_lang, meta["num_pairs"],
+      "(%.0f pairs/s, reading included).", sources_lib.dataset_name(data_config),
+      split, data_config.source_lang, data_config.target_lang, meta["num_pairs"],
       meta["source_tokens"] + meta["target_tokens"], meta["seconds"],
       meta["num_pairs"] / max(meta["seconds"], 1e-9))
   return cached
 
 
-def _build(config, tokenizer, workdir, split, directory):
+def _build(data_config, tokenizer, workdir, split, directory):
   """Streams the split's token ids into ``directory``; returns the meta."""
-  d = config.data
   start = time.time()
   dtype = np.dtype(np.uint16 if tokenizer.vocab_size <= 2**16 else np.int32)
   files = {name: open(os.path.join(directory, name + ".bin"), "wb")  # pylint: disable=consider-using-with
@@ -166,7 +163,7 @@ def _build(config, tokenizer, workdir, split, directory):
   try:
     for side in totals:
       np.zeros(1, np.int64).tofile(files[side + "_offsets"])
-    for sources, targets in sources_lib.iter_split(config, split, workdir):
+    for sources, targets in sources_lib.iter_split(data_config, split, workdir):
       for side, texts in (("source", sources), ("target", targets)):
         ids = tokenizer.encode_batch(texts)
         lengths = np.fromiter(map(len, ids), np.int64, len(ids))
@@ -181,9 +178,9 @@ def _build(config, tokenizer, workdir, split, directory):
       f.close()
   if not num_pairs:
     raise ValueError(
-        f"Split {split!r} of {sources_lib.dataset_name(config)} is empty.")
-  meta = {"dataset": sources_lib.dataset_name(config), "split": split,
-          "direction": f"{d.source_lang}-{d.target_lang}",
+        f"Split {split!r} of {sources_lib.dataset_name(data_config)} is empty.")
+  meta = {"dataset": sources_lib.dataset_name(data_config), "split": split,
+          "direction": f"{data_config.source_lang}-{data_config.target_lang}",
           "tokenizer": tokenizer.path, "dtype": dtype.name,
           "num_pairs": num_pairs, "source_tokens": totals["source"],
           "target_tokens": totals["target"],

@@ -329,49 +329,48 @@ def _rows_for(budget, length, row_multiple, what):
   return rows
 
 
-def make_train_iterator(config, tokenizer, workdir, *, process_index=0,
+def make_train_iterator(data_config, tokenizer, workdir, *, process_index=0,
                         process_count=1, row_multiple=1):
   """This process's endless training batches; see the package docstring."""
-  sources_lib.check_config(config)
-  d = config.data
+  sources_lib.check_config(data_config)
   if not 0 <= process_index < process_count:
     raise ValueError(f"process_index={process_index} is not in "
                      f"[0, {process_count}).")
-  if d.workers < 0:
-    raise ValueError(f"data.workers={d.workers} must be >= 0 (0: the prefetch "
+  if data_config.workers < 0:
+    raise ValueError(f"data.workers={data_config.workers} must be >= 0 (0: the prefetch "
                      "thread assembles the batches itself).")
-  data = token_cache.tokenize_split(config, tokenizer, workdir, d.train_split)
+  data = token_cache.tokenize_split(data_config, tokenizer, workdir, data_config.train_split)
   source_lengths = data.source_lengths
   target_lengths = data.target_lengths
   empty = (source_lengths == 0) | (target_lengths == 0)
-  too_long = ~empty & ((source_lengths + 1 > d.max_length) |
-                       (target_lengths + 1 > d.max_length))
+  too_long = ~empty & ((source_lengths + 1 > data_config.max_length) |
+                       (target_lengths + 1 > data_config.max_length))
   kept = np.flatnonzero(~empty & ~too_long)
   logging.info(
       "Training pairs of %s: %d kept, %d dropped as empty, %d dropped as "
-      "longer than data.max_length=%d tokens.", sources_lib.dataset_name(config),
-      len(kept), int(empty.sum()), int(too_long.sum()), d.max_length)
+      "longer than data.max_length=%d tokens.", sources_lib.dataset_name(data_config),
+      len(kept), int(empty.sum()), int(too_long.sum()), data_config.max_length)
   if len(kept) < process_count:
     raise ValueError(
         f"Only {len(kept)} of {len(data)} training pairs of "
-        f"{sources_lib.dataset_name(config)} remain after dropping "
+        f"{sources_lib.dataset_name(data_config)} remain after dropping "
         f"{int(empty.sum())} empty and {int(too_long.sum())} longer than "
-        f"data.max_length={d.max_length}; need at least one per process "
+        f"data.max_length={data_config.max_length}; need at least one per process "
         f"({process_count}).")
   shard = kept[process_index::process_count]
-  budget = d.batch_tokens // process_count
-  options = dict(seed=d.seed, process_index=process_index)
-  if d.batching == "pack":
-    rows = _rows_for(budget, d.max_length, row_multiple, "data.max_length")
+  budget = data_config.batch_tokens // process_count
+  options = dict(seed=data_config.seed, process_index=process_index)
+  if data_config.batching == "pack":
+    rows = _rows_for(budget, data_config.max_length, row_multiple, "data.max_length")
     batcher = _Batcher(data, shard, batching="pack",
-                       shapes=[(rows, d.max_length)], **options)
+                       shapes=[(rows, data_config.max_length)], **options)
   else:
     # "bucket": one set of length buckets for all processes, each weighted by
     # its share of the global batches. A bucket that some process's shard
     # lacks is merged into a neighbour, so that every process can fill every
     # shape.
     longest = np.maximum(source_lengths[kept], target_lengths[kept]) + 1
-    lengths = sorted({min(_bucket_length(n), d.max_length) for n in longest})
+    lengths = sorted({min(_bucket_length(n), data_config.max_length) for n in longest})
     while True:
       bucket_of = np.searchsorted(lengths, longest)
       missing = [b for b in range(len(lengths)) if not all(
@@ -390,4 +389,4 @@ def make_train_iterator(config, tokenizer, workdir, *, process_index=0,
     batcher = _Batcher(data, shard, batching="bucket", shapes=shapes,
                        bucket_weights=weights, **options)
   return TrainIterator(batcher, process_count=process_count,
-                       prefetch=d.prefetch, workers=d.workers)
+                       prefetch=data_config.prefetch, workers=data_config.workers)

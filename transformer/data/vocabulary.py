@@ -11,7 +11,7 @@ from transformer import tokenizer as tokenizer_lib
 from transformer.data import sources as sources_lib
 
 
-def tokenizer_sample(config, workdir):
+def tokenizer_sample(data_config, workdir):
   """A uniform, seeded sample of training pairs, as sentences of both sides.
 
   One streaming pass over the whole split keeps the ``data.tokenizer_sample_
@@ -19,14 +19,14 @@ def tokenizer_sample(config, workdir):
   uniform sample without replacement, decided by ``data.seed`` alone), and
   returns them in corpus order. A split smaller than that is used whole.
   """
-  capacity = max(1, config.data.tokenizer_sample_sentences // 2)
+  capacity = max(1, data_config.tokenizer_sample_sentences // 2)
   kept_priorities = np.empty(0)
   kept_pairs = []  # (index, source, target), aligned with kept_priorities.
   threshold = np.inf  # The capacity-th smallest priority so far.
   index = 0
   for chunk, (sources, targets) in enumerate(
-      sources_lib.iter_split(config, config.data.train_split, workdir)):
-    priorities = np.random.default_rng([config.data.seed, chunk]).random(
+      sources_lib.iter_split(data_config, data_config.train_split, workdir)):
+    priorities = np.random.default_rng([data_config.seed, chunk]).random(
         len(sources))
     candidates = np.flatnonzero(priorities < threshold)
     kept_priorities = np.concatenate([kept_priorities, priorities[candidates]])
@@ -50,20 +50,21 @@ def tokenizer_sample(config, workdir):
   return sentences
 
 
-def load_tokenizer(config, workdir):
+def load_tokenizer(data_config, workdir, *, vocab_size):
   """The shared SentencePiece tokenizer: given, reused, or trained once.
 
   Training is deterministic (seeded sample, SentencePiece's own training), so
   the processes of a multi-host run that each train it get the same
   vocabulary, and on a shared workdir they write the same file.
+  ``vocab_size`` is ``model.vocab_size``: the pieces a trained
+  tokenizer gets, and those a given or reused one must have.
   """
-  sources_lib.check_config(config)
-  vocab_size = config.model.vocab_size
-  if config.data.tokenizer_path:
-    tok = tokenizer_lib.Tokenizer(config.data.tokenizer_path)
+  sources_lib.check_config(data_config)
+  if data_config.tokenizer_path:
+    tok = tokenizer_lib.Tokenizer(data_config.tokenizer_path)
     if tok.vocab_size != vocab_size:
       raise ValueError(
-          f"data.tokenizer_path={config.data.tokenizer_path} has "
+          f"data.tokenizer_path={data_config.tokenizer_path} has "
           f"{tok.vocab_size} pieces but model.vocab_size={vocab_size}; set "
           f"--config.model.vocab_size={tok.vocab_size}.")
     return tok
@@ -79,21 +80,21 @@ def load_tokenizer(config, workdir):
           f"{os.path.dirname(path)} to train a new vocabulary.")
     logging.info("Reusing tokenizer %s (%d pieces).", path, tok.vocab_size)
     return tok
-  if config.data.tokenizer_sample_sentences < 2:
+  if data_config.tokenizer_sample_sentences < 2:
     raise ValueError(
         "data.tokenizer_sample_sentences="
-        f"{config.data.tokenizer_sample_sentences} must be at least 2 (one "
+        f"{data_config.tokenizer_sample_sentences} must be at least 2 (one "
         "pair).")
   start = time.time()
-  sentences = tokenizer_sample(config, workdir)
+  sentences = tokenizer_sample(data_config, workdir)
   sampled = time.time()
   tok = tokenizer_lib.train_tokenizer(
       sentences, path, vocab_size=vocab_size,
-      model_type=config.data.tokenizer_type,
-      character_coverage=config.data.tokenizer_character_coverage)
+      model_type=data_config.tokenizer_type,
+      character_coverage=data_config.tokenizer_character_coverage)
   logging.info(
       "Trained a %d-piece %s tokenizer on %d sentences in %.1f s (sampling "
       "%.1f s, SentencePiece %.1f s): %s", vocab_size,
-      config.data.tokenizer_type, len(sentences), time.time() - start,
+      data_config.tokenizer_type, len(sentences), time.time() - start,
       sampled - start, time.time() - sampled, path)
   return tok
