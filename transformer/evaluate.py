@@ -276,6 +276,23 @@ def translate_sentences(translate_fn: TranslateFn, tokenizer, sentences: list[st
   return hypotheses
 
 
+def _is_empty(hypothesis: str) -> bool:
+  return not hypothesis.strip()
+
+
+def warn_if_empty(is_empty: list[bool], what: str) -> list[int]:
+  """Line numbers (from 1) of the empty translations; logs one warning naming
+  them (the first 10) and ``what`` when there are any."""
+  empty = [i + 1 for i, e in enumerate(is_empty) if e]
+  if empty:
+    logging.warning(
+        "%d of %d translations are empty (lines %s%s of %s). With decode.min_length=0 "
+        "(the paper's search) a model may prefer ending at once; decode.min_length=1 "
+        "forbids it.", len(empty), len(is_empty), ", ".join(map(str, empty[:10])),
+        " ..." if len(empty) > 10 else "", what)
+  return empty
+
+
 def translate_stream(translate_fn: TranslateFn, tokenizer, lines: Iterable[str], out, *,
                      batch_size: int = 64) -> int:
   """Translates lines as they come, ``batch_size`` at a time, in order.
@@ -285,14 +302,13 @@ def translate_stream(translate_fn: TranslateFn, tokenizer, lines: Iterable[str],
   Returns the number of lines translated; warns (log) when any is empty.
   """
   count = 0
-  empty = []  # One entry per empty translation.
+  empty = []  # Whether each translation is empty, for the warning at the end.
   batch = []
 
   def flush(batch):
     for hypothesis in translate_sentences(translate_fn, tokenizer, batch,
                                           batch_size=batch_size):
-      if not hypothesis.strip():
-        empty.append(hypothesis)
+      empty.append(_is_empty(hypothesis))
       out.write(hypothesis + "\n")
     out.flush()
 
@@ -305,10 +321,7 @@ def translate_stream(translate_fn: TranslateFn, tokenizer, lines: Iterable[str],
   if batch:
     flush(batch)
     count += len(batch)
-  if empty:
-    logging.warning("%d of %d translations are empty. With decode.min_length=0 (the "
-                    "paper's search) a model may prefer ending at once; decode.min_length=1 "
-                    "forbids it.", len(empty), count)
+  warn_if_empty(empty, "the input")
   return count
 
 
@@ -394,13 +407,7 @@ def evaluate(config, workdir: str, *, split: str | None = None, source: str | No
     report.update(bleu_lib.compute_bleu(hypotheses, references, lang=config.data.target_lang))
     report["bleu_lowercase"], report["sacrebleu_signature_lowercase"] = (
         bleu_lib.sacrebleu_bleu(hypotheses, references, lowercase=True))
-  empty = [i for i, h in enumerate(hypotheses) if not h.strip()]
-  if empty:
-    logging.warning(
-        "%d of %d translations are empty (lines %s%s of %s). With decode.min_length=0 "
-        "(the paper's search) a model may prefer ending at once; decode.min_length=1 "
-        "forbids it.", len(empty), len(hypotheses), ", ".join(str(i + 1) for i in empty[:10]),
-        " ..." if len(empty) > 10 else "", source or f"split {split}")
+  empty = warn_if_empty([_is_empty(h) for h in hypotheses], source or f"split {split}")
   report.update({
       "num_sentences": len(hypotheses),
       "empty_outputs": len(empty),
