@@ -57,6 +57,10 @@ class Tokenizer:
   def vocab_size(self):
     return self._sp.get_piece_size()
 
+  def serialized_model(self):
+    """The model file's bytes (the model a worker process loads)."""
+    return self._sp.serialized_model_proto()
+
   def encode(self, text):
     """Text -> token ids, without EOS."""
     return self._sp.encode(text, out_type=int)

@@ -7,6 +7,8 @@ One module per job:
                      uniform sample of the whole training split
   token_cache.py     token ids of each split, tokenized once, streamed to
                      disk, mmapped
+  encode_worker.py   the worker processes that encode the text for it, one
+                     per usable core
   packing.py         the batch format; where pairs go in a batch (first-fit)
                      and the copy into batch arrays, both compiled (numba)
   train_iterator.py  shuffled, packed, resumable training batches, assembled

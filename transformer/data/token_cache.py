@@ -9,13 +9,15 @@ A split's cache is a folder ``<cache_root>/<dataset key>/<split>.<src>-<tgt>.
   source_offsets.bin, target_offsets.bin  int64, num_pairs + 1: pair i is
                                           ids[offsets[i]:offsets[i + 1]]
 
-It is built in one pass over the text, a chunk of pairs at a time, so memory
-stays bounded by a chunk whatever the corpus size, and written to a temporary
+It is built in one pass over the text, a chunk of pairs at a time, encoded
+by one worker process per usable core (encode_worker.py), so memory stays
+bounded by a few chunks whatever the corpus size, and written to a temporary
 folder that is renamed into place only once complete: a killed build leaves
 at most a ``.tmp-<host>-<pid>`` folder, which no run trusts and the next
 build on that host removes.
 """
 
+import contextlib
 import dataclasses
 import hashlib
 import itertools
@@ -29,6 +31,7 @@ import numpy as np
 from absl import logging
 
 from transformer import atomic
+from transformer.data import encode_worker
 from transformer.data import sources as sources_lib
 
 _FORMAT = "v2"
@@ -152,6 +155,21 @@ def tokenize_split(data_config, tokenizer, workdir, split):
   return cached
 
 
+def _encoded_chunks(tokenizer, dtype, chunks):
+  """``[(ids, lengths) of the sources, (ids, lengths) of the targets]`` of each
+  chunk, in order: in worker processes, one per usable core, or here for a
+  split of one chunk (evaluation sets, small corpora), which would not repay
+  starting them."""
+  chunks = iter(chunks)
+  first = list(itertools.islice(chunks, 2))
+  if len(first) < 2:
+    for sides in first:
+      yield [encode_worker.flatten(tokenizer.encode_batch(texts), dtype) for texts in sides]
+    return
+  with encode_worker.Pool(tokenizer, dtype) as pool:
+    yield from pool.imap(itertools.chain(first, chunks))
+
+
 def _build(data_config, tokenizer, workdir, split, directory):
   """Streams the split's token ids into ``directory``; returns the meta."""
   start = time.time()
@@ -163,16 +181,15 @@ def _build(data_config, tokenizer, workdir, split, directory):
   try:
     for side in totals:
       np.zeros(1, np.int64).tofile(files[side + "_offsets"])
-    for sources, targets in sources_lib.iter_split(data_config, split, workdir):
-      for side, texts in (("source", sources), ("target", targets)):
-        ids = tokenizer.encode_batch(texts)
-        lengths = np.fromiter(map(len, ids), np.int64, len(ids))
-        count = int(lengths.sum())
-        np.fromiter(itertools.chain.from_iterable(ids), dtype, count).tofile(
-            files[side + "_ids"])
-        (totals[side] + np.cumsum(lengths)).tofile(files[side + "_offsets"])
-        totals[side] += count
-      num_pairs += len(sources)
+    chunks = _encoded_chunks(tokenizer, dtype,
+                             sources_lib.iter_split(data_config, split, workdir))
+    with contextlib.closing(chunks):  # Ends the workers if writing fails.
+      for encoded in chunks:
+        for side, (ids, lengths) in zip(totals, encoded, strict=True):
+          ids.tofile(files[side + "_ids"])
+          (totals[side] + np.cumsum(lengths)).tofile(files[side + "_offsets"])
+          totals[side] += len(ids)
+        num_pairs += len(encoded[0][1])
   finally:
     for f in files.values():
       f.close()
