@@ -15,7 +15,8 @@ configs/wmt14_ende.py:base's data settings, from raw text to batches:
 * tokenizer_seconds: data.load_tokenizer from scratch (sampling the training
   text and training SentencePiece, model.vocab_size pieces).
 * tokenize_pairs_per_second: data.tokenize_split of train from scratch
-  (reading the text, encoding both sides, writing the token-id cache).
+  (reading the text, encoding both sides in ``tokenize_workers`` worker
+  processes, one per usable core, writing the token-id cache).
 * sentencepiece_pairs_per_second: the ceiling for the figure above:
   SentencePiece's own multi-threaded batch encode of the same training text,
   both sides, in chunks of 20000 lines already in memory (reading untimed).
@@ -28,10 +29,12 @@ configs/wmt14_ende.py:base's data settings, from raw text to batches:
 * real_target_tokens_per_second_busy: the same, on a fresh iterator, while
   ``--busy_cores`` other processes each spin a core (a training step's host
   work competes with the pipeline for cores).
-* peak_rss_bytes: this process's peak resident memory (getrusage ru_maxrss),
-  plus the largest exited child's (data workers, if the pipeline has any),
-  read before the busy processes start. A corpus generated in the same run
-  adds its own (bounded, ~0.2 GB) peak: rerun for a clean figure.
+* peak_rss_bytes: the peak resident memory of this process and its children
+  (the tokenization workers) together: the larger of this process's own peak
+  (getrusage ru_maxrss, exact) and the largest sum of the tree's resident
+  memory sampled every 50 ms (/proc, Linux), up to the end of the quiet
+  measurement (the busy processes are not counted). A corpus generated in the
+  same run adds its own (bounded, ~0.2 GB) peak: rerun for a clean figure.
 
 The generated corpus. Words are pseudo-words of random syllables (an English-
 and a German-looking syllable set), ranked by a Zipf-Mandelbrot law over
@@ -56,6 +59,7 @@ import resource
 import shutil
 import sys
 import tempfile
+import threading
 import time
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))  # the repo root
@@ -66,6 +70,7 @@ from absl import app, flags, logging
 
 from configs import wmt14_ende
 from transformer import data
+from transformer.data import encode_worker
 
 
 def _define_flags():
@@ -361,10 +366,60 @@ def machine_info():
           "python": platform.python_version(), "date": time.strftime("%Y-%m-%d")}
 
 
-def _peak_rss():
-  own = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
-  children = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss * 1024
-  return own, children
+def _tree_rss():
+  """Resident bytes of this process and its live descendants, from /proc
+  (Linux); None where there is no /proc. A child that still runs this
+  process's program (between fork and exec) is not counted: its pages are
+  this process's."""
+  try:
+    with open("/proc/self/cmdline", "rb") as f:
+      own_command = f.read()
+  except OSError:
+    return None
+  total, pending = 0, [os.getpid()]
+  while pending:
+    pid = pending.pop()
+    try:
+      if pid != os.getpid():
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+          if f.read() == own_command:
+            continue
+      with open(f"/proc/{pid}/status") as f:
+        total += next(int(line.split()[1]) * 1024 for line in f if line.startswith("VmRSS:"))
+      for task in os.listdir(f"/proc/{pid}/task"):
+        with open(f"/proc/{pid}/task/{task}/children") as f:
+          pending.extend(map(int, f.read().split()))
+    except (OSError, StopIteration, ValueError):
+      pass  # A process that ended while being read.
+  return total
+
+
+class TreeMemory:
+  """The largest sum of resident memory of this process and its children
+  (the tokenization workers), sampled every ``interval`` seconds by a thread.
+
+  getrusage's peak of the children cannot give it: a child's peak includes
+  the parent's image it was forked from, before it ran the worker program,
+  and children alive at the same time add up.
+  """
+
+  def __init__(self, interval=0.05):
+    self.peak = _tree_rss()
+    self._interval = interval
+    self._stop = threading.Event()
+    self._thread = threading.Thread(target=self._sample, daemon=True)
+
+  def _sample(self):
+    while self.peak is not None and not self._stop.wait(self._interval):
+      rss = _tree_rss()
+      self.peak = None if rss is None else max(self.peak, rss)
+
+  def start(self):
+    self._thread.start()
+
+  def stop(self):
+    self._stop.set()
+    self._thread.join()
 
 
 def run_benchmark(corpus_dir, workdir, *, reuse=False, batch_tokens=None, max_length=None,
@@ -385,6 +440,8 @@ def run_benchmark(corpus_dir, workdir, *, reuse=False, batch_tokens=None, max_le
                             max_length=max_length, vocab_size=vocab_size, workers=workers,
                             prefetch=prefetch)
   d = config.data
+  memory = TreeMemory()  # Stopped before the busy processes start.
+  memory.start()
 
   start = time.perf_counter()
   tokenizer = data.load_tokenizer(d, workdir, vocab_size=config.model.vocab_size)
@@ -416,7 +473,8 @@ def run_benchmark(corpus_dir, workdir, *, reuse=False, batch_tokens=None, max_le
   finally:
     it.close()
   del it
-  peak_self, peak_children = _peak_rss()
+  memory.stop()
+  peak_self = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
 
   busy_result = None
   if busy > 0:
@@ -439,6 +497,7 @@ def run_benchmark(corpus_dir, workdir, *, reuse=False, batch_tokens=None, max_le
       "tokenize_pairs_per_second": tokenize_rate,
       "sentencepiece_pairs_per_second": sentencepiece,
       "tokenize_vs_sentencepiece": tokenize_rate / sentencepiece,
+      "tokenize_workers": encode_worker.usable_cores(),
       "make_train_iterator_seconds": iterator_seconds,
       "first_batch_seconds": first_batch_seconds,
       "time_to_first_batch_seconds": (tokenizer_seconds + tokenize_seconds + iterator_seconds
@@ -456,9 +515,9 @@ def run_benchmark(corpus_dir, workdir, *, reuse=False, batch_tokens=None, max_le
       "batches_per_second_busy": busy_result and busy_result["batches_per_second"],
       "real_target_tokens_per_second_busy": (busy_result and
                                              busy_result["real_target_tokens_per_second"]),
-      "peak_rss_bytes": peak_self + peak_children,
+      "peak_rss_bytes": max(peak_self, memory.peak or 0),
       "peak_rss_self_bytes": peak_self,
-      "peak_rss_largest_child_bytes": peak_children,
+      "peak_rss_with_children_sampled_bytes": memory.peak,
       "corpus_tokens": corpus_tokens,
       "config": {"data": d.to_dict(), "model.vocab_size": config.model.vocab_size,
                  "data.workers": d.get("workers")},

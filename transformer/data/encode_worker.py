@@ -2,19 +2,18 @@
 
 SentencePiece's own batch encode runs its threads without the GIL, but turns
 their output into Python lists on one thread, and the cache build then
-flattens those lists into arrays, also on one thread; on a 2-core machine the
-two serial parts cost 10 to 20% of the build. Here each of ``workers``
-processes encodes a whole chunk on one core and flattens it itself, so that
-every part of the work runs on every core, and the parent only reads the text
-and writes the arrays.
+flattens those lists into arrays, also on one thread, while the encoding
+threads wait. Here each worker process encodes one side of a chunk of pairs
+on one core and flattens it itself, so that every part of the work runs on
+every core, and the parent only reads the text and writes the arrays.
 
 A worker is this file run as a script (``python -P encode_worker.py``), not a
 ``multiprocessing`` child: a spawned child re-imports the caller's
 ``__main__``, which a library cannot ask every caller to guard, and this way
 a worker imports numpy and sentencepiece only. It reads pickled messages on
 stdin and answers each on stdout: first the tokenizer's serialized model and
-the id dtype, then one chunk at a time, a list of lists of texts, answered by
-one ``(ids, lengths)`` pair of arrays per list. It exits at the end of its
+the id dtype, then one list of texts at a time (one side of a chunk of
+pairs), answered by its ``(ids, lengths)`` arrays. It exits at the end of its
 input, so a parent that dies (even by SIGKILL) takes its workers with it.
 """
 
@@ -82,14 +81,14 @@ class Pool:
           pass
     self._processes = []
 
-  def imap(self, chunks):
-    """Yields, in order, ``[(ids, lengths) per list of texts]`` of each chunk
-    (a list of lists of texts). At most one chunk per worker is in flight, and
-    the next chunk is read while the workers encode."""
+  def imap(self, texts_lists):
+    """Yields, in order, ``(ids, lengths)`` of each list of texts. At most one
+    list per worker is in flight, and the next list is read while the
+    workers encode."""
     idle = collections.deque(self._processes)
-    busy = collections.deque()  # Oldest chunk first.
-    for chunk in chunks:
-      message = pickle.dumps(chunk, protocol=pickle.HIGHEST_PROTOCOL)
+    busy = collections.deque()  # Oldest list first.
+    for texts in texts_lists:
+      message = pickle.dumps(texts, protocol=pickle.HIGHEST_PROTOCOL)
       result = None
       if not idle:
         process = busy.popleft()
@@ -138,9 +137,8 @@ def _serve():
     model, dtype = pickle.load(stdin)
     processor = spm.SentencePieceProcessor(model_proto=model)
     while True:
-      chunk = pickle.load(stdin)
-      answer = [flatten(processor.encode(texts, out_type=int, num_threads=1), dtype)
-                for texts in chunk]
+      texts = pickle.load(stdin)
+      answer = flatten(processor.encode(texts, out_type=int, num_threads=1), dtype)
       pickle.dump(answer, stdout, protocol=pickle.HIGHEST_PROTOCOL)
       stdout.flush()
   except EOFError:  # The parent is done, or gone.

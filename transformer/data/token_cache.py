@@ -156,7 +156,7 @@ def tokenize_split(data_config, tokenizer, workdir, split):
 
 
 def _encoded_chunks(tokenizer, dtype, chunks):
-  """``[(ids, lengths) of the sources, (ids, lengths) of the targets]`` of each
+  """``((ids, lengths) of the sources, (ids, lengths) of the targets)`` of each
   chunk, in order: in worker processes, one per usable core, or here for a
   split of one chunk (evaluation sets, small corpora), which would not repay
   starting them."""
@@ -164,10 +164,12 @@ def _encoded_chunks(tokenizer, dtype, chunks):
   first = list(itertools.islice(chunks, 2))
   if len(first) < 2:
     for sides in first:
-      yield [encode_worker.flatten(tokenizer.encode_batch(texts), dtype) for texts in sides]
+      yield tuple(encode_worker.flatten(tokenizer.encode_batch(texts), dtype) for texts in sides)
     return
   with encode_worker.Pool(tokenizer, dtype) as pool:
-    yield from pool.imap(itertools.chain(first, chunks))
+    # Each side of each chunk is one job, to keep every worker busy to the end.
+    encoded = pool.imap(itertools.chain.from_iterable(itertools.chain(first, chunks)))
+    yield from zip(encoded, encoded, strict=True)  # (source, target) of each chunk.
 
 
 def _build(data_config, tokenizer, workdir, split, directory):
