@@ -13,11 +13,15 @@ Run card
 
   First run: the tokenizer trains on a uniform 2M-sentence sample of the
   whole training split (data.tokenizer_sample_sentences), then every pair is
-  tokenized once into DIR/data_cache. Measured on a generated corpus of WMT14
-  EN-DE's size (4.5M pairs, WMT-like lengths; benchmarks/input_pipeline.py
-  --pairs=4500000, 2 AMD EPYC cores, 2026-11-25): sample 20 s, SentencePiece
-  training 24 s at 1.8 GiB peak memory, tokenization 255 s, first batch
-  301 s after start. Later runs reuse both.
+  tokenized once into DIR/data_cache, by one worker process per usable core.
+  Measured on a generated corpus of WMT14 EN-DE's size (4.5M pairs, WMT-like
+  lengths; benchmarks/input_pipeline.py --pairs=4500000, 2 AMD EPYC cores):
+  2026-11-25, sample 20 s, SentencePiece training 24 s at 1.8 GiB peak
+  memory, tokenization 255 s, first batch 301 s after start; 2026-11-30 (a
+  slower day of the shared machine, SentencePiece's own encode 17,614
+  pairs/s), sample 25 s, training 29 s, tokenization 280 s (0.91 of
+  SentencePiece's encode), first batch 337 s, peak memory 2.13 GiB. Later
+  runs reuse both.
 
   Paper (newstest2014, tokenized and compound-split BLEU):
     base 27.3 (100K steps, 12 h on 8 P100), big 28.4 (300K steps, 3.5 days).
