@@ -68,8 +68,8 @@ class Pool:
     self.close()
 
   def close(self):
-    """Ends the workers: they finish at the end of their input, or are killed
-    when the parent leaves in the middle of a build."""
+    """Kills and reaps the workers: idle ones at the end of a build, busy ones
+    when the build stops in the middle (an error, Ctrl-C)."""
     for process in self._processes:
       if process.poll() is None:
         process.kill()
