@@ -16,7 +16,8 @@ configs/wmt14_ende.py:base's data settings, from raw text to batches:
   text and training SentencePiece, model.vocab_size pieces).
 * tokenize_pairs_per_second: data.tokenize_split of train from scratch
   (reading the text, encoding both sides in ``tokenize_workers`` worker
-  processes, one per usable core, writing the token-id cache).
+  processes, one per usable core, writing the token-id cache; a corpus of one
+  chunk, 20000 pairs or fewer, is encoded in this process instead).
 * sentencepiece_pairs_per_second: the ceiling for the figure above:
   SentencePiece's own multi-threaded batch encode of the same training text,
   both sides, in chunks of 20000 lines already in memory (reading untimed).

@@ -603,9 +603,9 @@ def test_resumed_iterator_equals_an_uninterrupted_one_across_epochs(
 # Streaming: the token cache and the tokenizer sample.
 
 
-def _children():
-  """Process ids of this process's live children (Linux)."""
-  pid = os.getpid()
+def _children(pid=None):
+  """Process ids of the live children of ``pid`` (default: this process; Linux)."""
+  pid = pid or os.getpid()
   path = f"/proc/{pid}/task/{pid}/children"
   if not os.path.exists(path):
     pytest.skip(f"{path} is not available on this system.")
@@ -732,8 +732,7 @@ data.tokenize_split(config.data, tokenizer.Tokenizer({tok.path!r}), {workdir!r},
   process = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True)
   try:
     assert process.stdout.readline() == "building\n"
-    with open(f"/proc/{process.pid}/task/{process.pid}/children") as f:
-      workers = [int(pid) for pid in f.read().split()]
+    workers = _children(process.pid)
     assert len(workers) == data.encode_worker.usable_cores()
     (key,) = os.listdir(os.path.join(workdir, "data_cache"))
     folder = os.path.join(workdir, "data_cache", key)
@@ -749,7 +748,7 @@ data.tokenize_split(config.data, tokenizer.Tokenizer({tok.path!r}), {workdir!r},
   config = _config(corpus_dir)
   built = data.tokenize_split(config.data, tok, workdir, "train")
   assert os.listdir(folder) == [f"train.en-de.{tok.fingerprint}.v2"]
-  sources, targets = data.load_split_text(config.data, "train")
+  _, targets = data.load_split_text(config.data, "train")
   assert [list(built.target(i)) for i in range(TRAIN_SIZE)] == [tok.encode(t) for t in targets]
 
 
