@@ -82,15 +82,16 @@ def cpu_has_bf16_matmul():
   return bool(flags & {"amx_bf16", "avx512_bf16"})
 
 
-def dtype_name(name):
-  """``config.model.dtype``, with "auto" resolved for the default backend.
+def dtype_name(name, platform=None):
+  """``config.model.dtype``, with "auto" resolved for ``platform`` ("cpu",
+  "gpu", "tpu"; default: JAX's default backend).
 
   "auto" is mixed precision where it pays: bfloat16 compute on GPU and TPU,
   and on a CPU with a bfloat16 matrix engine (``cpu_has_bf16_matmul``);
   float32 on other CPUs. Parameters and the optimizer state keep
   ``model.param_dtype`` either way.
   """
-  cpu = jax.default_backend() == "cpu"
+  cpu = (platform or jax.default_backend()) == "cpu"
   if name == "auto":
     return "bfloat16" if not cpu or cpu_has_bf16_matmul() else "float32"
   if name not in _DTYPES:
@@ -105,9 +106,9 @@ def dtype_name(name):
   return name
 
 
-def get_dtype(name):
+def get_dtype(name, platform=None):
   """The compute dtype for ``config.model.dtype`` ("auto", "float32", ...)."""
-  return _DTYPES[dtype_name(name)]
+  return _DTYPES[dtype_name(name, platform)]
 
 
 # ----------------------------------------------------------------------------
@@ -153,8 +154,9 @@ def _mixed_einsum_bwd(spec, dtype, grad_dtypes, residuals, g):
 _mixed_einsum.defvjp(_mixed_einsum_fwd, _mixed_einsum_bwd)
 
 
-def check_config(cfg):
-  """Raises one clear error for an impossible model config."""
+def check_config(cfg, platform=None):
+  """Raises one clear error for an impossible model config (on ``platform``,
+  default: JAX's default backend)."""
   def choice(field, allowed):
     if cfg[field] not in allowed:
       raise ValueError(
@@ -163,7 +165,7 @@ def check_config(cfg):
   choice("norm_position", _NORM_POSITIONS)
   choice("positional_encoding", _POSITIONAL_ENCODINGS)
   choice("attention_impl", _ATTENTION_IMPLS)
-  dtype_name(cfg.dtype)  # An unknown dtype, or float16 on CPU: one clear error.
+  dtype_name(cfg.dtype, platform)  # An unknown dtype, or float16 on CPU: one clear error.
   choice("param_dtype", _DTYPES)
   for field in ("vocab_size", "num_layers", "d_model", "d_ff", "num_heads", "d_k",
                 "d_v", "max_len"):
@@ -535,10 +537,14 @@ class Transformer(nnx.Module):
   ``encode``, ``init_cache`` and ``decode_step``.
   """
 
-  def __init__(self, cfg, *, rngs):
-    check_config(cfg)
+  def __init__(self, cfg, *, rngs, platform=None):
+    """``platform``: the kind of device the model is compiled for ("cpu",
+    "gpu", "tpu"; default: JAX's default backend). It resolves
+    ``dtype="auto"`` and the fused attention kernel."""
+    platform = platform or jax.default_backend()
+    check_config(cfg, platform)
     self.cfg = cfg
-    dtype, param_dtype = get_dtype(cfg.dtype), _DTYPES[cfg.param_dtype]
+    dtype, param_dtype = get_dtype(cfg.dtype, platform), _DTYPES[cfg.param_dtype]
     self.dtype = dtype
     embed = functools.partial(Embedding, cfg.vocab_size, cfg.d_model, dtype=dtype,
                               param_dtype=param_dtype, rngs=rngs)
@@ -747,12 +753,14 @@ class Transformer(nnx.Module):
     return logits, {"origin": origin, "shared": new_shared}
 
 
-def build_model(model_config, *, seed: int = 0) -> Transformer:
+def build_model(model_config, *, seed: int = 0, platform: str | None = None) -> Transformer:
   """The Transformer of a ``config.model`` section: the one place a model is
   built (training, evaluation, the summary and the benchmarks call it).
 
   Parameters are drawn from the PRNG stream ``params`` seeded with ``seed``,
   dropout masks from the stream ``dropout`` seeded with ``seed + 1``. Wrap it
-  in ``nnx.eval_shape`` for the shapes alone.
+  in ``nnx.eval_shape`` for the shapes alone. ``platform``: the kind of
+  device it is compiled for (default: JAX's default backend).
   """
-  return Transformer(model_config, rngs=nnx.Rngs(params=seed, dropout=seed + 1))
+  return Transformer(model_config, rngs=nnx.Rngs(params=seed, dropout=seed + 1),
+                     platform=platform)

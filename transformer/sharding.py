@@ -19,6 +19,8 @@ All arrays are ``jax.Array``s with a ``NamedSharding`` over one ``Mesh``; the
 train step is a single ``jax.jit`` (no ``pmap``).
 """
 
+import contextlib
+import contextvars
 import math
 from collections.abc import Mapping
 
@@ -116,6 +118,34 @@ def check_divisible(abstract_params, specs, mesh: Mesh):
             f"Parameter {jax.tree_util.keystr(path)} of shape {leaf.shape} cannot be split "
             f"{size} ways over mesh axes {axes} (spec {spec}); change train.mesh_shape or "
             "the model size so that the dimension is divisible.")
+
+
+# (mesh, rules) while a train or eval step traces the model; None otherwise.
+_ACTIVATIONS = contextvars.ContextVar("activation_sharding", default=None)
+
+
+@contextlib.contextmanager
+def activation_sharding(mesh: Mesh, rules):
+  """While the model is traced inside this context, ``constrain`` pins its
+  activations to ``mesh`` under ``rules``; outside it (decoding, tests)
+  ``constrain`` does nothing."""
+  token = _ACTIVATIONS.set((mesh, rules))
+  try:
+    yield
+  finally:
+    _ACTIVATIONS.reset(token)
+
+
+def constrain(x, logical_axes):
+  """``x`` with its sharding pinned to ``logical_axes`` (one name or None per
+  dimension) under the current ``activation_sharding``; ``x`` itself outside
+  one or on a one-device mesh."""
+  context = _ACTIVATIONS.get()
+  if context is None or context[0].size == 1:
+    return x
+  mesh, rules = context
+  return jax.lax.with_sharding_constraint(
+      x, NamedSharding(mesh, logical_to_mesh(logical_axes, rules)))
 
 
 def named(mesh: Mesh, specs):

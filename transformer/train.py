@@ -74,15 +74,17 @@ def initialize_distributed(coordinator_address: str = "", num_processes: int = 1
                              num_processes=num_processes, process_id=process_id)
 
 
-def resolve_config(config: ml_collections.ConfigDict, *,
-                   num_devices: int | None = None) -> ml_collections.ConfigDict:
+def resolve_config(config: ml_collections.ConfigDict, *, num_devices: int | None = None,
+                   platform: str | None = None) -> ml_collections.ConfigDict:
   """The config as the run uses it (a locked copy), after ``checks.check_config``
   of every field: ``model.dtype="auto"`` becomes bfloat16 on GPU/TPU and on a
   CPU with a bfloat16 matrix engine, float32 on other CPUs (mixed precision:
-  params and Adam state stay ``model.param_dtype``)."""
+  params and Adam state stay ``model.param_dtype``). ``platform``: the kind
+  of device the run compiles for (default: JAX's default backend)."""
   checks.check_config(config, num_devices=num_devices)
   config = ml_collections.ConfigDict(config.to_dict())
-  config.model.dtype = model_lib.dtype_name(config.model.dtype)  # Resolves "auto".
+  # Resolves "auto".
+  config.model.dtype = model_lib.dtype_name(config.model.dtype, platform)
   config.lock()
   return config
 
@@ -123,16 +125,22 @@ class TrainSetup:
   init_fn: Callable  # () -> (state, rest), jitted with the state's out_shardings.
 
 
-def _make_model(model_config, seed):
+def _make_model(model_config, seed, platform):
   with nnx.use_eager_sharding(False):  # Shardings come from sharding.py's rules.
-    return model_lib.build_model(model_config, seed=seed)
+    return model_lib.build_model(model_config, seed=seed, platform=platform)
 
 
-def setup_state(config, mesh) -> TrainSetup:
-  """Shapes, shardings and step machinery for the train state (no arrays yet)."""
+def setup_state(config, mesh, *, abstract: bool = False) -> TrainSetup:
+  """Shapes, shardings and step machinery for the train state (no arrays yet).
+
+  The model is built for the platform of the mesh's devices. ``abstract``:
+  create nothing on the devices (``rest`` is then ShapeDtypeStructs too), for
+  meshes of compile-only devices (``transformer/plan.py``).
+  """
   rules = sharding_lib.logical_axis_rules(config.train)
   seed = config.train.seed
-  abstract_model = nnx.eval_shape(lambda: _make_model(config.model, seed))
+  platform = mesh.devices.flat[0].platform
+  abstract_model = nnx.eval_shape(lambda: _make_model(config.model, seed, platform))
   graphdef, abstract_params, _ = nnx.split(abstract_model, nnx.Param, ...)
   param_specs = nnx.to_pure_dict(sharding_lib.state_partition_specs(abstract_params, rules))
   pure_abstract = nnx.to_pure_dict(abstract_params)
@@ -149,7 +157,7 @@ def setup_state(config, mesh) -> TrainSetup:
                      "step": replicated, "rng": replicated}
 
   def init():
-    model = _make_model(config.model, seed)
+    model = _make_model(config.model, seed, platform)
     _, params, rest = nnx.split(model, nnx.Param, ...)
     params = nnx.to_pure_dict(params)
     state = {"params": params, "opt_state": tx.init(params), "step": jnp.int32(0),
@@ -160,8 +168,12 @@ def setup_state(config, mesh) -> TrainSetup:
   abstract_state = jax.tree.map(
       lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
       abstract_state, state_shardings)
-  # The RNG streams only (the parameters are computed and dropped by XLA).
-  rest = jax.jit(lambda: init()[1], out_shardings=replicated)()
+  if abstract:
+    rest = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=replicated),
+                        jax.eval_shape(lambda: init()[1]))
+  else:
+    # The RNG streams only (the parameters are computed and dropped by XLA).
+    rest = jax.jit(lambda: init()[1], out_shardings=replicated)()
   return TrainSetup(config=config, mesh=mesh, rules=rules, graphdef=graphdef, rest=rest,
                     tx=tx, state_shardings=state_shardings, abstract_state=abstract_state,
                     init_fn=jax.jit(init, out_shardings=(state_shardings, replicated)))
@@ -195,7 +207,8 @@ def _loss_sums(setup, params, rest, batch, dropout_key, *, train: bool):
     model.train()
   else:
     model.eval()
-  logits = model(**_model_inputs(batch))  # (B, T, V) float32
+  with sharding_lib.activation_sharding(setup.mesh, setup.rules):
+    logits = model(**_model_inputs(batch))  # (B, T, V) float32
   weights = None
   if "index" in batch:  # Filler rows of an evaluation batch have index -1.
     weights = jnp.broadcast_to((batch["index"] >= 0)[:, None], batch["targets"].shape)
@@ -285,6 +298,11 @@ def make_update_fn(setup: TrainSetup) -> Callable:
       acc = accumulate_jit(state, setup.rest, batch, jnp.int32(i), acc)
     return apply_jit(state, acc)
 
+  # The jitted programs, for ahead-of-time compilation (transformer/plan.py):
+  # fused(state, rest, batch) is the whole update when accumulate_steps == 1;
+  # otherwise zeros(state), accumulate(state, rest, batch, i, acc), apply(state, acc).
+  update.fused, update.zeros = fused_jit, zeros_jit
+  update.accumulate, update.apply = accumulate_jit, apply_jit
   return update
 
 
