@@ -92,11 +92,11 @@ from transformer.data.eval_batches import eval_batches
 from transformer.data.packing import FEATURES, padding_efficiency
 from transformer.data.sources import load_split_text, read_lines
 from transformer.data.token_cache import TokenizedSplit, tokenize_split
-from transformer.data.train_iterator import TrainIterator, make_train_iterator
+from transformer.data.train_iterator import TrainIterator, make_train_iterator, rows_for
 from transformer.data.vocabulary import load_tokenizer
 
 __all__ = [
     "FEATURES", "TokenizedSplit", "TrainIterator", "eval_batches",
     "load_split_text", "load_tokenizer", "make_train_iterator",
-    "padding_efficiency", "read_lines", "tokenize_split",
+    "padding_efficiency", "read_lines", "rows_for", "tokenize_split",
 ]

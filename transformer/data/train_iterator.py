@@ -319,7 +319,9 @@ class TrainIterator:
     return batch
 
 
-def _rows_for(budget, length, row_multiple, what):
+def rows_for(budget, length, row_multiple, what="data.max_length"):
+  """Rows of ``length`` tokens in a batch of ``budget`` tokens per side: a
+  multiple of ``row_multiple`` (one error naming the fix when that is 0)."""
   rows = budget // length // row_multiple * row_multiple
   if rows < 1:
     raise ValueError(
@@ -361,7 +363,7 @@ def make_train_iterator(data_config, tokenizer, workdir, *, process_index=0,
   budget = data_config.batch_tokens // process_count
   options = dict(seed=data_config.seed, process_index=process_index)
   if data_config.batching == "pack":
-    rows = _rows_for(budget, data_config.max_length, row_multiple, "data.max_length")
+    rows = rows_for(budget, data_config.max_length, row_multiple, "data.max_length")
     batcher = _Batcher(data, shard, batching="pack",
                        shapes=[(rows, data_config.max_length)], **options)
   else:
@@ -382,7 +384,7 @@ def make_train_iterator(data_config, tokenizer, workdir, *, process_index=0,
       del lengths[b if b < len(lengths) - 1 else b - 1]
     shapes, weights = [], []
     for b, length in enumerate(lengths):
-      rows = _rows_for(budget, length, row_multiple,
+      rows = rows_for(budget, length, row_multiple,
                        f"bucket of length {length}")
       shapes.append((rows, length))
       weights.append(np.count_nonzero(bucket_of == b) / rows)

@@ -1,0 +1,644 @@
+r"""Pre-flight planner: compile a run for GPUs or TPUs that are not there.
+
+  python -m transformer.plan --config=configs/wmt14_ende.py:base --target=h100 --devices=8
+  python -m transformer.plan --config=configs/wmt14_ende.py:big --target=h100 --devices=8 \
+      --config.train.fsdp=True --config.train.mesh_shape.data=1 \
+      --config.train.mesh_shape.fsdp=-1 --max_batch --json
+
+On this CPU, it compiles the run's real train step (``train.make_update_fn``:
+the same mesh, logical-axis rules, batch shape, dtype, accumulation and
+donated state as training) and the cached beam-search step
+(``decode.decode_padded``) for N compile-only devices of the target, with
+XLA's own GPU or TPU compiler, and allocates and runs nothing. Per device it
+reports:
+
+  memory       parameters, Adam state, the batch, temporaries (activations and
+               everything else XLA keeps live) and the peak, against the
+               memory the target gives JAX; whether it fits.
+  collectives  kind, count and bytes of the step's all-gathers,
+               reduce-scatters, all-reduces, all-to-alls, permutes.
+  cost         FLOPs and bytes accessed from XLA's cost analysis of the
+               optimised program, and a roofline lower bound on the step time
+               from the target's published peak bf16 FLOP/s and memory
+               bandwidth: max(FLOPs / peak, bytes / bandwidth). From it, the
+               best-case MFU, target tokens/s and the time for
+               ``train.num_steps``. Compile-time estimates, never measurements:
+               communication is assumed hidden, GEMM tiles are XLA's defaults
+               (no autotuning without a device), and custom calls (cuDNN
+               attention) are not counted by the cost analysis.
+  --max_batch  the largest ``data.batch_tokens`` whose step fits, found by
+               compiling (the number of compiles is reported).
+
+A config that does not fit exits with status 1, naming the bytes needed and
+available and the largest batch that fits.
+
+Targets: h100, h200 (a GpuTargetConfigProto in ``transformer/targets/``) and
+TPU v5e, v5p, v6e (a topology of libtpu's). It needs the compile-only
+toolchain of the installed JAX version, the CUDA plugin with ptxas and libtpu,
+installed into ``<venv>/planner`` so that ordinary runs never load them:
+
+  pip install --no-deps --target=.venv/planner -r requirements-planner.txt
+
+(or on the path: a machine with ``jax[cuda12]`` installed has them already).
+"""
+
+import os
+import sys
+
+# Before JAX is imported: the compile-only toolchain on the path, and JAX's own
+# backend pinned to this CPU (the planner runs nothing on any device).
+PLANNER_PACKAGES = os.environ.get("TRANSFORMER_PLANNER_PACKAGES",
+                                  os.path.join(sys.prefix, "planner"))
+if os.path.isdir(PLANNER_PACKAGES) and PLANNER_PACKAGES not in sys.path:
+  sys.path.append(PLANNER_PACKAGES)
+if __name__ == "__main__":
+  os.environ["JAX_PLATFORMS"] = "cpu"
+
+import dataclasses  # noqa: E402
+import importlib.util  # noqa: E402
+import json  # noqa: E402
+import math  # noqa: E402
+import re  # noqa: E402
+import time  # noqa: E402
+
+import jax  # noqa: E402
+import jax.numpy as jnp  # noqa: E402
+import ml_collections  # noqa: E402
+import numpy as np  # noqa: E402
+from flax import nnx  # noqa: E402
+from jax.sharding import NamedSharding, PartitionSpec  # noqa: E402
+
+from transformer import data as data_lib  # noqa: E402
+from transformer import decode as decode_lib  # noqa: E402
+from transformer import sharding as sharding_lib  # noqa: E402
+from transformer import tokens  # noqa: E402
+from transformer import train as train_lib  # noqa: E402
+
+GiB = 2**30
+INSTALL = "pip install --no-deps --target=.venv/planner -r requirements-planner.txt"
+
+
+# ---------------------------------------------------------------------------
+# Targets: published figures.
+# ---------------------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class Target:
+  name: str
+  platform: str  # "cuda" or "tpu"
+  memory_bytes: int  # Per device.
+  peak_flops: float  # Dense bf16 FLOP/s per device (tensor cores / MXUs).
+  bandwidth: float  # Memory bytes/s per device.
+  spec: str = ""  # GPU: GpuTargetConfigProto text file in transformer/targets/.
+  topologies: tuple = ()  # TPU: (chips, libtpu topology name) pairs.
+
+
+TARGETS = {
+    # NVIDIA H100 SXM5 datasheet: 989 TFLOPS dense bf16, 3.35 TB/s HBM3.
+    "h100": Target("NVIDIA H100 SXM 80GB", "cuda", 84_942_979_072, 989e12, 3.35e12,
+                   spec="h100_sxm.txtpb"),
+    # NVIDIA H200 SXM datasheet: the same 989 TFLOPS, 4.8 TB/s HBM3e, 141 GB.
+    "h200": Target("NVIDIA H200 SXM 141GB", "cuda", 150_754_820_096, 989e12, 4.8e12,
+                   spec="h200_sxm.txtpb"),
+    # Cloud TPU system architecture pages: per chip peak bf16, HBM, bandwidth.
+    "v5e": Target("TPU v5e", "tpu", 16 * GiB, 197e12, 819e9, topologies=(
+        (1, "v5e:1x1"), (4, "v5e:2x2"), (8, "v5e:2x4"), (16, "v5e:4x4"),
+        (32, "v5e:4x8"), (64, "v5e:8x8"), (128, "v5e:8x16"), (256, "v5e:16x16"))),
+    "v5p": Target("TPU v5p", "tpu", 95 * GiB, 459e12, 2765e9, topologies=(
+        (4, "v5p:2x2x1"), (8, "v5p:2x2x2"), (16, "v5p:2x2x4"), (32, "v5p:2x4x4"),
+        (64, "v5p:4x4x4"))),
+    "v6e": Target("TPU v6e", "tpu", 32 * GiB, 918e12, 1640e9, topologies=(
+        (1, "v6e:1x1"), (4, "v6e:2x2"), (8, "v6e:2x4"), (16, "v6e:4x4"),
+        (32, "v6e:4x8"), (64, "v6e:8x8"), (128, "v6e:8x16"), (256, "v6e:16x16"))),
+}
+
+TARGET_DIR = os.path.join(os.path.dirname(__file__), "targets")
+
+# The fraction of a GPU's memory that JAX's allocator takes by default.
+DEFAULT_GPU_MEM_FRACTION = 0.75
+
+
+class PlanError(ValueError):
+  """A planner input it cannot use (target, device count, missing toolchain)."""
+
+
+def usable_bytes(target: Target) -> tuple[int, str]:
+  """Memory the target gives JAX per device, and how that was derived."""
+  if target.platform != "cuda":
+    return target.memory_bytes, "the chip's HBM"
+  value = os.environ.get("XLA_PYTHON_CLIENT_MEM_FRACTION", "")
+  fraction = float(value) if value else DEFAULT_GPU_MEM_FRACTION
+  how = (f"XLA_PYTHON_CLIENT_MEM_FRACTION={fraction:g} of the GPU's "
+         f"{target.memory_bytes / GiB:.1f} GiB" + ("" if value else " (JAX's default)"))
+  return int(target.memory_bytes * fraction), how
+
+
+def gpu_topology(num_devices: int) -> str:
+  """slices x hosts x devices for ``num_devices`` GPUs in hosts of up to 8."""
+  if num_devices <= 8:
+    return f"1x1x{num_devices}"
+  if num_devices % 8:
+    raise PlanError(f"--devices={num_devices}: more than 8 GPUs come in hosts of 8; "
+                    "use a multiple of 8.")
+  return f"1x{num_devices // 8}x8"
+
+
+def compile_only_devices(target_name: str, num_devices: int):
+  """(devices, topology) of ``num_devices`` compile-only devices of a target."""
+  if target_name not in TARGETS:
+    raise PlanError(f"--target={target_name!r} is not one of {sorted(TARGETS)}.")
+  if num_devices < 1:
+    raise PlanError(f"--devices={num_devices} must be at least 1.")
+  target = TARGETS[target_name]
+  from jax.experimental import topologies
+  if target.platform == "cuda":
+    if importlib.util.find_spec("jax_plugins.xla_cuda12") is None:
+      raise PlanError(
+          f"Compiling for {target.name} needs JAX's CUDA plugin "
+          f"(jax-cuda12-plugin=={jax.__version__}, with jax-cuda12-pjrt and ptxas from "
+          f"nvidia-cuda-nvcc-cu12); install it with: {INSTALL}")
+    with open(os.path.join(TARGET_DIR, target.spec)) as f:
+      spec = f.read()
+    topology = gpu_topology(num_devices)
+    try:
+      devices = topologies.get_topology_desc(platform="cuda", target_config=spec,
+                                             topology=topology).devices
+    except Exception as e:  # The plugin failed to load (e.g. it is of another version).
+      raise PlanError(
+          f"JAX's CUDA plugin could not describe {num_devices} x {target.name}: "
+          f"{' '.join(str(e).split())[:300]}. Install the plugin of JAX {jax.__version__}: "
+          f"{INSTALL}") from e
+    _stand_in_cudnn_version()
+    return devices, topology
+  names = dict(target.topologies)
+  if num_devices not in names:
+    raise PlanError(f"--devices={num_devices}: {target.name} slices here have "
+                    f"{sorted(names)} chips.")
+  if importlib.util.find_spec("libtpu") is None:
+    raise PlanError(f"Compiling for {target.name} needs libtpu (the one of jax[tpu]=="
+                    f"{jax.__version__}); install it with: {INSTALL}")
+  devices = topologies.get_topology_desc(topology_name=names[num_devices],
+                                         platform="tpu").devices
+  return devices, names[num_devices]
+
+
+def _stand_in_cudnn_version():
+  """cuDNN fused attention checks the local cuDNN library's version while
+  tracing; with no GPU there is none, so stand in the version the plugin was
+  built against (the kernel's own shape checks still run)."""
+  from jax._src.cudnn import fused_attention_stablehlo as fused
+  from jax._src.lib import cuda_versions
+  try:
+    fused.check_cudnn_version()
+  except Exception:
+    built = cuda_versions.cudnn_build_version() if cuda_versions is not None else 91000
+    fused.check_cudnn_version = lambda: built
+
+
+# ---------------------------------------------------------------------------
+# Reading a compiled program.
+# ---------------------------------------------------------------------------
+
+_BYTES = {"pred": 1, "s8": 1, "u8": 1, "s16": 2, "u16": 2, "f16": 2, "bf16": 2, "s32": 4,
+          "u32": 4, "f32": 4, "s64": 8, "u64": 8, "f64": 8, "c64": 8, "c128": 16,
+          "f8e4m3fn": 1, "f8e5m2": 1, "s4": 1, "u4": 1}
+_ARRAY = re.compile(r"\b(" + "|".join(_BYTES) + r")\[([0-9,]*)\]")
+COLLECTIVES = ("all-gather", "reduce-scatter", "all-reduce", "all-to-all",
+               "collective-permute", "ragged-all-to-all")
+_INSTRUCTION = re.compile(r"^\s*(?:ROOT\s+)?%\S+\s*=\s*(.*?)\s([a-z][a-z0-9-]*)\(")
+
+
+def _array_bytes(shape_text: str) -> list[int]:
+  return [_BYTES[dt] * math.prod(int(d) for d in dims.split(",") if d)
+          for dt, dims in _ARRAY.findall(shape_text)]
+
+
+def collectives(hlo_text: str) -> dict:
+  """{kind: {"count", "bytes"}} of the collectives in an optimised HLO module
+  (per device: the bytes of each op's result; an async ``-start`` counts once)."""
+  found = {}
+  for line in hlo_text.splitlines():
+    m = _INSTRUCTION.match(line)
+    if not m:
+      continue
+    shape, op = m.groups()
+    kind = op.removesuffix("-start")
+    if kind not in COLLECTIVES:
+      continue
+    sizes = _array_bytes(shape)
+    if op == "all-gather-start" and len(sizes) > 1:  # (operands..., results...)
+      sizes = sizes[len(sizes) // 2:]
+    entry = found.setdefault(kind, {"count": 0, "bytes": 0})
+    entry["count"] += 1
+    entry["bytes"] += sum(sizes)
+  return found
+
+
+def custom_calls(hlo_text: str) -> dict:
+  """{target: count} of the custom calls (cuBLAS, cuDNN, ...) in a module."""
+  counts = {}
+  for target in re.findall(r'custom_call_target="([^"]+)"', hlo_text):
+    counts[target] = counts.get(target, 0) + 1
+  return counts
+
+
+def cost(compiled) -> dict:
+  """FLOPs and bytes accessed per device of a compiled program: the
+  compiler's cost analysis where it gives one (TPU), else XLA's HLO cost
+  analysis of the optimised module (GPU compile-only clients return None).
+  A while loop's body is counted once, whatever its trip count."""
+  analysis = compiled.cost_analysis()
+  if isinstance(analysis, list):
+    analysis = analysis[0] if analysis else None
+  source = "compiler"
+  if not analysis or "flops" not in analysis:
+    from jax._src.lib import _jax
+    module = compiled.runtime_executable().hlo_modules()[0]
+    analysis = _jax.hlo_module_cost_analysis(jax.devices("cpu")[0].client, module)
+    source = "hlo_cost_analysis"
+  return {"flops": float(analysis.get("flops", 0.0)),
+          "bytes_accessed": float(analysis.get("bytes accessed", 0.0)), "source": source}
+
+
+def _shard_bytes(tree) -> int:
+  """Bytes per device of a tree of ShapeDtypeStructs with shardings."""
+  total = 0
+  for leaf in jax.tree.leaves(tree):
+    shape = leaf.sharding.shard_shape(leaf.shape) if leaf.sharding is not None else leaf.shape
+    total += math.prod(shape) * np.dtype(leaf.dtype).itemsize
+  return total
+
+
+def memory(compiled) -> dict:
+  """Per-device bytes of a compiled program: its arguments, outputs not
+  aliased to (donated) arguments, temporaries, and the peak (their sum)."""
+  m = compiled.memory_analysis()
+  out = {"arguments": int(m.argument_size_in_bytes), "outputs": int(m.output_size_in_bytes),
+         "aliased": int(m.alias_size_in_bytes), "temporaries": int(m.temp_size_in_bytes)}
+  out["peak"] = out["arguments"] + out["outputs"] - out["aliased"] + out["temporaries"]
+  return out
+
+
+# ---------------------------------------------------------------------------
+# Compiling the run's programs.
+# ---------------------------------------------------------------------------
+
+
+def _abstract(shape, dtype, mesh, spec):
+  return jax.ShapeDtypeStruct(shape, dtype, sharding=NamedSharding(mesh, spec))
+
+
+def train_batch_rows(config, mesh, rules) -> int:
+  """Rows of the global training batch, as ``data.make_train_iterator`` makes
+  them on one process: ``data.batch_tokens`` per side in rows of
+  ``data.max_length``, a multiple of the batch's split. With
+  ``data.batching="bucket"`` the longest bucket has this shape."""
+  divisor = sharding_lib.batch_divisor(mesh, rules)
+  return data_lib.rows_for(config.data.batch_tokens, config.data.max_length, divisor)
+
+
+def compile_train_step(config, mesh) -> dict:
+  """Compiles the update step of ``config`` on ``mesh`` (ahead of time, from
+  shapes); returns its memory, collectives, cost and custom calls."""
+  setup = train_lib.setup_state(config, mesh, abstract=True)
+  update = train_lib.make_update_fn(setup)
+  rows = train_batch_rows(config, mesh, setup.rules)
+  length = config.data.max_length
+  batch_spec = sharding_lib.batch_spec(setup.rules, 2)
+  batch = {k: _abstract((rows, length), jnp.int32, mesh, batch_spec) for k in data_lib.FEATURES}
+  state = setup.abstract_state
+  start = time.time()
+  if config.train.accumulate_steps == 1:
+    programs = {"update": update.fused.lower(state, setup.rest, batch).compile()}
+  else:
+    replicated = sharding_lib.replicated(mesh)
+    grads, sums = jax.eval_shape(update.zeros, state)
+    acc = (jax.tree.map(lambda g, p: jax.ShapeDtypeStruct(g.shape, g.dtype, sharding=p.sharding),
+                        grads, state["params"]),
+           jax.tree.map(lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=replicated),
+                        sums))
+    index = jax.ShapeDtypeStruct((), jnp.int32, sharding=replicated)
+    programs = {
+        "accumulate": update.accumulate.lower(state, setup.rest, batch, index, acc).compile(),
+        "apply": update.apply.lower(state, acc).compile()}
+  seconds = time.time() - start
+  reports = {}
+  for name, compiled in programs.items():
+    text = compiled.as_text()
+    reports[name] = {"memory": memory(compiled), "collectives": collectives(text),
+                     "cost": cost(compiled), "custom_calls": custom_calls(text),
+                     "while_loops": len(re.findall(r"\swhile\(", text))}
+  params = _shard_bytes(state["params"])
+  opt = _shard_bytes(state["opt_state"])
+  num_params = sum(math.prod(p.shape) for p in jax.tree.leaves(state["params"]))
+  return {"programs": reports, "compile_seconds": round(seconds, 1), "rows": rows,
+          "length": length, "num_parameters": num_params, "parameter_bytes": params,
+          "optimizer_bytes": opt, "batch_bytes": _shard_bytes(batch)}
+
+
+def compile_beam_search(config, mesh) -> dict:
+  """Compiles the cached beam search of evaluation (``decode.decode_padded``)
+  for ``decode.batch_size`` sentences of up to ``data.max_length`` tokens,
+  parameters sharded as in training; returns its memory."""
+  setup = train_lib.setup_state(config, mesh, abstract=True)
+  d = config.decode
+  batch = tokens.bucket(d.batch_size, minimum=1)
+  source_length = tokens.bucket(config.data.max_length)
+  max_length = source_length + d.max_extra_length
+  replicated = sharding_lib.replicated(mesh)
+
+  def search(params, rest, inputs, limits):
+    model = nnx.merge(setup.graphdef, params, rest)
+    return decode_lib.decode_padded(model, inputs, limits, jnp.float32(d.alpha),
+                                    jnp.int32(d.min_length), beam_size=d.beam_size,
+                                    max_length=max_length)
+
+  inputs = _abstract((batch, source_length), jnp.int32, mesh, PartitionSpec())
+  limits = _abstract((batch,), jnp.int32, mesh, PartitionSpec())
+  start = time.time()
+  compiled = jax.jit(search, out_shardings=replicated).lower(
+      setup.abstract_state["params"], setup.rest, inputs, limits).compile()
+  return {"memory": memory(compiled), "collectives": collectives(compiled.as_text()),
+          "sentences": batch, "source_length": source_length, "beam_size": d.beam_size,
+          "max_output_length": max_length, "compile_seconds": round(time.time() - start, 1)}
+
+
+# ---------------------------------------------------------------------------
+# The plan.
+# ---------------------------------------------------------------------------
+
+
+def _platform(target: Target) -> str:
+  return "gpu" if target.platform == "cuda" else "tpu"
+
+
+def _with_batch(config, batch_tokens):
+  config = ml_collections.ConfigDict(config.to_dict())
+  config.data.batch_tokens = int(batch_tokens)
+  return config
+
+
+def _step_peak(train_report) -> int:
+  return max(p["memory"]["peak"] for p in train_report["programs"].values())
+
+
+def roofline(train_report, config, target: Target) -> dict:
+  """A lower bound on the update's time from the compiled programs' FLOPs and
+  bytes accessed, and what it implies. Compile-time estimates."""
+  k = config.train.accumulate_steps
+  programs = train_report["programs"]
+  runs = {"update": 1} if "update" in programs else {"accumulate": k, "apply": 1}
+  flops = sum(programs[n]["cost"]["flops"] * r for n, r in runs.items())
+  accessed = sum(programs[n]["cost"]["bytes_accessed"] * r for n, r in runs.items())
+  math_s, memory_s = flops / target.peak_flops, accessed / target.bandwidth
+  step_s = max(math_s, memory_s)
+  slots = train_report["rows"] * train_report["length"] * k  # Target token slots per update.
+  return {
+      "flops_per_device": flops, "bytes_accessed_per_device": accessed,
+      "math_seconds": math_s, "memory_seconds": memory_s, "step_seconds": step_s,
+      "bound": "memory" if memory_s > math_s else "math",
+      "best_case_mfu": math_s / step_s if step_s else 0.0,
+      "target_tokens_per_second": slots / step_s if step_s else 0.0,
+      "num_steps": config.train.num_steps,
+      "hours_for_num_steps": step_s * config.train.num_steps / 3600,
+      "while_loops": sum(programs[n]["while_loops"] for n in runs),
+  }
+
+
+def search_max_rows(peak_of, rows0, peak0, usable, fixed, *, budget=8, log=print):
+  """The largest rows per batch split whose step fits in ``usable`` bytes,
+  by compiling: a line through the measured (rows, peak) points (``fixed``,
+  the state's bytes, at 0 rows before the second point) proposes the next
+  size; the fitting/failing bracket closes to one row or the budget ends.
+
+  Returns (rows or 0, exact, {rows: peak} of every compile).
+  """
+  seen = {rows0: peak0}
+  while len(seen) - 1 < budget:
+    fits = [r for r, p in seen.items() if p <= usable]
+    fails = [r for r, p in seen.items() if p > usable]
+    lo, hi = max(fits, default=0), min(fails, default=None)
+    if hi is not None and hi - lo <= 1:
+      break
+    # The two measured points nearest the boundary, or the state at 0 rows.
+    points = sorted(seen.items(), key=lambda rp: abs(rp[1] - usable))[:2]
+    if len(points) < 2:
+      points.append((0, fixed))
+    (r1, p1), (r2, p2) = points
+    slope = (p1 - p2) / (r1 - r2) if r1 != r2 and p1 != p2 else max(p1 - fixed, 1) / max(r1, 1)
+    guess = int(r1 + (usable - p1) / slope) if slope > 0 else 2 * max(lo, 1)
+    upper = hi - 1 if hi is not None else max(2 * guess, 2 * lo, 1)
+    guess = min(max(guess, lo + 1), upper)
+    if guess in seen or guess < 1:
+      break
+    log(f"  compiling {guess} rows per split ...")
+    seen[guess] = peak_of(guess)
+  fits = [r for r, p in seen.items() if p <= usable]
+  fails = [r for r, p in seen.items() if p > usable]
+  lo, hi = max(fits, default=0), min(fails, default=None)
+  return lo, hi is not None and hi - lo <= 1, seen
+
+
+def make_plan(config: ml_collections.ConfigDict, target_name: str, num_devices: int, *,
+              max_batch: bool = False, beam_search: bool = True, log=print) -> dict:
+  """Compiles ``config`` for ``num_devices`` compile-only devices of
+  ``target_name`` and returns the plan (see the module docstring)."""
+  devices, topology = compile_only_devices(target_name, num_devices)
+  target = TARGETS[target_name]
+  config = train_lib.resolve_config(config, num_devices=num_devices,
+                                    platform=_platform(target))
+  mesh = sharding_lib.make_mesh(config.train, devices=devices)
+  rules = sharding_lib.logical_axis_rules(config.train)
+  divisor = sharding_lib.batch_divisor(mesh, rules)
+  usable, usable_how = usable_bytes(target)
+  log(f"Compiling the train step of {config.model.num_layers}-layer d_model="
+      f"{config.model.d_model} for {num_devices} x {target.name} ({topology}), mesh "
+      f"{dict(mesh.shape)} ...")
+  train = compile_train_step(config, mesh)
+  peak = _step_peak(train)
+  plan = {
+      "target": target_name, "device": target.name, "devices": num_devices,
+      "topology": topology, "mesh": dict(mesh.shape), "dtype": config.model.dtype,
+      "attention_impl": config.model.attention_impl, "fsdp": bool(config.train.fsdp),
+      "batch": {"batch_tokens": config.data.batch_tokens, "rows": train["rows"],
+                "length": train["length"], "rows_per_split": train["rows"] // divisor,
+                "accumulate_steps": config.train.accumulate_steps},
+      "memory_per_device": {
+          "parameters": train["parameter_bytes"], "optimizer_state": train["optimizer_bytes"],
+          "batch": train["batch_bytes"], "programs": {
+              n: p["memory"] for n, p in train["programs"].items()},
+          "peak": peak, "device_memory": target.memory_bytes, "usable": usable,
+          "usable_is": usable_how},
+      "fits": peak <= usable,
+      "num_parameters": train["num_parameters"],
+      "collectives": {n: p["collectives"] for n, p in train["programs"].items()},
+      "custom_calls": {n: p["custom_calls"] for n, p in train["programs"].items()},
+      "estimate": roofline(train, config, target),
+      "compile_seconds": {"train_step": train["compile_seconds"]},
+      "compiles": 1,
+  }
+  plan["estimate"]["peak_flops"] = target.peak_flops
+  plan["estimate"]["bandwidth"] = target.bandwidth
+  if beam_search:
+    log("Compiling the beam-search step ...")
+    beam = compile_beam_search(config, mesh)
+    plan["beam_search"] = beam
+    plan["compile_seconds"]["beam_search"] = beam["compile_seconds"]
+    plan["compiles"] += 1
+  if max_batch or not plan["fits"]:
+    length = config.data.max_length
+    rows0 = train["rows"] // divisor
+    fixed = train["parameter_bytes"] + train["optimizer_bytes"]
+
+    def peak_of(rows):
+      report = compile_train_step(_with_batch(config, rows * divisor * length), mesh)
+      return _step_peak(report)
+
+    log(f"Searching the largest batch that fits in {usable / GiB:.2f} GiB per device ...")
+    rows, exact, seen = search_max_rows(peak_of, rows0, peak, usable, fixed, log=log)
+    plan["compiles"] += len(seen) - 1
+    plan["max_batch"] = {
+        "rows_per_split": rows, "batch_tokens": rows * divisor * length,
+        "tokens_per_device": rows * length * divisor // num_devices,
+        "exact_to_one_row": exact, "compiles": len(seen),
+        "peaks": {str(r): p for r, p in sorted(seen.items())}}
+  return plan
+
+
+# ---------------------------------------------------------------------------
+# Output.
+# ---------------------------------------------------------------------------
+
+
+def _gib(n):
+  return f"{n / GiB:.2f} GiB" if n >= GiB / 4 else f"{n / 2**20:.1f} MiB"
+
+
+def not_fit_message(plan) -> str:
+  m = plan["memory_per_device"]
+  best = plan.get("max_batch", {})
+  if best.get("rows_per_split"):
+    fix = (f"--config.data.batch_tokens={best['batch_tokens']} fits"
+           + ("" if best["exact_to_one_row"] else " (the largest found)")
+           + "; reach a larger batch with --config.train.accumulate_steps")
+  else:
+    fix = ("not even one row of data.max_length tokens per device fits; shard the "
+           "parameters (--config.train.fsdp=True --config.train.mesh_shape.data=1 "
+           "--config.train.mesh_shape.fsdp=-1), use more devices or lower data.max_length")
+  return (f"does not fit: the step needs {_gib(m['peak'])} ({m['peak']:,} bytes) per device, "
+          f"{plan['device']} gives {_gib(m['usable'])} ({m['usable']:,} bytes; "
+          f"{m['usable_is']}) at data.batch_tokens={plan['batch']['batch_tokens']}; {fix}.")
+
+
+def format_plan(plan) -> str:
+  m, e, b = plan["memory_per_device"], plan["estimate"], plan["batch"]
+  lines = [
+      f"Plan: {plan['devices']} x {plan['device']} (topology {plan['topology']}), mesh "
+      f"{plan['mesh']}, {plan['dtype']}, fsdp={plan['fsdp']}, attention "
+      f"{plan['attention_impl']}; {plan['num_parameters']:,} parameters.",
+      f"Batch: {b['rows']} rows x {b['length']} tokens per side ({b['rows_per_split']} rows "
+      f"per batch split) x {b['accumulate_steps']} micro-batch(es) per update.",
+      "",
+      "Memory per device (compiled):",
+      f"  parameters       {_gib(m['parameters']):>12}",
+      f"  Adam state       {_gib(m['optimizer_state']):>12}",
+      f"  batch            {_gib(m['batch']):>12}",
+  ]
+  for name, pm in m["programs"].items():
+    lines.append(f"  {name}: temporaries {_gib(pm['temporaries'])}, peak {_gib(pm['peak'])}")
+  lines += [
+      f"  peak             {_gib(m['peak']):>12}  of {_gib(m['usable'])} usable "
+      f"({m['usable_is']}): {'fits' if plan['fits'] else 'DOES NOT FIT'}",
+      "",
+      "Collectives per step (count, bytes per device):"]
+  for name, found in plan["collectives"].items():
+    text = ", ".join(f"{k} {v['count']} ({_gib(v['bytes'])})" for k, v in sorted(found.items()))
+    lines.append(f"  {name}: {text or 'none'}")
+  cudnn = {k: v for calls in plan["custom_calls"].values() for k, v in calls.items()
+           if "cudnn" in k}
+  if cudnn:
+    lines.append(f"  cuDNN custom calls: {cudnn}")
+  lines += [
+      "",
+      "Compile-time estimate (a lower bound, not a measurement):",
+      f"  {e['flops_per_device']:.3e} FLOPs and {e['bytes_accessed_per_device']:.3e} bytes "
+      f"accessed per device per update (XLA cost analysis)",
+      f"  math {e['math_seconds'] * 1e3:.2f} ms at {e['peak_flops'] / 1e12:.0f} TFLOP/s, "
+      f"memory {e['memory_seconds'] * 1e3:.2f} ms at {e['bandwidth'] / 1e12:.2f} TB/s: "
+      f"{e['bound']}-bound, step >= {e['step_seconds'] * 1e3:.2f} ms",
+      f"  best-case MFU {100 * e['best_case_mfu']:.1f}%, <= "
+      f"{e['target_tokens_per_second']:,.0f} target token slots/s, >= "
+      f"{e['hours_for_num_steps']:.1f} h for {e['num_steps']:,} steps",
+  ]
+  if e["while_loops"]:
+    lines.append(f"  (the step has {e['while_loops']} while loop(s), whose bodies the cost "
+                 "analysis counts once: FLOPs and bytes are under-counted)")
+  if "beam_search" in plan:
+    bs = plan["beam_search"]
+    lines.append(
+        f"Beam search: {bs['sentences']} sentences x beam {bs['beam_size']}, source "
+        f"{bs['source_length']}, output <= {bs['max_output_length']}: peak "
+        f"{_gib(bs['memory']['peak'])} per device")
+  if "max_batch" in plan:
+    mb = plan["max_batch"]
+    lines.append(
+        f"Largest batch that fits: data.batch_tokens={mb['batch_tokens']} "
+        f"({mb['rows_per_split']} rows per split; "
+        f"{'exact to one row' if mb['exact_to_one_row'] else 'the largest found'}), "
+        f"{mb['compiles']} compiles")
+  lines.append(f"Compile time here: {plan['compile_seconds']} s; {plan['compiles']} compiles.")
+  if not plan["fits"]:
+    lines.append("error: " + not_fit_message(plan))
+  return "\n".join(lines)
+
+
+def main(argv):
+  from absl import flags
+  if len(argv) > 1:
+    raise PlanError(f"Unexpected arguments: {argv[1:]}")
+  f = flags.FLAGS
+  log = (lambda *a: print(*a, file=sys.stderr, flush=True)) if f.json else print
+  plan = make_plan(f.config, f.target, f.devices, max_batch=f.max_batch,
+                   beam_search=f.beam_search, log=log)
+  if f.json:
+    print(json.dumps(plan, indent=2))
+  else:
+    print(format_plan(plan))
+  if not plan["fits"]:
+    if f.json:
+      print("error: " + not_fit_message(plan), file=sys.stderr)
+    sys.exit(1)
+
+
+def _define_flags():
+  from absl import flags
+  from ml_collections import config_flags
+  config_flags.DEFINE_config_file(
+      "config", None, "Experiment config file, e.g. configs/wmt14_ende.py:base.",
+      lock_config=True)
+  flags.DEFINE_enum("target", None, sorted(TARGETS), "Device to compile for.")
+  flags.DEFINE_integer("devices", 8, "Number of devices (TPU: chips of a slice).")
+  flags.DEFINE_bool("json", False, "Print the plan as JSON.")
+  flags.DEFINE_bool("max_batch", False,
+                    "Also find the largest data.batch_tokens that fits, by compiling.")
+  flags.DEFINE_bool("beam_search", True, "Also compile the beam-search step.")
+  flags.mark_flags_as_required(["config", "target"])
+
+
+if __name__ == "__main__":
+  from absl import app
+
+  from transformer import checks
+
+  _define_flags()
+
+  def _main(argv):
+    try:
+      main(argv)
+    except checks.ConfigError as e:
+      checks.exit_with_error(e, 2)
+    except (PlanError, ValueError, OSError) as e:
+      checks.exit_with_error(e, 2 if isinstance(e, PlanError) else 1)
+
+  app.run(_main, flags_parser=checks.parse_flags)
