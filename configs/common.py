@@ -149,6 +149,11 @@ def train_config(num_steps=100_000):
   # --config.train.mesh_shape.data=1 --config.train.mesh_shape.fsdp=-1.
   t.mesh_shape = ml_collections.ConfigDict({"data": -1, "fsdp": 1, "tensor": 1})
   t.fsdp = False  # True: shard parameters and optimizer state over "fsdp".
+  # On a GPU or TPU, compile the train step before any data work and stop with
+  # one error naming the bytes needed and available if it does not fit (one
+  # extra compile; CPUs report no memory limit and skip it). The same check
+  # ahead of time, without the devices: python -m transformer.plan.
+  t.check_memory = True
   # Logging (console, DIR/metrics.jsonl, TensorBoard), evaluation, checkpoints.
   t.log_every_steps = 100
   t.eval_every_steps = 5000  # Dev loss/perplexity and greedy BLEU; 0: never.

@@ -134,6 +134,7 @@ RULES = {
         "accumulate_steps": (int, *_at_least(1)),
         "mesh_shape": (dict, *_ANY),  # Axes and sizes: _check_mesh_shape.
         "fsdp": (bool, *_ANY),
+        "check_memory": (bool, *_ANY),
         "log_every_steps": (int, *_at_least(1)),
         "eval_every_steps": (int, *_at_least(0)),
         "eval_bleu_sentences": (int, *_at_least(0)),

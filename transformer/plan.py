@@ -235,6 +235,36 @@ def collectives(hlo_text: str) -> dict:
   return found
 
 
+_DEFINITION = re.compile(r"^\s*(?:ROOT\s+)?%([^\s=]+)\s*=\s*(.*?)\s([a-z][a-z0-9-]*)\((.*)$")
+_NO_TRAFFIC = ("parameter", "constant", "get-tuple-element", "bitcast", "tuple", "after-all",
+               "opt-barrier", "partition-id", "replica-id")
+
+
+def traffic(hlo_text: str, top: int = 5) -> list[dict]:
+  """The ``top`` instructions of an optimised module's entry computation by
+  memory traffic (bytes of their operands and result, per device), each with
+  the JAX operation it came from: where a step's bytes accessed go."""
+  shapes, entry, in_entry = {}, [], False
+  for line in hlo_text.splitlines():
+    if line.startswith("ENTRY "):
+      in_entry = True
+      continue
+    if in_entry and line.startswith("}"):
+      in_entry = False
+    m = _DEFINITION.match(line)
+    if not m:
+      continue
+    name, shape, op, rest = m.groups()
+    shapes[name] = sum(_array_bytes(shape))
+    if in_entry and op not in _NO_TRAFFIC and not op.endswith("-done"):
+      operands = re.findall(r"%([^\s,)]+)", rest.split(")", 1)[0])
+      source = re.search(r'op_name="([^"]*)"', line)
+      entry.append((name, op, shapes[name], operands, source.group(1) if source else ""))
+  items = [{"bytes": result + sum(shapes.get(o, 0) for o in operands), "instruction": name,
+            "op": op, "from": source} for name, op, result, operands, source in entry]
+  return sorted(items, key=lambda item: -item["bytes"])[:top]
+
+
 def custom_calls(hlo_text: str) -> dict:
   """{target: count} of the custom calls (cuBLAS, cuDNN, ...) in a module."""
   counts = {}
@@ -328,6 +358,7 @@ def compile_train_step(config, mesh) -> dict:
     text = compiled.as_text()
     reports[name] = {"memory": memory(compiled), "collectives": collectives(text),
                      "cost": cost(compiled), "custom_calls": custom_calls(text),
+                     "largest_traffic": traffic(text),
                      "while_loops": len(re.findall(r"\swhile\(", text))}
   params = _shard_bytes(state["params"])
   opt = _shard_bytes(state["opt_state"])
@@ -362,6 +393,38 @@ def compile_beam_search(config, mesh) -> dict:
   return {"memory": memory(compiled), "collectives": collectives(compiled.as_text()),
           "sentences": batch, "source_length": source_length, "beam_size": d.beam_size,
           "max_output_length": max_length, "compile_seconds": round(time.time() - start, 1)}
+
+
+def check_memory(config, mesh, bytes_limit: int | None = None) -> int | None:
+  """Training's pre-flight check (``train.check_memory``): compiles the train
+  step of the resolved ``config`` for ``mesh`` and raises a ValueError naming
+  the bytes needed and available, and a batch that would fit, when its peak
+  exceeds the devices' memory limit (``bytes_limit``, default: what the
+  first device reports). Returns the peak; None, compiling nothing, where the
+  devices report no limit (CPUs)."""
+  if bytes_limit is None:
+    stats = mesh.devices.flat[0].memory_stats() or {}
+    bytes_limit = stats.get("bytes_limit")
+    if not bytes_limit:
+      return None
+  report = compile_train_step(config, mesh)
+  peak = _step_peak(report)
+  if peak > bytes_limit:
+    fixed = report["parameter_bytes"] + report["optimizer_bytes"]
+    divisor = sharding_lib.batch_divisor(mesh, sharding_lib.logical_axis_rules(config.train))
+    rows = report["rows"] // divisor
+    # Memory taken as linear in the rows beyond the state: an estimate.
+    fit_rows = int(rows * (bytes_limit - fixed) / max(peak - fixed, 1))
+    hint = (f"about --config.data.batch_tokens={fit_rows * divisor * report['length']} "
+            "with --config.train.accumulate_steps to keep the batch"
+            if fit_rows >= 1 else "shard the parameters with train.fsdp or use more devices")
+    raise ValueError(
+        f"The train step needs {_gib(peak)} ({peak:,} bytes) per device but "
+        f"{mesh.devices.flat[0].device_kind} gives JAX {_gib(bytes_limit)} "
+        f"({bytes_limit:,} bytes) at data.batch_tokens={config.data.batch_tokens}: "
+        f"{hint} (python -m transformer.plan ... --max_batch finds the largest; "
+        "--config.train.check_memory=False skips this check).")
+  return peak
 
 
 # ---------------------------------------------------------------------------
@@ -474,6 +537,7 @@ def make_plan(config: ml_collections.ConfigDict, target_name: str, num_devices: 
       "num_parameters": train["num_parameters"],
       "collectives": {n: p["collectives"] for n, p in train["programs"].items()},
       "custom_calls": {n: p["custom_calls"] for n, p in train["programs"].items()},
+      "largest_traffic": {n: p["largest_traffic"] for n, p in train["programs"].items()},
       "estimate": roofline(train, config, target),
       "compile_seconds": {"train_step": train["compile_seconds"]},
       "compiles": 1,
@@ -571,6 +635,9 @@ def format_plan(plan) -> str:
       f"{e['target_tokens_per_second']:,.0f} target token slots/s, >= "
       f"{e['hours_for_num_steps']:.1f} h for {e['num_steps']:,} steps",
   ]
+  for name, items in plan["largest_traffic"].items():
+    lines.append(f"  largest memory traffic ({name}):")
+    lines += [f"    {_gib(i['bytes']):>10}  {i['op']} from {i['from'][-90:]}" for i in items]
   if e["while_loops"]:
     lines.append(f"  (the step has {e['while_loops']} while loop(s), whose bodies the cost "
                  "analysis counts once: FLOPs and bytes are under-counted)")

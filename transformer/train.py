@@ -436,6 +436,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   # -- mesh -----------------------------------------------------------------
   mesh = sharding_lib.make_mesh(t)
   writer.info("Mesh %s; rules %s.", dict(mesh.shape), sharding_lib.logical_axis_rules(t))
+  if t.check_memory:  # GPU/TPU: the step fits in memory, before any data work.
+    from transformer import plan as plan_lib  # It imports this module.
+    peak = plan_lib.check_memory(config, mesh)
+    if peak is not None:
+      writer.info("Train step compiled: peak %.2f GiB per device.", peak / 2**30)
 
   # -- input ----------------------------------------------------------------
   # Process 0 prepares the corpus and the tokenizer; the others then reuse them.

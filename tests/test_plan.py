@@ -1,0 +1,269 @@
+"""The pre-flight planner (transformer/plan.py): compiling for GPUs and TPUs
+that are not there, with JAX's compile-only devices.
+
+The compiles run in one subprocess (the CUDA plugin and libtpu must be on the
+path before JAX starts), on a tiny model; they need the toolchain of
+requirements-planner.txt and skip, naming it, without.
+"""
+
+import importlib.util
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from transformer import plan  # Puts <venv>/planner on sys.path.
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+HAVE_CUDA = importlib.util.find_spec("jax_plugins.xla_cuda12") is not None
+HAVE_TPU = importlib.util.find_spec("libtpu") is not None
+needs_cuda = pytest.mark.skipif(
+    not HAVE_CUDA, reason=f"needs jax-cuda12-plugin (compile-only GPUs): {plan.INSTALL}")
+needs_tpu = pytest.mark.skipif(
+    not HAVE_TPU, reason=f"needs libtpu (compile-only TPUs): {plan.INSTALL}")
+
+# A tiny model: 8 compile-only devices split its batch rows, and FSDP splits
+# d_model (64) and the vocabulary rows 8 ways.
+TINY = dict(num_layers=1, d_model=64, d_ff=128, num_heads=2, d_k=32, d_v=32, vocab_size=256)
+
+
+# ---------------------------------------------------------------------------
+# Without compiling.
+# ---------------------------------------------------------------------------
+
+
+def test_collectives_are_counted_with_their_result_bytes():
+  hlo = "\n".join([
+      "  %all-gather-start.1 = (bf16[8,64]{1,0}, bf16[64,64]{1,0}) all-gather-start("
+      "bf16[8,64]{1,0} %p), channel_id=1",
+      "  %all-gather-done.1 = bf16[64,64]{1,0} all-gather-done(%all-gather-start.1)",
+      "  %reduce-scatter.2 = f32[8,64]{1,0} reduce-scatter(f32[64,64]{1,0} %g)",
+      "  ROOT %all-reduce.3 = f32[] all-reduce(f32[] %x), to_apply=%add",
+      "  %all-reduce-start.4 = (f32[10]{0}, f32[6]{0}) all-reduce-start(%a, %b)",
+      "  %fusion.5 = f32[64,64]{1,0} fusion(%p), kind=kLoop, calls=%all-to-all-like",
+  ])
+  found = plan.collectives(hlo)
+  assert found == {
+      "all-gather": {"count": 1, "bytes": 64 * 64 * 2},
+      "reduce-scatter": {"count": 1, "bytes": 8 * 64 * 4},
+      "all-reduce": {"count": 2, "bytes": 4 + 16 * 4},
+  }
+
+
+def test_max_batch_search_finds_the_boundary_in_few_compiles():
+  compiled = []
+
+  def peak_of(rows):  # 1000 bytes of state, 37 per row: 1000 + 37 * 243 = 9991.
+    compiled.append(rows)
+    return 1000 + 37 * rows
+
+  rows, exact, seen = plan.search_max_rows(peak_of, 10, peak_of(10), 10_000, 1000,
+                                           log=lambda *a: None)
+  assert (rows, exact) == (243, True)
+  assert len(seen) <= 4, seen
+  # Not even one row fits: 0, and the search stops.
+  rows, exact, _ = plan.search_max_rows(peak_of, 10, peak_of(10), 900, 1000,
+                                        log=lambda *a: None)
+  assert (rows, exact) == (0, True)
+
+
+def test_bad_targets_and_device_counts_are_one_clear_error():
+  assert plan.gpu_topology(1) == "1x1x1"
+  assert plan.gpu_topology(16) == "1x2x8"
+  with pytest.raises(plan.PlanError, match="multiple of 8"):
+    plan.gpu_topology(12)
+  with pytest.raises(plan.PlanError, match="is not one of"):
+    plan.compile_only_devices("a100", 8)
+  with pytest.raises(plan.PlanError, match=r"v5e slices here have \[1, 4, 8"):
+    plan.compile_only_devices("v5e", 3)
+
+
+def test_gpu_usable_memory_is_jax_allocator_fraction(monkeypatch):
+  monkeypatch.delenv("XLA_PYTHON_CLIENT_MEM_FRACTION", raising=False)
+  usable, how = plan.usable_bytes(plan.TARGETS["h100"])
+  assert usable == int(84_942_979_072 * 0.75) and "default" in how
+  monkeypatch.setenv("XLA_PYTHON_CLIENT_MEM_FRACTION", "0.9")
+  assert plan.usable_bytes(plan.TARGETS["h100"])[0] == int(84_942_979_072 * 0.9)
+  assert plan.usable_bytes(plan.TARGETS["v5e"])[0] == 16 * 2**30
+
+
+# ---------------------------------------------------------------------------
+# Compiling (one subprocess for all the plans below).
+# ---------------------------------------------------------------------------
+
+_SCRIPT = r"""
+import json, sys
+from transformer import plan
+from configs import quickstart
+
+def config(batch_tokens=256, **overrides):
+  c = quickstart.get_config()
+  c.unlock()
+  c.model.update(%(tiny)r)
+  c.data.max_length = 32
+  c.data.batch_tokens = batch_tokens
+  for key, value in overrides.items():
+    section, field = key.split(".")
+    c[section][field] = value
+  return c
+
+fsdp = {"train.fsdp": True, "train.mesh_shape": {"data": 1, "fsdp": -1, "tensor": 1}}
+runs = {}
+if %(cuda)r:
+  runs["h100x1"] = ("h100", 1, config())
+  runs["h100x1_4x_batch"] = ("h100", 1, config(batch_tokens=1024))
+  runs["h200x1"] = ("h200", 1, config())
+  runs["h100x8"] = ("h100", 8, config(batch_tokens=8 * 256))
+  runs["h100x8_fsdp"] = ("h100", 8, config(batch_tokens=8 * 256, **fsdp))
+  runs["h100x1_cudnn"] = ("h100", 1, config(**{"model.attention_impl": "dot_product_attention"}))
+if %(tpu)r:
+  runs["v5ex1"] = ("v5e", 1, config())
+out = {}
+for name, (target, n, c) in runs.items():
+  out[name] = plan.make_plan(c, target, n, beam_search=name == "h100x1",
+                             log=lambda *a: print(*a, file=sys.stderr))
+print("PLANS " + json.dumps(out))
+"""
+
+
+@pytest.fixture(scope="module")
+def plans():
+  if not (HAVE_CUDA or HAVE_TPU):
+    pytest.skip(f"needs the compile-only toolchain: {plan.INSTALL}")
+  script = _SCRIPT % {"tiny": TINY, "cuda": HAVE_CUDA, "tpu": HAVE_TPU}
+  result = subprocess.run([sys.executable, "-c", script], cwd=ROOT, capture_output=True,
+                          text=True, timeout=1200)
+  assert result.returncode == 0, result.stderr[-3000:]
+  line = [x for x in result.stdout.splitlines() if x.startswith("PLANS ")][-1]
+  return json.loads(line[len("PLANS "):])
+
+
+@pytest.mark.slow
+@needs_cuda
+def test_tiny_config_compiles_for_one_and_eight_h100s(plans):
+  for name, devices in (("h100x1", 1), ("h100x8", 8)):
+    p = plans[name]
+    assert p["devices"] == devices and p["fits"] and p["device"] == "NVIDIA H100 SXM 80GB"
+    assert p["dtype"] == "bfloat16"  # "auto" on a GPU.
+    m = p["memory_per_device"]
+    # float32 parameters, and Adam's two float32 moments (plus its step count).
+    assert m["parameters"] == 4 * p["num_parameters"]
+    assert 2 * m["parameters"] <= m["optimizer_state"] <= 2 * m["parameters"] + 64
+    assert m["peak"] >= m["parameters"] + m["optimizer_state"]
+    e = p["estimate"]
+    assert e["flops_per_device"] > 0 and e["bytes_accessed_per_device"] > 0
+    assert e["step_seconds"] == max(e["math_seconds"], e["memory_seconds"])
+  # Data parallel over 8: every device holds the whole state and 1/8 of the rows;
+  # the gradients are all-reduced.
+  p8 = plans["h100x8"]
+  assert p8["memory_per_device"]["parameters"] == plans["h100x1"]["memory_per_device"][
+      "parameters"]
+  assert p8["batch"]["rows_per_split"] == plans["h100x1"]["batch"]["rows"]
+  assert p8["collectives"]["update"]["all-reduce"]["count"] >= 1
+  assert plans["h100x1"]["beam_search"]["memory"]["peak"] > 0
+
+
+@pytest.mark.slow
+@needs_cuda
+def test_memory_grows_with_the_batch(plans):
+  small, large = plans["h100x1"], plans["h100x1_4x_batch"]
+  assert large["batch"]["rows"] == 4 * small["batch"]["rows"]
+  assert large["memory_per_device"]["peak"] > small["memory_per_device"]["peak"]
+  assert (large["estimate"]["flops_per_device"]
+          > 3 * small["estimate"]["flops_per_device"])
+
+
+@pytest.mark.slow
+@needs_cuda
+def test_h200_target_description_parses_and_compiles(plans):
+  p = plans["h200x1"]
+  assert p["device"] == "NVIDIA H200 SXM 141GB" and p["fits"]
+  assert p["memory_per_device"]["device_memory"] == 150_754_820_096
+
+
+@pytest.mark.slow
+@needs_cuda
+def test_fsdp_divides_the_state_and_gathers_instead_of_all_to_all(plans):
+  dp, fsdp = plans["h100x8"], plans["h100x8_fsdp"]
+  assert fsdp["mesh"] == {"data": 1, "fsdp": 8, "tensor": 1}
+  for key in ("parameters", "optimizer_state"):
+    ratio = dp["memory_per_device"][key] / fsdp["memory_per_device"][key]
+    assert 7.9 <= ratio <= 8.0, (key, ratio)  # Adam's step count is not split.
+  kinds = fsdp["collectives"]["update"]
+  assert "all-gather" in kinds and "reduce-scatter" in kinds, kinds
+  assert "all-to-all" not in kinds, kinds
+
+
+@pytest.mark.slow
+@needs_cuda
+def test_dot_product_attention_is_cudnn_fused_attention_on_gpu(plans):
+  calls = plans["h100x1_cudnn"]["custom_calls"]["update"]
+  forward = [k for k in calls if k.startswith("__cudnn$fmha") and "Backward" not in k]
+  backward = [k for k in calls if k.startswith("__cudnn$fmha") and "Backward" in k]
+  assert forward and backward, calls
+  assert not any(k.startswith("__cudnn$fmha") for k in plans["h100x1"]["custom_calls"][
+      "update"])  # attention_impl="xla" stays XLA's.
+
+
+@pytest.mark.slow
+@needs_tpu
+def test_tiny_config_compiles_for_a_tpu_v5e_chip(plans):
+  p = plans["v5ex1"]
+  assert p["device"] == "TPU v5e" and p["topology"] == "v5e:1x1" and p["fits"]
+  assert p["memory_per_device"]["usable"] == 16 * 2**30
+  assert p["memory_per_device"]["parameters"] == 4 * p["num_parameters"]
+
+
+@pytest.mark.slow
+@needs_cuda
+def test_a_config_that_does_not_fit_exits_1_naming_the_bytes(tmp_path):
+  env = dict(os.environ, XLA_PYTHON_CLIENT_MEM_FRACTION="0.0002")  # About 16 MiB.
+  overrides = [f"--config.model.{k}={v}" for k, v in TINY.items()]
+  result = subprocess.run(
+      [sys.executable, "-m", "transformer.plan", "--config=configs/quickstart.py",
+       "--target=h100", "--devices=1", "--config.data.max_length=32",
+       "--config.data.batch_tokens=65536", "--nobeam_search", *overrides],
+      cwd=ROOT, capture_output=True, text=True, timeout=900, env=env)
+  assert result.returncode == 1, result.stderr[-3000:]
+  error = [x for x in result.stdout.splitlines() if x.startswith("error:")]
+  assert error, result.stdout[-3000:]
+  assert "does not fit" in error[0] and "bytes" in error[0]
+  assert "--config.data.batch_tokens=" in error[0]  # The batch that fits.
+
+
+# ---------------------------------------------------------------------------
+# Training's pre-flight check (train.check_memory), on this CPU's devices.
+# ---------------------------------------------------------------------------
+
+
+def _tiny_resolved_config():
+  from configs import quickstart
+  from transformer import train
+  config = quickstart.get_config()
+  config.unlock()
+  config.model.update(TINY)
+  config.data.max_length = 32
+  config.data.batch_tokens = 256
+  return train.resolve_config(config)
+
+
+def test_check_memory_compiles_nothing_where_devices_report_no_limit(monkeypatch):
+  from transformer import sharding
+  config = _tiny_resolved_config()
+  mesh = sharding.make_mesh(config.train)
+  monkeypatch.setattr(plan, "compile_train_step", lambda *a: pytest.fail("compiled"))
+  assert plan.check_memory(config, mesh) is None  # CPU devices: no memory_stats.
+
+
+@pytest.mark.slow
+def test_check_memory_stops_a_step_that_does_not_fit_naming_the_bytes():
+  from transformer import sharding
+  config = _tiny_resolved_config()
+  mesh = sharding.make_mesh(config.train)
+  peak = plan.check_memory(config, mesh, bytes_limit=2**40)
+  assert peak > 0
+  with pytest.raises(ValueError, match=r"needs .* \(.* bytes\) per device but .* gives JAX "
+                     r".*data.batch_tokens=256.*check_memory=False"):
+    plan.check_memory(config, mesh, bytes_limit=peak - 1)
