@@ -178,6 +178,12 @@ def compile_only_devices(target_name: str, num_devices: int):
   if importlib.util.find_spec("libtpu") is None:
     raise PlanError(f"Compiling for {target.name} needs libtpu (the one of jax[tpu]=="
                     f"{jax.__version__}); install it with: {INSTALL}")
+  # Without a TPU VM's metadata libtpu warns that it cannot find the slice's
+  # type and hosts; the planner names them (they do not change the compile).
+  os.environ.setdefault("TPU_ACCELERATOR_TYPE", {
+      "v5e": f"v5litepod-{num_devices}", "v5p": f"v5p-{2 * num_devices}",
+      "v6e": f"v6e-{num_devices}"}[target_name])
+  os.environ.setdefault("TPU_WORKER_HOSTNAMES", "localhost")
   devices = topologies.get_topology_desc(topology_name=names[num_devices],
                                          platform="tpu").devices
   return devices, names[num_devices]
