@@ -103,13 +103,13 @@ TARGETS = {
                    spec="h200_sxm.txtpb"),
     # Cloud TPU system architecture pages: per chip peak bf16, HBM, bandwidth.
     "v5e": Target("TPU v5e", "tpu", 16 * GiB, 197e12, 819e9, topologies=(
-        (1, "v5e:1x1"), (4, "v5e:2x2"), (8, "v5e:2x4"), (16, "v5e:4x4"),
+        (4, "v5e:2x2"), (8, "v5e:2x4"), (16, "v5e:4x4"),
         (32, "v5e:4x8"), (64, "v5e:8x8"), (128, "v5e:8x16"), (256, "v5e:16x16"))),
     "v5p": Target("TPU v5p", "tpu", 95 * GiB, 459e12, 2765e9, topologies=(
         (4, "v5p:2x2x1"), (8, "v5p:2x2x2"), (16, "v5p:2x2x4"), (32, "v5p:2x4x4"),
         (64, "v5p:4x4x4"))),
     "v6e": Target("TPU v6e", "tpu", 32 * GiB, 918e12, 1640e9, topologies=(
-        (1, "v6e:1x1"), (4, "v6e:2x2"), (8, "v6e:2x4"), (16, "v6e:4x4"),
+        (4, "v6e:2x2"), (8, "v6e:2x4"), (16, "v6e:4x4"),
         (32, "v6e:4x8"), (64, "v6e:8x8"), (128, "v6e:8x16"), (256, "v6e:16x16"))),
 }
 
