@@ -63,7 +63,13 @@ def model_config(size="base"):
   m.dtype = "auto"
   m.param_dtype = "float32"
   # "xla": einsum implementation of Eq. (1). "dot_product_attention":
-  # jax.nn.dot_product_attention (cuDNN fused attention on GPU when possible).
+  # jax.nn.dot_product_attention, which is cuDNN's fused attention (forward and
+  # backward, training and decoding) on a GPU and XLA's attention elsewhere.
+  # cuDNN needs dtype bfloat16/float16 (auto is bfloat16 on a GPU), d_k == d_v
+  # a multiple of 8 up to 256 (128 before Hopper) and an even data.max_length;
+  # the fused path has no attention dropout (attention_dropout_rate=0). A model
+  # config it cannot take is one error at model build; an odd sequence length,
+  # one error when the step is traced.
   m.attention_impl = "xla"
   return m
 

@@ -19,8 +19,9 @@ VOCAB = 23
 
 def tiny_config(**overrides):
   cfg = common.model_config("base")
+  # float32 whatever this CPU's bfloat16 support ("auto" would follow it).
   cfg.update(dict(vocab_size=VOCAB, num_layers=2, d_model=16, d_ff=32, num_heads=2,
-                  d_k=4, d_v=6, max_len=32))
+                  d_k=4, d_v=6, max_len=32, dtype="float32"))
   cfg.update(overrides)
   return cfg
 
@@ -78,6 +79,54 @@ def test_fused_attention_impl_matches_einsum():
   b = build(attention_impl="dot_product_attention", d_v=4)
   np.testing.assert_allclose(a(INPUTS, TARGETS), b(INPUTS, TARGETS),
                              rtol=1e-4, atol=1e-4)
+
+
+def _fused_implementations(cfg, platform):
+  """The attention kernels of a model built (shapes only) for ``platform``."""
+  model = nnx.eval_shape(lambda: model_lib.build_model(cfg, platform=platform))
+  return {m.fused_implementation for _, m in nnx.iter_graph(model)
+          if isinstance(m, model_lib.MultiHeadAttention)}
+
+
+def test_dot_product_attention_is_cudnn_on_a_gpu_and_xla_elsewhere():
+  cfg = tiny_config(attention_impl="dot_product_attention", d_k=8, d_v=8, dtype="auto")
+  assert _fused_implementations(cfg, "gpu") == {"cudnn"}  # auto: bfloat16 on a GPU.
+  assert _fused_implementations(cfg, "cpu") == {"xla"}
+  assert _fused_implementations(tiny_config(d_k=8, d_v=8), "gpu") == {None}  # einsum
+
+
+@pytest.mark.parametrize("overrides,message", [
+    ({"dtype": "float32"}, r"takes bfloat16 or float16, not float32 \(config.model.dtype="
+     r"'float32'\); set --config.model.dtype=bfloat16, or use --config.model.attention_impl=xla"),
+    ({"d_k": 12, "d_v": 12}, r"multiple of 8, at most 256 \(config.model.d_k = d_v = 12\)"),
+    ({"d_k": 264, "d_v": 264}, r"at most 256 \(config.model.d_k = d_v = 264\)"),
+    ({"d_v": 16}, r"needs d_k == d_v \(got 8 and 16\)"),
+    ({"attention_dropout_rate": 0.1}, r"no attention dropout \(config.model."
+     r"attention_dropout_rate=0.1\); set --config.model.attention_dropout_rate=0"),
+])
+def test_what_cudnn_cannot_take_is_one_clear_error_at_build(overrides, message):
+  cfg = tiny_config(attention_impl="dot_product_attention", d_k=8, d_v=8, dtype="bfloat16")
+  cfg.update(overrides)
+  with pytest.raises(ValueError, match=message):
+    nnx.eval_shape(lambda: model_lib.build_model(cfg, platform="gpu"))
+
+
+def test_attention_dropout_is_refused_by_the_fused_path_on_any_platform():
+  with pytest.raises(ValueError, match="no attention dropout"):
+    build(attention_impl="dot_product_attention", d_v=4, attention_dropout_rate=0.1)
+
+
+def test_cudnn_refusal_while_tracing_is_one_clear_error():
+  # float32 queries (and, on a machine without a GPU, no cuDNN library):
+  # cuDNN's own error, passed on with the shapes and the fix.
+  q = jnp.zeros((1, 2, 4, 8), jnp.float32)  # (B, H, Q, K)
+  mask = jnp.ones((1, 1, 4, 4), bool)
+  with pytest.raises(ValueError, match=r"cuDNN fused attention \(config.model.attention_impl="
+                     r"'dot_product_attention' on a GPU\) cannot take queries \(1, 2, 4, 8\)"
+                     r".*--config.model.attention_impl=xla") as error:
+    jax.eval_shape(functools.partial(model_lib.fused_attention, implementation="cudnn"),
+                   q, q, q, mask)
+  assert error.value.__cause__ is not None
 
 
 @pytest.mark.parametrize("pos,i", [(0, 0), (1, 0), (7, 3), (50, 1), (99, 7)])

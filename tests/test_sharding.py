@@ -1,9 +1,11 @@
 """Tests for transformer/sharding.py: rules, meshes, 1 vs 8 devices.
 
-The 8-device test runs this file as a script in a subprocess with
+The 8-device tests run this file as a script in a subprocess with
 XLA_FLAGS=--xla_force_host_platform_device_count=8 (it must be set before JAX
-starts), trains a tiny Transformer for a few updates on 1 device, on 8
-data-parallel devices and on 8 FSDP devices, and compares the losses.
+starts). One trains a tiny Transformer for a few updates on 1 device, on 8
+data-parallel devices and on 8 FSDP devices, and compares the losses; the
+other compiles the update step for 8 data-parallel and 8 FSDP devices and
+reads the collectives and the memory of the compiled programs.
 """
 
 import json
@@ -19,6 +21,9 @@ from configs import common
 from transformer import sharding
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+FSDP = {"fsdp": True, "mesh_shape": {"data": 1, "fsdp": -1, "tensor": 1}}
 
 
 def _tiny_config(**train):
@@ -74,6 +79,11 @@ def _run_equivalence():
   def run(devices, **train_overrides):
     config = _tiny_config(**train_overrides)
     config.model.dropout_rate = 0.1  # Dropout masks must not depend on sharding.
+    # float32: the tolerances below are float32's. With bfloat16 compute
+    # (model.dtype="auto" on a CPU with AVX512-BF16 or AMX) each device's
+    # partial sums of the bfloat16 LayerNorm gradients round differently from
+    # one device's whole sums (0.4% apart, then Adam's amplification below).
+    config.model.dtype = "float32"
     mesh = sharding.make_mesh(config.train, devices=devices)
     setup = train.setup_state(config, mesh)
     state = train.init_state(setup)
@@ -87,8 +97,7 @@ def _run_equivalence():
 
   one, params_one, _ = run(jax.devices()[:1])
   data8, params_data8, _ = run(jax.devices())
-  fsdp8, params_fsdp8, state_fsdp8 = run(
-      jax.devices(), fsdp=True, mesh_shape={"data": 1, "fsdp": -1, "tensor": 1})
+  fsdp8, params_fsdp8, state_fsdp8 = run(jax.devices(), **FSDP)
   def diff(a, b):
     pairs = zip(jax.tree.leaves(a), jax.tree.leaves(b), strict=True)
     return max(float(np.max(np.abs(x - y))) for x, y in pairs)
@@ -103,14 +112,64 @@ def _run_equivalence():
   }))
 
 
-@pytest.mark.slow
-def test_one_device_equals_eight_devices():
+def _compile_data_parallel_and_fsdp():
+  """Script body: memory and collectives of the compiled update step over 8
+  devices, data parallel and FSDP (compiled only, as transformer/plan.py does)."""
+  import jax
+
+  from transformer import plan
+
+  out = {}
+  for name, overrides in {"data8": {}, "fsdp8": FSDP}.items():
+    config = _tiny_config(**overrides)
+    config.model.dtype = "bfloat16"  # As on a GPU (float32 hides the all-to-alls).
+    config.data.max_length, config.data.batch_tokens = 12, 8 * 12  # 8 rows.
+    mesh = sharding.make_mesh(config.train, devices=jax.devices())
+    report = plan.compile_train_step(config, mesh)
+    update = report["programs"]["update"]
+    out[name] = {"memory": update["memory"], "collectives": update["collectives"],
+                 "parameter_bytes": 4 * report["num_parameters"]}  # float32, whole.
+  print(json.dumps(out))
+
+
+def _run_on_eight_cpus(body):
   env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=8",
              JAX_PLATFORMS="cpu", PYTHONPATH=REPO)
-  out = subprocess.run([sys.executable, os.path.abspath(__file__)], env=env, cwd=REPO,
-                       capture_output=True, text=True, timeout=300)
+  out = subprocess.run([sys.executable, os.path.abspath(__file__), body], env=env,
+                       cwd=REPO, capture_output=True, text=True, timeout=300)
   assert out.returncode == 0, out.stderr[-3000:]
-  result = json.loads(out.stdout.strip().splitlines()[-1])
+  return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+@pytest.mark.slow
+def test_fsdp_step_gathers_parameters_and_never_reshards_activations():
+  """FSDP's update step moves parameters and gradients only. Before the model
+  pinned its activations to the batch split (sharding.constrain), XLA carried
+  FSDP's split of d_model into them: this step had 18 all-to-alls, gathered 4
+  times the parameters' bytes, all-reduced 5 times the gradients' and took
+  1.6 times data parallelism's temporary memory."""
+  result = _run_on_eight_cpus("compile")
+  data8, fsdp8 = result["data8"], result["fsdp8"]
+  kinds = fsdp8["collectives"]
+  assert "all-to-all" not in kinds and "collective-permute" not in kinds, kinds
+  assert set(kinds) <= {"all-gather", "reduce-scatter", "all-reduce"}, kinds
+  # Each parameter is gathered for the forward pass and at most once more for
+  # the backward pass.
+  assert kinds["all-gather"]["bytes"] <= 2 * fsdp8["parameter_bytes"], result
+  # The gradients are reduced once (XLA's CPU backend all-reduces them and
+  # keeps each device's shard, as data parallelism all-reduces them whole),
+  # plus the loss's scalar sums: no partial sums of activations.
+  reduced = kinds["all-reduce"]["bytes"] + kinds.get("reduce-scatter", {}).get("bytes", 0)
+  assert reduced <= data8["collectives"]["all-reduce"]["bytes"] + 1024, (kinds, data8)
+  # Activations take no more memory than data parallelism's; parameters and
+  # Adam's moments are split 8 ways, so the peak is lower.
+  assert fsdp8["memory"]["temporaries"] <= 1.05 * data8["memory"]["temporaries"], result
+  assert fsdp8["memory"]["peak"] < data8["memory"]["peak"], result
+
+
+@pytest.mark.slow
+def test_one_device_equals_eight_devices():
+  result = _run_on_eight_cpus("equivalence")
   np.testing.assert_allclose(result["data8"], result["one"], rtol=1e-5)
   np.testing.assert_allclose(result["fsdp8"], result["one"], rtol=1e-5)
   # Parameters after 3 Adam updates: sharded reductions sum in another order,
@@ -126,4 +185,4 @@ def test_one_device_equals_eight_devices():
 
 
 if __name__ == "__main__":
-  _run_equivalence()
+  {"equivalence": _run_equivalence, "compile": _compile_data_parallel_and_fsdp}[sys.argv[1]]()

@@ -35,12 +35,18 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from transformer import sharding as sharding_lib
 from transformer import tokens
 
 _DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
 _NORM_POSITIONS = ("post", "pre")
 _POSITIONAL_ENCODINGS = ("sinusoidal", "learned")
 _ATTENTION_IMPLS = ("xla", "dot_product_attention")
+# Logical axes of the activations between sub-layers (B, T, D): rows split like
+# the batch, d_model whole. Training pins them there (sharding_lib.constrain);
+# left to itself, XLA follows FSDP's split of d_model from the parameters into
+# the activations and reshards them with all-to-alls.
+_BTD = ("batch", None, None)
 
 
 # ----------------------------------------------------------------------------
@@ -178,10 +184,38 @@ def check_config(cfg, platform=None):
     raise ValueError(
         f"config.model.d_model={cfg.d_model} must be even for sinusoidal "
         "positional encoding (sin and cos pairs, §3.5).")
-  if cfg.attention_impl == "dot_product_attention" and cfg.d_k != cfg.d_v:
+  if cfg.attention_impl == "dot_product_attention":
+    _check_fused_attention(cfg, platform)
+
+
+def _check_fused_attention(cfg, platform):
+  """What ``attention_impl="dot_product_attention"`` can take. On a GPU it is
+  cuDNN's fused kernel (``fused_attention``): a 16-bit compute dtype, and a
+  head size that is a multiple of 8, at most 256 (at most 128 before Hopper:
+  cuDNN says so itself when it traces, and ``fused_attention`` passes it on)."""
+  fix = "or use --config.model.attention_impl=xla"
+  if cfg.d_k != cfg.d_v:
     raise ValueError(
         "config.model.attention_impl='dot_product_attention' needs d_k == d_v "
-        f"(got {cfg.d_k} and {cfg.d_v}); use attention_impl='xla'.")
+        f"(got {cfg.d_k} and {cfg.d_v}); {fix}.")
+  if cfg.attention_dropout_rate > 0:
+    raise ValueError(
+        "config.model.attention_impl='dot_product_attention' has no attention "
+        f"dropout (config.model.attention_dropout_rate={cfg.attention_dropout_rate}); "
+        f"set --config.model.attention_dropout_rate=0, {fix}.")
+  if (platform or jax.default_backend()) != "gpu":
+    return
+  dtype = dtype_name(cfg.dtype, platform)
+  if dtype not in ("bfloat16", "float16"):
+    raise ValueError(
+        "config.model.attention_impl='dot_product_attention' is cuDNN's fused "
+        f"attention on a GPU, which takes bfloat16 or float16, not {dtype} "
+        f"(config.model.dtype={cfg.dtype!r}); set --config.model.dtype=bfloat16, {fix}.")
+  if cfg.d_k % 8 or cfg.d_k > 256:
+    raise ValueError(
+        "config.model.attention_impl='dot_product_attention' is cuDNN's fused "
+        "attention on a GPU, which needs a head size that is a multiple of 8, at "
+        f"most 256 (config.model.d_k = d_v = {cfg.d_k}); change d_k and d_v, {fix}.")
 
 
 def _param(rngs, init, shape, names, dtype):
@@ -250,7 +284,10 @@ class Embedding(nnx.Module):
                             param_dtype)
 
   def __call__(self, ids):
-    x = jnp.take(self.embedding[...], ids, axis=0)  # (B, T, D)
+    # The whole rows: under FSDP the table's d_model is gathered (a parameter
+    # all-gather) rather than each row's shards looked up and resharded.
+    table = sharding_lib.constrain(self.embedding[...], ("vocab", None))  # (V, D)
+    x = jnp.take(table, ids, axis=0)  # (B, T, D)
     return (x * math.sqrt(self.d_model)).astype(self.dtype)
 
   def attend(self, x):
@@ -288,6 +325,31 @@ def scaled_dot_product_attention(q, k, v, mask, *, dropout=None):
   return out, weights
 
 
+def fused_attention(q, k, v, mask, *, implementation):
+  """Eq. (1) by ``jax.nn.dot_product_attention``: cuDNN's fused kernel
+  (``implementation="cudnn"``, GPU only; the (B, H, Q, M) weights are never
+  stored, forward or backward) or XLA's attention ("xla"). Arguments and the
+  (B, H, Q, J) output as in ``scaled_dot_product_attention``, no weights."""
+  batch, _, q_len, _ = q.shape
+  bthk = lambda x: x.swapaxes(1, 2)  # noqa: E731  It takes (B, T, H, K).
+  # cuDNN adds the mask as a bias of the whole (B, 1, Q, M) shape.
+  mask = jnp.broadcast_to(mask, (batch, 1, q_len, k.shape[2]))
+  try:
+    out = jax.nn.dot_product_attention(bthk(q), bthk(k), bthk(v), mask=mask,
+                                       implementation=implementation)
+  except (ValueError, NotImplementedError, RuntimeError) as e:
+    if implementation != "cudnn":
+      raise
+    raise ValueError(
+        "cuDNN fused attention (config.model.attention_impl='dot_product_attention' "
+        f"on a GPU) cannot take queries {q.shape} (B, H, Q, K) and keys {k.shape} "
+        f"(B, H, M, K) of {q.dtype}: {type(e).__name__}: {str(e).rstrip('.')}. It needs cuDNN "
+        "installed (pip install 'jax[cuda12]'), and in training even sequence "
+        "lengths (an even data.max_length); or use --config.model.attention_impl=xla."
+    ) from e
+  return bthk(out)
+
+
 class MultiHeadAttention(nnx.Module):
   """Multi-head attention (§3.2.2).
 
@@ -299,9 +361,15 @@ class MultiHeadAttention(nnx.Module):
   """
 
   def __init__(self, d_model, num_heads, d_k, d_v, *, attention_dropout_rate,
-               attention_impl, dtype, param_dtype, rngs):
+               attention_impl, dtype, param_dtype, rngs, platform=None):
     self.dtype = dtype
-    self.attention_impl = attention_impl
+    # attention_impl="dot_product_attention" (vetted by check_config): cuDNN's
+    # fused kernel on a GPU, XLA's attention elsewhere. Decoding with a cache
+    # takes it too (cuDNN compiles for a step's beams x (L * beams) slots).
+    self.fused_implementation = None
+    if attention_impl == "dot_product_attention":
+      gpu = (platform or jax.default_backend()) == "gpu"
+      self.fused_implementation = "cudnn" if gpu else "xla"
     x_in = _xavier(in_axis=0, out_axis=(1, 2))  # fan_in = D, fan_out = H * K
     x_out = _xavier(in_axis=(0, 1), out_axis=2)  # fan_in = H * J, fan_out = D
     self.w_q = _param(rngs, x_in, (d_model, num_heads, d_k), ("embed", "heads", "kv"),
@@ -328,16 +396,12 @@ class MultiHeadAttention(nnx.Module):
     return self._project(x, self.w_k), self._project(x, self.w_v)
 
   def attend(self, x_q, k, v, mask, return_weights=False):
-    """Attention of queries x_q (B, Q, D) over projected keys and values."""
+    """Attention of queries x_q (B, Q, D) over projected keys and values.
+    ``return_weights`` (to inspect them) takes the einsum path whatever
+    ``attention_impl``: a fused kernel never forms the weights."""
     q = self._project(x_q, self.w_q)
-    use_fused = (self.attention_impl == "dot_product_attention"
-                 and not return_weights and self.attention_dropout.rate == 0.0)
-    if use_fused:
-      # jax.nn.dot_product_attention: cuDNN fused attention on GPU when the
-      # shapes and dtype allow it, XLA otherwise. Same Eq. (1). It takes and
-      # returns (B, T, H, K).
-      bthk = lambda x: x.swapaxes(1, 2)  # noqa: E731
-      out = bthk(jax.nn.dot_product_attention(bthk(q), bthk(k), bthk(v), mask=mask))
+    if self.fused_implementation and not return_weights:
+      out = fused_attention(q, k, v, mask, implementation=self.fused_implementation)
       weights = None
     else:
       out, weights = scaled_dot_product_attention(
@@ -431,12 +495,12 @@ def _sublayer_connection(cfg, dtype, param_dtype, rngs):
                             dtype=dtype, param_dtype=param_dtype, rngs=rngs)
 
 
-def _attention(cfg, dtype, param_dtype, rngs):
+def _attention(cfg, dtype, param_dtype, rngs, platform):
   return MultiHeadAttention(
       cfg.d_model, cfg.num_heads, cfg.d_k, cfg.d_v,
       attention_dropout_rate=cfg.attention_dropout_rate,
       attention_impl=cfg.attention_impl, dtype=dtype, param_dtype=param_dtype,
-      rngs=rngs)
+      rngs=rngs, platform=platform)
 
 
 def _feed_forward(cfg, dtype, param_dtype, rngs):
@@ -448,8 +512,8 @@ def _feed_forward(cfg, dtype, param_dtype, rngs):
 class EncoderLayer(nnx.Module):
   """Self-attention, then the feed-forward network (§3.1)."""
 
-  def __init__(self, cfg, *, dtype, param_dtype, rngs):
-    self.self_attention = _attention(cfg, dtype, param_dtype, rngs)
+  def __init__(self, cfg, *, dtype, param_dtype, rngs, platform=None):
+    self.self_attention = _attention(cfg, dtype, param_dtype, rngs, platform)
     self.residual_1 = _sublayer_connection(cfg, dtype, param_dtype, rngs)
     self.feed_forward = _feed_forward(cfg, dtype, param_dtype, rngs)
     self.residual_2 = _sublayer_connection(cfg, dtype, param_dtype, rngs)
@@ -459,16 +523,16 @@ class EncoderLayer(nnx.Module):
     y, weights = self.self_attention(h, h, mask, return_weights)
     x = self.residual_1(x, y)
     x = self.residual_2(x, self.feed_forward(self.residual_2.sublayer_input(x)))
-    return x, weights
+    return sharding_lib.constrain(x, _BTD), weights
 
 
 class DecoderLayer(nnx.Module):
   """Masked self-attention, encoder-decoder attention, feed-forward (§3.1)."""
 
-  def __init__(self, cfg, *, dtype, param_dtype, rngs):
-    self.self_attention = _attention(cfg, dtype, param_dtype, rngs)
+  def __init__(self, cfg, *, dtype, param_dtype, rngs, platform=None):
+    self.self_attention = _attention(cfg, dtype, param_dtype, rngs, platform)
     self.residual_1 = _sublayer_connection(cfg, dtype, param_dtype, rngs)
-    self.cross_attention = _attention(cfg, dtype, param_dtype, rngs)
+    self.cross_attention = _attention(cfg, dtype, param_dtype, rngs, platform)
     self.residual_2 = _sublayer_connection(cfg, dtype, param_dtype, rngs)
     self.feed_forward = _feed_forward(cfg, dtype, param_dtype, rngs)
     self.residual_3 = _sublayer_connection(cfg, dtype, param_dtype, rngs)
@@ -487,7 +551,7 @@ class DecoderLayer(nnx.Module):
                                                    return_weights)
     x = self.residual_2(x, y)
     x = self.residual_3(x, self.feed_forward(self.residual_3.sublayer_input(x)))
-    return x, self_weights, cross_weights
+    return sharding_lib.constrain(x, _BTD), self_weights, cross_weights
 
 
 # ----------------------------------------------------------------------------
@@ -567,10 +631,10 @@ class Transformer(nnx.Module):
     self.source_dropout = nnx.Dropout(cfg.dropout_rate, rngs=rngs)
     self.target_dropout = nnx.Dropout(cfg.dropout_rate, rngs=rngs)
     self.encoder_layers = nnx.List([
-        EncoderLayer(cfg, dtype=dtype, param_dtype=param_dtype, rngs=rngs)
+        EncoderLayer(cfg, dtype=dtype, param_dtype=param_dtype, rngs=rngs, platform=platform)
         for _ in range(cfg.num_layers)])
     self.decoder_layers = nnx.List([
-        DecoderLayer(cfg, dtype=dtype, param_dtype=param_dtype, rngs=rngs)
+        DecoderLayer(cfg, dtype=dtype, param_dtype=param_dtype, rngs=rngs, platform=platform)
         for _ in range(cfg.num_layers)])
     if cfg.norm_position == "pre":
       # Deviation from the paper (model.norm_position="pre"): pre-LN stacks
@@ -589,7 +653,7 @@ class Transformer(nnx.Module):
       pe = learned(positions)
     else:
       pe = sinusoidal_encoding(positions, self.cfg.d_model)
-    return dropout(x + pe.astype(self.dtype))
+    return sharding_lib.constrain(dropout(x + pe.astype(self.dtype)), _BTD)  # (B, T, D)
 
   def _logits(self, y):
     """The pre-softmax linear transformation, float32 logits (B, T, V)."""

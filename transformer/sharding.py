@@ -15,6 +15,17 @@ device of every host is a data-parallel replica. ``--config.train.fsdp=True
 --config.train.mesh_shape.data=1 --config.train.mesh_shape.fsdp=-1`` shards a
 big model's parameters over all devices, with no code change.
 
+Activations: while a train or eval step traces the model
+(``activation_sharding``), the model pins its (B, T, D) activations, the
+embedding output and each layer's output, to ("batch", None, None) with
+``constrain``, and looks up embedding rows in the whole (gathered) table.
+FSDP then costs what it should: each parameter is all-gathered where it is
+used and each gradient reduce-scattered (all-reduced on a CPU mesh), and
+activations are never resharded. Left to itself, XLA carried the parameters'
+split of d_model into the activations and moved them with all-to-alls: big
+on 8 compile-only H100s had 103 all-to-alls per step and a per-device peak of
+10.6 GiB against data parallelism's 6.6 GiB (pinned: none, and 4.5 GiB).
+
 All arrays are ``jax.Array``s with a ``NamedSharding`` over one ``Mesh``; the
 train step is a single ``jax.jit`` (no ``pmap``).
 """
