@@ -202,7 +202,9 @@ def test_fsdp_divides_the_state_and_gathers_instead_of_all_to_all(plans):
   assert fsdp["mesh"] == {"data": 1, "fsdp": 8, "tensor": 1}
   for key in ("parameters", "optimizer_state"):
     ratio = dp["memory_per_device"][key] / fsdp["memory_per_device"][key]
-    assert 7.9 <= ratio <= 8.0, (key, ratio)  # Adam's step count is not split.
+    # Every tensor with a d_model axis is split 8 ways; the FFN's d_ff biases
+    # (no "embed" axis) and Adam's step count stay whole: 7.86 on this model.
+    assert 7.5 <= ratio <= 8.0, (key, ratio)
   kinds = fsdp["collectives"]["update"]
   assert "all-gather" in kinds and "reduce-scatter" in kinds, kinds
   assert "all-to-all" not in kinds, kinds
