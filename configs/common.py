@@ -145,6 +145,11 @@ def train_config(num_steps=100_000):
   t.learning_rate_scale = 1.0  # Deviation from the paper when != 1.
   t.grad_clip_norm = 0.0  # Deviation from the paper when > 0 (global norm clip).
   t.weight_decay = 0.0  # Deviation from the paper when > 0 (decoupled, AdamW).
+  # The loss and its gradient take at most this many target tokens per device
+  # at a time (transformer/loss.py, chunked_cross_entropy_sums), so that
+  # float32 logits (4 bytes x vocab_size per token) never exist for a whole
+  # large batch; 0: the whole batch at once. The same loss either way.
+  t.loss_chunk_tokens = 8192
   # Micro-batches per update: k micro-batches of data.batch_tokens each give
   # the same update as one batch of k * data.batch_tokens (losses, gradients
   # and token counts are summed, then divided once).

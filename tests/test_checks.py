@@ -108,6 +108,7 @@ BAD_VALUES = [
     ("train.grad_clip_norm", -1.0, "grad_clip_norm=-1.0"),
     ("train.weight_decay", -0.1, "weight_decay=-0.1"),
     ("train.accumulate_steps", 0, "accumulate_steps=0"),
+    ("train.loss_chunk_tokens", -1, "loss_chunk_tokens=-1 must be >= 0"),
     ("train.log_every_steps", 0, "log_every_steps=0"),
     ("train.eval_every_steps", -1, "eval_every_steps=-1"),
     ("train.eval_bleu_sentences", -1, "eval_bleu_sentences=-1"),

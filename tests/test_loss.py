@@ -3,8 +3,9 @@
 import jax
 import jax.numpy as jnp
 import numpy as np
+import pytest
 
-from transformer import loss
+from transformer import loss, model
 
 
 def test_loss_hand_computed():
@@ -59,3 +60,90 @@ def test_extra_weights_mask_rows():
   masked = loss.cross_entropy_sums(logits, targets, 0.1, weights=jnp.array([[1, 1, 1], [0, 0, 0]]))
   np.testing.assert_allclose(masked["loss_sum"], full["loss_sum"], rtol=1e-6)
   assert float(masked["num_tokens"]) == 3.0
+
+
+# ---------------------------------------------------------------------------
+# The chunked loss: the same sums and gradients from hidden states.
+# ---------------------------------------------------------------------------
+
+# B, T, D, V: 21 positions, so chunks of 2 columns (6 tokens for B = 3) and
+# of 4 columns (chunk_tokens=14 -> 12 tokens) do not divide them.
+B, T, D, V = 3, 7, 4, 9
+EPS = 0.1
+
+
+def _reference_sums_and_grads(h, w, targets, weights):
+  """Float64 numpy: §5.4's loss of logits = h w^T, and its gradients by hand
+  (d loss / d logits = softmax - q on real tokens)."""
+  h, w = h.astype(np.float64), w.astype(np.float64)
+  logits = h @ w.T  # (B, T, V)
+  log_p = logits - np.log(np.exp(logits).sum(-1, keepdims=True))
+  q = np.full(logits.shape, EPS / (V - 1))
+  np.put_along_axis(q, targets[..., None], 1 - EPS, axis=-1)
+  entropy = -(q * np.log(q)).sum(-1)
+  mask = (targets != 0) * weights
+  loss = (-(q * log_p).sum(-1) - entropy) * mask
+  nll = -np.take_along_axis(log_p, targets[..., None], -1)[..., 0] * mask
+  correct = (logits.argmax(-1) == targets) * mask
+  d_logits = (np.exp(log_p) - q) * mask[..., None]
+  sums = {"loss_sum": loss.sum(), "nll_sum": nll.sum(), "correct": correct.sum(),
+          "num_tokens": mask.sum()}
+  return sums, np.einsum("btv,vd->btd", d_logits, w), np.einsum("btv,btd->vd", d_logits, h)
+
+
+def _problem():
+  rng = np.random.default_rng(0)
+  h = rng.normal(size=(B, T, D)).astype(np.float32)
+  w = rng.normal(size=(V, D)).astype(np.float32)
+  targets = rng.integers(1, V, (B, T)).astype(np.int32)
+  targets[0, 5:], targets[2, 3:] = 0, 0  # Padding.
+  weights = np.ones((B, T), np.float32)
+  weights[1] = 0.0  # A filler row.
+  return h, w, targets, weights
+
+
+def _project(w, h):  # Tied layout, float32: logits = h w^T.
+  return jnp.einsum("btd,vd->btv", h, w)
+
+
+@pytest.mark.parametrize("chunk_tokens", [0, 1, 6, 14, 1000])
+def test_chunked_loss_vs_float64_reference(chunk_tokens):
+  h, w, targets, weights = _problem()
+  expected, d_h, d_w = _reference_sums_and_grads(h, w, targets, weights)
+
+  def sums(w, h):
+    return loss.chunked_cross_entropy_sums(h, w, _project, targets, EPS, weights,
+                                           chunk_tokens=chunk_tokens)
+
+  got = jax.jit(sums)(w, h)
+  for key, value in expected.items():
+    np.testing.assert_allclose(got[key], value, rtol=1e-5, err_msg=key)
+  # The gradient of loss_sum (times a cotangent that is not 1).
+  grad_w, grad_h = jax.jit(jax.grad(lambda w, h: 3.0 * sums(w, h)["loss_sum"],
+                                    argnums=(0, 1)))(w, h)
+  np.testing.assert_allclose(grad_h, 3.0 * d_h, rtol=1e-5, atol=1e-6)
+  np.testing.assert_allclose(grad_w, 3.0 * d_w, rtol=1e-5, atol=1e-6)
+
+
+def test_chunked_loss_equals_the_loss_of_whole_logits():
+  """Same sums and gradients as cross_entropy_sums of project(w, h), with
+  mixed precision (bfloat16 hidden states, float32 weights) and chunks."""
+  h, w, targets, weights = _problem()
+  h = jnp.asarray(h, jnp.bfloat16)
+  project = lambda w, h: model.matmul("BTD,VD->BTV", h, w, jnp.bfloat16)  # noqa: E731
+
+  def whole(w, h):
+    return loss.cross_entropy_sums(project(w, h), targets, EPS, weights)
+
+  def chunked(w, h):
+    return loss.chunked_cross_entropy_sums(h, w, project, targets, EPS, weights,
+                                           chunk_tokens=6)
+
+  for key, value in whole(w, h).items():
+    np.testing.assert_allclose(chunked(w, h)[key], value, rtol=1e-6, err_msg=key)
+  grad = lambda f: jax.grad(lambda w, h: f(w, h)["loss_sum"], argnums=(0, 1))(w, h)  # noqa: E731
+  (w_whole, h_whole), (w_chunked, h_chunked) = grad(whole), grad(chunked)
+  assert w_chunked.dtype == jnp.float32 and h_chunked.dtype == jnp.bfloat16
+  np.testing.assert_allclose(w_chunked, w_whole, rtol=1e-5, atol=1e-6)
+  np.testing.assert_allclose(h_chunked.astype(np.float32), h_whole.astype(np.float32),
+                             rtol=1e-2)

@@ -243,6 +243,21 @@ def test_three_way_tying_and_untying():
   assert model.source_embedding is model.target_embedding
 
 
+@pytest.mark.parametrize("share_output_embedding", [True, False])
+def test_output_layer_of_the_hidden_states_gives_the_logits(share_output_embedding):
+  """return_hidden and output_layer (the training loss's path) against the
+  logits of the plain call, and the weights against a float64 x E^T / x W."""
+  model = build(share_output_embedding=share_output_embedding)
+  hidden = model(INPUTS, TARGETS, return_hidden=True)  # (B, T, D)
+  assert hidden.shape == (*TARGETS.shape, 16)
+  w, project = model.output_layer()
+  np.testing.assert_allclose(project(w, hidden), model(INPUTS, TARGETS), rtol=1e-6,
+                             atol=1e-6)
+  x, w64 = np.asarray(hidden, np.float64), np.asarray(w, np.float64)
+  expected = x @ (w64.T if share_output_embedding else w64)
+  np.testing.assert_allclose(project(w, hidden), expected, rtol=1e-5, atol=1e-5)
+
+
 def test_embedding_scaled_by_sqrt_d_model():
   model = build()
   ids = jnp.array([[4]])

@@ -112,6 +112,28 @@ def test_accumulation_equals_bigger_batch():
     np.testing.assert_allclose(x, y, rtol=1e-5, atol=1e-7)
 
 
+def test_chunked_loss_gives_the_same_update():
+  """train.loss_chunk_tokens changes how the loss is computed, not the update:
+  chunks of 8 tokens (2 of the 11 target positions of 4 rows: they do not
+  divide them) against one chunk."""
+  batch = _random_batch(np.random.default_rng(2), 4)
+
+  def one_update(loss_chunk_tokens):
+    setup = _setup(dropout_rate=0.0, loss_chunk_tokens=loss_chunk_tokens)
+    state, metrics = train.make_update_fn(setup)(
+        train.init_state(setup), [sharding.global_batch(batch, setup.mesh, setup.rules)])
+    return jax.tree.map(np.asarray, state["params"]), jax.device_get(metrics)
+
+  params_chunked, metrics_chunked = one_update(8)
+  params_whole, metrics_whole = one_update(0)
+  for key in ("loss", "nll", "accuracy", "target_tokens", "grad_norm"):
+    np.testing.assert_allclose(metrics_chunked[key], metrics_whole[key], rtol=1e-5,
+                               err_msg=key)
+  for x, y in zip(jax.tree.leaves(params_chunked), jax.tree.leaves(params_whole),
+                  strict=True):
+    np.testing.assert_allclose(x, y, rtol=1e-5, atol=1e-7)
+
+
 @pytest.mark.slow
 def test_tiny_batch_overfits():
   setup = _setup(dropout_rate=0.0, warmup_steps=30, learning_rate_scale=0.2)

@@ -131,6 +131,7 @@ RULES = {
         "learning_rate_scale": (float, *_positive()),
         "grad_clip_norm": (float, *_at_least(0.0)),
         "weight_decay": (float, *_at_least(0.0)),
+        "loss_chunk_tokens": (int, *_at_least(0)),  # 0: one chunk.
         "accumulate_steps": (int, *_at_least(1)),
         "mesh_shape": (dict, *_ANY),  # Axes and sizes: _check_mesh_shape.
         "fsdp": (bool, *_ANY),

@@ -4,7 +4,17 @@ The loss functions return *sums* over target tokens together with the token
 count, never means. Gradient accumulation sums these over micro-batches and
 divides once (see ``transformer/train.py``), so k micro-batches of B tokens
 give the same update as one batch of kB tokens.
+
+  cross_entropy_sums          the loss of given logits (B, T, V): the formula
+  chunked_cross_entropy_sums  the same sums from the decoder's output (B, T, D)
+                              and the pre-softmax weights, a chunk of target
+                              positions at a time, so that float32 logits are
+                              never held for the whole batch (training)
 """
+
+import functools
+import math
+from collections.abc import Callable
 
 import jax
 import jax.numpy as jnp
@@ -57,13 +67,16 @@ def cross_entropy_sums(
   mask = (targets != PAD_ID).astype(jnp.float32)  # (B, T)
   if weights is not None:
     mask = mask * weights.astype(jnp.float32)
-  logits = logits.astype(jnp.float32)
+  # One row per token, (B T, V): compiled for a GPU, the gradient's matmuls
+  # then read the logits' gradient as it is, not a padded copy of it.
+  logits = logits.astype(jnp.float32).reshape(-1, vocab_size)
+  targets, mask = targets.reshape(-1), mask.reshape(-1)
   # Everything below is written with log p(v) = logit_v - logsumexp(logits),
   # so that no (B, T, V) log-probability array is materialized: on a 37000
   # vocabulary this makes the loss's forward and backward about 2.5x faster.
-  max_logit = jax.lax.stop_gradient(jnp.max(logits, axis=-1))  # (B, T)
-  lse = max_logit + jnp.log(jnp.sum(jnp.exp(logits - max_logit[..., None]), axis=-1))
-  target_logit = jnp.take_along_axis(logits, targets[..., None], axis=-1)[..., 0]  # (B, T)
+  max_logit = jax.lax.stop_gradient(jnp.max(logits, axis=-1))  # (B T,)
+  lse = max_logit + jnp.log(jnp.sum(jnp.exp(logits - max_logit[:, None]), axis=-1))
+  target_logit = _take_target(logits, targets)  # (B T,)
   nll = lse - target_logit  # -log p(y)
   confidence = 1.0 - label_smoothing
   low_confidence = label_smoothing / (vocab_size - 1)
@@ -71,15 +84,146 @@ def cross_entropy_sums(
   # sum_{v != y} -log p(v) = (V - 1) lse - (sum_v logit_v - logit_y).
   others = (vocab_size - 1) * lse - (jnp.sum(logits, axis=-1) - target_logit)
   smoothed = confidence * nll + low_confidence * others
-  loss = smoothed - smoothed_targets_entropy(vocab_size, label_smoothing)  # (B, T)
+  loss = smoothed - smoothed_targets_entropy(vocab_size, label_smoothing)  # (B T,)
   # The reference is the argmax (ties, measure zero for float logits, count as correct).
-  correct = (target_logit >= max_logit).astype(jnp.float32)  # (B, T)
+  correct = (target_logit >= max_logit).astype(jnp.float32)  # (B T,)
   return {
       "loss_sum": jnp.sum(loss * mask),
       "nll_sum": jnp.sum(nll * mask),
       "correct": jnp.sum(correct * mask),
       "num_tokens": jnp.sum(mask),
   }
+
+
+@jax.custom_vjp
+def _take_target(logits, targets):
+  """logits[n, targets[n]] of logits (N, V): a gather of N values, whose
+  gradient is written as a one-hot select (N, V), which XLA fuses into the
+  loss's other elementwise gradient instead of scattering into zeros."""
+  return jnp.take_along_axis(logits, targets[:, None], axis=-1)[:, 0]
+
+
+def _take_target_fwd(logits, targets):
+  return _take_target(logits, targets), (jnp.zeros((0, logits.shape[1]), logits.dtype),
+                                         targets)
+
+
+def _take_target_bwd(residuals, g):
+  empty, targets = residuals  # empty (0, V) carries V.
+  is_target = jnp.arange(empty.shape[1]) == targets[:, None]  # (N, V)
+  return jnp.where(is_target, g[:, None], 0.0).astype(empty.dtype), None
+
+
+_take_target.defvjp(_take_target_fwd, _take_target_bwd)
+
+
+def chunked_cross_entropy_sums(
+    hidden: jax.Array,
+    w: jax.Array,
+    project: Callable[[jax.Array, jax.Array], jax.Array],
+    targets: jax.Array,
+    label_smoothing: float,
+    weights: jax.Array | None = None,
+    *,
+    chunk_tokens: int = 0,
+) -> dict[str, jax.Array]:
+  """``cross_entropy_sums(project(w, hidden), ...)``, one chunk of target
+  positions at a time.
+
+  The logits of a whole batch are its largest array: float32 (B, T, V), 148
+  kB per token with a 37000 vocabulary, written and read several times by
+  the loss and its gradient. Here the positions are cut into chunks of
+  columns, (B, T_c) with B T_c <= ``chunk_tokens``, and ``lax.scan`` computes
+  one chunk at a time: its logits, its sums by ``cross_entropy_sums`` and,
+  when differentiated, the gradients of its "loss_sum" with respect to
+  ``hidden`` and ``w`` (autodiff of ``project`` and ``cross_entropy_sums``),
+  then drops its logits. Since the loss is a sum over positions, the backward
+  pass only scales these gradients by the incoming cotangent: the logits are
+  computed once per chunk and never held for more than one chunk.
+
+  Only "loss_sum", the training objective, is differentiable: "nll_sum",
+  "correct" and "num_tokens" have zero gradient.
+
+  Args:
+    hidden: (B, T, D) decoder output, before the pre-softmax projection.
+    w: the pre-softmax weights, differentiated along with ``hidden``.
+    project: ``project(w, h)``, float32 logits (B, T_c, V) of h (B, T_c, D).
+    targets, label_smoothing, weights: as for ``cross_entropy_sums``.
+    chunk_tokens: at most this many positions per chunk (but at least one
+      column of B positions); 0: the whole batch in one chunk.
+
+  Returns:
+    The sums of ``cross_entropy_sums`` over all chunks.
+  """
+  batch, length = targets.shape
+  if weights is None:
+    weights = jnp.ones(targets.shape, jnp.float32)
+  columns = min(max(chunk_tokens // batch, 1), length) if chunk_tokens > 0 else length
+  num_chunks = math.ceil(length / columns)
+
+  def chunks(x, fill):  # (B, T, ...) -> (num_chunks, B, T_c, ...), padded with fill.
+    chunk_length = math.ceil(length / num_chunks)
+    pad = [(0, 0), (0, num_chunks * chunk_length - length)] + [(0, 0)] * (x.ndim - 2)
+    x = jnp.pad(x, pad, constant_values=fill)
+    return jnp.moveaxis(x.reshape(batch, num_chunks, chunk_length, *x.shape[2:]), 1, 0)
+
+  # Padded positions have target PAD_ID: masked like any padding.
+  return _sums_over_chunks(project, label_smoothing, w, chunks(hidden, 0),
+                           chunks(targets, PAD_ID), chunks(weights, 0))
+
+
+def _zero_sums():
+  return {k: jnp.zeros((), jnp.float32) for k in ("loss_sum", "nll_sum", "correct",
+                                                   "num_tokens")}
+
+
+def _add(a, b):
+  return jax.tree.map(jnp.add, a, b)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(0, 1))
+def _sums_over_chunks(project, label_smoothing, w, hidden, targets, weights):
+  """The sums over chunks hidden (C, B, T_c, D), targets and weights (C, B, T_c)."""
+  def step(total, chunk):
+    h, t, m = chunk
+    return _add(total, cross_entropy_sums(project(w, h), t, label_smoothing, m)), None
+
+  return jax.lax.scan(step, _zero_sums(), (hidden, targets, weights))[0]
+
+
+def _sums_over_chunks_fwd(project, label_smoothing, w, hidden, targets, weights):
+  def chunk_loss(w, h, t, m):
+    sums = cross_entropy_sums(project(w, h), t, label_smoothing, m)
+    return sums["loss_sum"], sums
+
+  def chunk(h, t, m):  # Its sums and d loss_sum / d w, d loss_sum / d h.
+    (_, sums), (g_w, g_h) = jax.value_and_grad(chunk_loss, argnums=(0, 1),
+                                               has_aux=True)(w, h, t, m)
+    return sums, g_w, g_h
+
+  if hidden.shape[0] == 1:  # No loop, and no sum of d w over chunks.
+    sums, grad_w, grad_h = chunk(hidden[0], targets[0], weights[0])
+    return sums, (grad_w, grad_h[None])
+
+  def step(carry, xs):
+    total, grad_w = carry
+    sums, g_w, g_h = chunk(*xs)
+    return (_add(total, sums), grad_w + g_w), g_h
+
+  (total, grad_w), grad_hidden = jax.lax.scan(
+      step, (_zero_sums(), jnp.zeros_like(w)), (hidden, targets, weights))
+  return total, (grad_w, grad_hidden)
+
+
+def _sums_over_chunks_bwd(project, label_smoothing, residuals, cotangent):
+  del project, label_smoothing
+  grad_w, grad_hidden = residuals  # d loss_sum / d w, d loss_sum / d hidden.
+  g = cotangent["loss_sum"]
+  return ((g * grad_w).astype(grad_w.dtype), (g * grad_hidden).astype(grad_hidden.dtype),
+          None, None)
+
+
+_sums_over_chunks.defvjp(_sums_over_chunks_fwd, _sums_over_chunks_bwd)
 
 
 def summarize(sums: dict[str, jax.Array]) -> dict[str, jax.Array]:

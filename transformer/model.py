@@ -655,11 +655,22 @@ class Transformer(nnx.Module):
       pe = sinusoidal_encoding(positions, self.cfg.d_model)
     return sharding_lib.constrain(dropout(x + pe.astype(self.dtype)), _BTD)  # (B, T, D)
 
+  def output_layer(self):
+    """The pre-softmax linear transformation (§3.4) as ``(w, project)``:
+    ``project(w, y)`` gives float32 logits (B, T, V) of y (B, T, D). Tied
+    (§3.4), w is the target embedding E (V, D) and logits = y E^T; untied, w
+    is ``output_projection`` (D, V). The training loss takes the two apart to
+    differentiate w a chunk of positions at a time (transformer/loss.py)."""
+    if self.cfg.share_output_embedding:
+      w, spec = self.target_embedding.embedding[...], "BTD,VD->BTV"
+    else:
+      w, spec = self.output_projection[...], "BTD,DV->BTV"
+    return w, lambda w, y: matmul(spec, y, w, self.dtype)
+
   def _logits(self, y):
     """The pre-softmax linear transformation, float32 logits (B, T, V)."""
-    if self.cfg.share_output_embedding:
-      return self.target_embedding.attend(y)
-    return matmul("BTD,DV->BTV", y, self.output_projection[...], self.dtype)
+    w, project = self.output_layer()
+    return project(w, y)
 
   # -- encoder ----------------------------------------------------------------
 
@@ -682,8 +693,9 @@ class Transformer(nnx.Module):
   # -- decoder (teacher forcing) ----------------------------------------------
 
   def decode(self, encoded, inputs_segmentation, targets, targets_segmentation=None,
-             targets_position=None, return_attention=False):
-    """Decoder stack over the whole (shifted) target: float32 (B, T, V)."""
+             targets_position=None, return_attention=False, return_hidden=False):
+    """Decoder stack over the whole (shifted) target: float32 (B, T, V), or
+    with ``return_hidden`` its output (B, T, D) before the projection."""
     segments, positions = _segments_and_positions(
         targets, targets_segmentation, targets_position)
     decoder_inputs = shift_right(targets, segments)
@@ -700,16 +712,18 @@ class Transformer(nnx.Module):
       cross_weights.append(wc)
     if self.cfg.norm_position == "pre":
       y = self.decoder_norm(y)
-    logits = self._logits(y)
-    return (logits, self_weights, cross_weights) if return_attention else logits
+    out = y if return_hidden else self._logits(y)  # (B, T, D) or (B, T, V)
+    return (out, self_weights, cross_weights) if return_attention else out
 
   def __call__(self, inputs, targets, inputs_segmentation=None,
                targets_segmentation=None, inputs_position=None,
-               targets_position=None, return_attention=False):
+               targets_position=None, return_attention=False, return_hidden=False):
     """Teacher-forced forward pass: float32 logits (B, T, V) for ``targets``.
 
     With ``return_attention``, also returns a dict of per-layer attention
     weights (B, H, Q, M): "encoder_self", "decoder_self", "encoder_decoder".
+    With ``return_hidden``, the decoder's output (B, T, D) takes the logits'
+    place: the input of ``output_layer`` (the training loss's path).
     """
     inputs_segmentation, inputs_position = _segments_and_positions(
         inputs, inputs_segmentation, inputs_position)
@@ -718,7 +732,7 @@ class Transformer(nnx.Module):
     if return_attention:
       encoded, encoder_weights = encoded
     out = self.decode(encoded, inputs_segmentation, targets, targets_segmentation,
-                      targets_position, return_attention)
+                      targets_position, return_attention, return_hidden)
     if not return_attention:
       return out
     logits, self_weights, cross_weights = out

@@ -207,13 +207,19 @@ def _loss_sums(setup, params, rest, batch, dropout_key, *, train: bool):
     model.train()
   else:
     model.eval()
-  with sharding_lib.activation_sharding(setup.mesh, setup.rules):
-    logits = model(**_model_inputs(batch))  # (B, T, V) float32
   weights = None
   if "index" in batch:  # Filler rows of an evaluation batch have index -1.
     weights = jnp.broadcast_to((batch["index"] >= 0)[:, None], batch["targets"].shape)
-  label_smoothing = setup.config.train.label_smoothing
-  return loss_lib.cross_entropy_sums(logits, batch["targets"], label_smoothing, weights)
+  train_config = setup.config.train
+  # train.loss_chunk_tokens is per device; the loss sees the global batch.
+  chunk_tokens = train_config.loss_chunk_tokens * sharding_lib.batch_divisor(
+      setup.mesh, setup.rules)
+  with sharding_lib.activation_sharding(setup.mesh, setup.rules):
+    hidden = model(**_model_inputs(batch), return_hidden=True)  # (B, T, D)
+    w, project = model.output_layer()
+    return loss_lib.chunked_cross_entropy_sums(
+        hidden, w, project, batch["targets"], train_config.label_smoothing, weights,
+        chunk_tokens=chunk_tokens)
 
 
 def _grads_and_sums(setup, state, rest, batch, micro_index):
