@@ -68,10 +68,11 @@ def losses(workdir):
 # ---------------------------------------------------------------------------
 
 
-def _setup(dropout_rate=0.1, **train_overrides):
+def _setup(dropout_rate=0.1, dtype="auto", **train_overrides):
   config = tiny_config(**{f"train.{k}": v for k, v in train_overrides.items()})
   config.model.vocab_size = 32
   config.model.dropout_rate = dropout_rate
+  config.model.dtype = dtype
   mesh = sharding.make_mesh(config.train)
   return train.setup_state(config, mesh)
 
@@ -94,7 +95,9 @@ def test_accumulation_equals_bigger_batch():
   big = {k: np.concatenate([a[k], b[k]]) for k in a}
 
   def one_update(accumulate_steps, micro_batches):
-    setup = _setup(dropout_rate=0.0, accumulate_steps=accumulate_steps)
+    # float32: bf16 products (what "auto" picks on a CPU with bf16 instructions)
+    # round the two micro-batches' gradients differently from the big batch's.
+    setup = _setup(dropout_rate=0.0, dtype="float32", accumulate_steps=accumulate_steps)
     state = train.init_state(setup)
     update = train.make_update_fn(setup)
     batches = [sharding.global_batch(mb, setup.mesh, setup.rules) for mb in micro_batches]

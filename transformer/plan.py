@@ -408,8 +408,10 @@ def check_memory(config, mesh, bytes_limit: int | None = None) -> int | None:
   exceeds the devices' memory limit (``bytes_limit``, default: what the
   first device reports). Returns the peak; None, compiling nothing, where the
   devices report no limit (CPUs)."""
+  # A device of this process: memory_stats() refuses another host's devices.
+  local = [d for d in mesh.devices.flat if d.process_index == jax.process_index()]
   if bytes_limit is None:
-    stats = mesh.devices.flat[0].memory_stats() or {}
+    stats = local[0].memory_stats() or {}
     bytes_limit = stats.get("bytes_limit")
     if not bytes_limit:
       return None
@@ -426,7 +428,7 @@ def check_memory(config, mesh, bytes_limit: int | None = None) -> int | None:
             if fit_rows >= 1 else "shard the parameters with train.fsdp or use more devices")
     raise ValueError(
         f"The train step needs {_gib(peak)} ({peak:,} bytes) per device but "
-        f"{mesh.devices.flat[0].device_kind} gives JAX {_gib(bytes_limit)} "
+        f"{local[0].device_kind} gives JAX {_gib(bytes_limit)} "
         f"({bytes_limit:,} bytes) at data.batch_tokens={config.data.batch_tokens}: "
         f"{hint} (python -m transformer.plan ... --max_batch finds the largest; "
         "--config.train.check_memory=False skips this check).")
