@@ -249,3 +249,18 @@ def test_orphaned_orbax_task_errors_are_not_logged_but_others_are(caplog):
                      exc_info=(type(e), e, e.__traceback__))
   logged = [r.getMessage() for r in caplog.records if r.name == "asyncio"]
   assert len(logged) == 1 and "user_code" in logged[0]
+
+
+def test_orphan_tensorstore_read_errors_of_a_failed_restore_are_dropped():
+  """asyncio's report of an unfinished TensorStore read (no traceback, the
+  OCDBT file in its message) is dropped; other unretrieved errors are not."""
+  drop = checkpoint._DropOrbaxOrphanTasks()
+
+  def record(error):
+    return logging.LogRecord("asyncio", logging.ERROR, __file__, 1,
+                             "Future exception was never retrieved", (),
+                             (type(error), error, None))
+
+  assert not drop.filter(record(ValueError(
+      'OUT_OF_RANGE: Error reading "w_o/0.0.0" in OCDBT database at local file "/x"')))
+  assert drop.filter(record(ValueError("something else")))

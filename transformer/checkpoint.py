@@ -166,11 +166,16 @@ def _from_orbax(traceback) -> bool:
 
 class _DropOrbaxOrphanTasks(py_logging.Filter):
   """asyncio's "Task exception was never retrieved" for an Orbax read of a
-  failed restore, logged when the task is collected (with its traceback)."""
+  failed restore, logged when the task is collected (with its traceback), and
+  "Future exception was never retrieved" for a TensorStore read of the same
+  checkpoint (set from C++: no traceback, its message names the OCDBT file)."""
 
   def filter(self, record):
-    return not ("exception was never retrieved" in record.getMessage()
-                and record.exc_info and _from_orbax(record.exc_info[2]))
+    if "exception was never retrieved" not in record.getMessage() or not record.exc_info:
+      return True
+    _, error, traceback = record.exc_info
+    from_tensorstore = traceback is None and "OCDBT database" in str(error)
+    return not (_from_orbax(traceback) or from_tensorstore)
 
 
 def _drop_closed_loop_reports():
