@@ -106,14 +106,15 @@ def _project(w, h):  # Tied layout, float32: logits = h w^T.
   return jnp.einsum("btd,vd->btv", h, w)
 
 
+@pytest.mark.parametrize("one_pass", [False, True])
 @pytest.mark.parametrize("chunk_tokens", [0, 1, 6, 14, 1000])
-def test_chunked_loss_vs_float64_reference(chunk_tokens):
+def test_chunked_loss_vs_float64_reference(chunk_tokens, one_pass):
   h, w, targets, weights = _problem()
   expected, d_h, d_w = _reference_sums_and_grads(h, w, targets, weights)
 
   def sums(w, h):
     return loss.chunked_cross_entropy_sums(h, w, _project, targets, EPS, weights,
-                                           chunk_tokens=chunk_tokens)
+                                           chunk_tokens=chunk_tokens, one_pass=one_pass)
 
   got = jax.jit(sums)(w, h)
   for key, value in expected.items():
@@ -147,3 +148,26 @@ def test_chunked_loss_equals_the_loss_of_whole_logits():
   np.testing.assert_allclose(w_chunked, w_whole, rtol=1e-5, atol=1e-6)
   np.testing.assert_allclose(h_chunked.astype(np.float32), h_whole.astype(np.float32),
                              rtol=1e-2)
+
+
+def test_one_pass_row_statistics_with_large_and_equal_logits():
+  """The online normalizer of one_pass: rows whose max comes late, huge
+  logits (exp would overflow without the shift), equal logits, and rows of
+  one value repeated, against max / logsumexp / sum / take of numpy."""
+  rng = np.random.default_rng(1)
+  logits = rng.normal(size=(6, 1000)).astype(np.float32) * 3
+  logits[1] += 1e4  # exp(1e4) overflows float32.
+  logits[2, -1] = 80.0  # The max is the row's last element.
+  logits[3] = 0.5  # All equal.
+  logits[4] = np.linspace(-1e3, 1e3, 1000)
+  logits[5] = -3e4
+  targets = np.array([0, 3, 999, 7, 500, 2], np.int32)
+  got = jax.jit(loss._row_statistics)(jnp.asarray(logits), jnp.asarray(targets))
+  x = logits.astype(np.float64)
+  m = x.max(-1)
+  lse = m + np.log(np.exp(x - m[:, None]).sum(-1))
+  # Float32 rounding: relative, and for the sum relative to the sum of |x|.
+  tolerance = 1e-4 + 1e-6 * np.abs(x).sum(-1)
+  for g, want in zip(got, (m, lse, x.sum(-1), x[np.arange(6), targets]), strict=True):
+    error = np.abs(np.asarray(g, np.float64) - want)
+    assert np.all(error <= 1e-5 * np.abs(want) + tolerance), (g, want)
