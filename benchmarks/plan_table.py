@@ -26,6 +26,9 @@ from transformer import plan as plan_lib  # noqa: E402  (puts the toolchain on t
 
 _RUNS = flags.DEFINE_list("runs", ["base:h100:8:dp"], "SIZE:TARGET:DEVICES:MODE runs.")
 _MAX_BATCH = flags.DEFINE_bool("max_batch", False, "Search the largest batch of each run.")
+_MAX_BATCH_COMPILES = flags.DEFINE_integer(
+    "max_batch_compiles", 8, "At most this many compiles per largest-batch search "
+    "(fewer: the largest found, not exact to one row).")
 _JSON_OUT = flags.DEFINE_string("json_out", "", "Write the plans here as JSON.")
 
 
@@ -45,14 +48,14 @@ def row(name, p):
   m, e = p["memory_per_device"], p["estimate"]
   gib = lambda n: f"{n / 2**30:.2f}"  # noqa: E731
   best = p.get("max_batch", {})
-  largest = (f"{best['batch_tokens']:,}" + ("" if best["exact_to_one_row"] else " (found)")
-             if best else "not searched")
+  largest = (("" if best["exact_to_one_row"] else ">= ") + f"{best['batch_tokens']:,}"
+             + f" ({best['tokens_per_device']:,} per device)" if best else "not searched")
+  hours = lambda steps: e["step_seconds"] * steps / 3600  # noqa: E731
   state = m["parameters"] + m["optimizer_state"]
   return (f"| {name} | {p['devices']} x {p['device']} | {gib(state)}"
           f" | {gib(m['peak'])} / {gib(m['usable'])} | {largest} | "
           f"{e['bytes_accessed_per_device']:.2e} | {e['step_seconds'] * 1e3:.1f} ({e['bound']}) | "
-          f"{100 * e['best_case_mfu']:.0f}% | {e['hours_for_num_steps']:.1f} h / "
-          f"{e['num_steps'] // 1000}k |")
+          f"{100 * e['best_case_mfu']:.0f}% | {hours(100_000):.1f} h / {hours(300_000):.1f} h |")
 
 
 def main(argv):
@@ -63,14 +66,17 @@ def main(argv):
     print(f"== {spec}", file=sys.stderr, flush=True)
     plans[spec] = plan_lib.make_plan(run_config(size, mode), target, int(devices),
                                      max_batch=_MAX_BATCH.value, beam_search=False,
+                                     max_batch_compiles=_MAX_BATCH_COMPILES.value,
                                      log=lambda *a: print(*a, file=sys.stderr, flush=True))
     lines.append(row(f"{size} {mode}", plans[spec]))
     print(lines[-1], file=sys.stderr, flush=True)
+  search = (f" --max_batch --max_batch_compiles={_MAX_BATCH_COMPILES.value}"
+            if _MAX_BATCH.value else "")
   print(f"Compile-time estimates, {datetime.date.today()} (python benchmarks/plan_table.py "
-        f"--runs={','.join(_RUNS.value)}{' --max_batch' if _MAX_BATCH.value else ''}):\n")
+        f"--runs={','.join(_RUNS.value)}{search}):\n")
   print("| run | devices | params + Adam per device (GiB) | peak / usable per device (GiB) "
         "| largest data.batch_tokens | bytes accessed per device per step | roofline step (ms) "
-        "| best-case MFU | roofline time / steps |")
+        "| best-case MFU | roofline time for 100k / 300k steps |")
   print("|---|---|---|---|---|---|---|---|---|")
   print("\n".join(lines))
   if _JSON_OUT.value:

@@ -95,6 +95,35 @@ def test_dot_product_attention_is_cudnn_on_a_gpu_and_xla_elsewhere():
   assert _fused_implementations(tiny_config(d_k=8, d_v=8), "gpu") == {None}  # einsum
 
 
+def test_auto_attention_is_cudnn_on_a_gpu_where_the_model_allows_it():
+  cfg = tiny_config(attention_impl="auto", d_k=8, d_v=8, dtype="auto")
+  assert _fused_implementations(cfg, "gpu") == {"cudnn"}
+  assert _fused_implementations(cfg, "cpu") == {None}  # The einsums, as "xla".
+  assert _fused_implementations(cfg, "tpu") == {None}
+  # What cuDNN cannot take is no error under "auto": the einsums instead.
+  for overrides in ({"dtype": "float32"}, {"d_k": 12, "d_v": 12}, {"d_v": 16},
+                    {"attention_dropout_rate": 0.1}):
+    cfg = tiny_config(attention_impl="auto", d_k=8, d_v=8, dtype="auto")
+    cfg.update(overrides)
+    assert _fused_implementations(cfg, "gpu") == {None}, overrides
+
+
+def test_auto_attention_takes_the_einsums_where_cudnn_refuses_when_traced():
+  # On this CPU cuDNN refuses every shape when traced (no GPU): "auto" then
+  # computes the einsum path's values; "dot_product_attention" raises.
+  kwargs = dict(attention_dropout_rate=0.0, dtype=jnp.float32, param_dtype=jnp.float32)
+  einsum = model_lib.MultiHeadAttention(8, 2, 4, 4, rngs=nnx.Rngs(0), **kwargs)
+  auto = model_lib.MultiHeadAttention(8, 2, 4, 4, rngs=nnx.Rngs(0), fused_implementation="cudnn",
+                                      fallback=True, **kwargs)
+  strict = model_lib.MultiHeadAttention(8, 2, 4, 4, rngs=nnx.Rngs(0),
+                                        fused_implementation="cudnn", **kwargs)
+  x = jnp.asarray(np.random.default_rng(0).normal(size=(2, 5, 8)), jnp.float32)
+  mask = jnp.ones((2, 1, 5, 5), bool)
+  np.testing.assert_array_equal(auto(x, x, mask)[0], einsum(x, x, mask)[0])
+  with pytest.raises(ValueError, match="cuDNN fused attention"):
+    strict(x, x, mask)
+
+
 @pytest.mark.parametrize("overrides,message", [
     ({"dtype": "float32"}, r"takes bfloat16 or float16, not float32 \(config.model.dtype="
      r"'float32'\); set --config.model.dtype=bfloat16, or use --config.model.attention_impl=xla"),

@@ -118,6 +118,7 @@ if %(cuda)r:
   runs["h100x8"] = ("h100", 8, config(batch_tokens=8 * 256))
   runs["h100x8_fsdp"] = ("h100", 8, config(batch_tokens=8 * 256, **fsdp))
   runs["h100x1_cudnn"] = ("h100", 1, config(**{"model.attention_impl": "dot_product_attention"}))
+  runs["h100x1_xla"] = ("h100", 1, config(**{"model.attention_impl": "xla"}))
 if %(tpu)r:
   runs["v5ex4"] = ("v5e", 4, config(batch_tokens=4 * 256))
 out = {}
@@ -212,13 +213,19 @@ def test_fsdp_divides_the_state_and_gathers_instead_of_all_to_all(plans):
 
 @pytest.mark.slow
 @needs_cuda
-def test_dot_product_attention_is_cudnn_fused_attention_on_gpu(plans):
-  calls = plans["h100x1_cudnn"]["custom_calls"]["update"]
+@pytest.mark.parametrize("run", ["h100x1_cudnn", "h100x1"])  # dot_product_attention, auto
+def test_dot_product_attention_and_auto_are_cudnn_fused_attention_on_gpu(plans, run):
+  calls = plans[run]["custom_calls"]["update"]
   forward = [k for k in calls if k.startswith("__cudnn$fmha") and "Backward" not in k]
   backward = [k for k in calls if k.startswith("__cudnn$fmha") and "Backward" in k]
   assert forward and backward, calls
-  assert not any(k.startswith("__cudnn$fmha") for k in plans["h100x1"]["custom_calls"][
-      "update"])  # attention_impl="xla" stays XLA's.
+  assert plans[run]["attention"] == "cudnn"
+  # XLA's cost analysis counts nothing for a custom call; the plan adds its bytes and FLOPs.
+  cost = plans[run]["estimate"]
+  assert cost["custom_call_bytes_accessed"] > 0 and cost["custom_call_flops"] > 0, cost
+  xla = plans["h100x1_xla"]
+  assert xla["attention"] == "einsum"
+  assert not any(k.startswith("__cudnn$fmha") for k in xla["custom_calls"]["update"])
 
 
 @pytest.mark.slow

@@ -41,7 +41,7 @@ from transformer import tokens
 _DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
 _NORM_POSITIONS = ("post", "pre")
 _POSITIONAL_ENCODINGS = ("sinusoidal", "learned")
-_ATTENTION_IMPLS = ("xla", "dot_product_attention")
+_ATTENTION_IMPLS = ("auto", "xla", "dot_product_attention")
 # Logical axes of the activations between sub-layers (B, T, D): rows split like
 # the batch, d_model whole. Training pins them there (sharding_lib.constrain);
 # left to itself, XLA follows FSDP's split of d_model from the parameters into
@@ -186,6 +186,27 @@ def check_config(cfg, platform=None):
         "positional encoding (sin and cos pairs, §3.5).")
   if cfg.attention_impl == "dot_product_attention":
     _check_fused_attention(cfg, platform)
+
+
+def fused_attention_implementation(cfg, platform=None):
+  """What computes Eq. (1) for ``config.model.attention_impl`` on ``platform``:
+  "cudnn" (cuDNN's fused kernel, GPU), "xla" (``jax.nn.dot_product_attention``
+  by XLA) or None (this file's einsums, ``scaled_dot_product_attention``).
+
+  "auto" is cuDNN on a GPU where the model allows it (see
+  ``_check_fused_attention``), the einsums elsewhere: the same function, with
+  the (B, H, Q, M) weights never stored on a GPU, which makes the base train
+  step move about a quarter fewer bytes (``python -m transformer.plan``)."""
+  gpu = (platform or jax.default_backend()) == "gpu"
+  if cfg.attention_impl == "dot_product_attention":
+    return "cudnn" if gpu else "xla"
+  if cfg.attention_impl == "auto" and gpu:
+    try:
+      _check_fused_attention(cfg, platform)
+    except ValueError:
+      return None
+    return "cudnn"
+  return None
 
 
 def _check_fused_attention(cfg, platform):
@@ -361,15 +382,15 @@ class MultiHeadAttention(nnx.Module):
   """
 
   def __init__(self, d_model, num_heads, d_k, d_v, *, attention_dropout_rate,
-               attention_impl, dtype, param_dtype, rngs, platform=None):
+               dtype, param_dtype, rngs, fused_implementation=None, fallback=False):
     self.dtype = dtype
-    # attention_impl="dot_product_attention" (vetted by check_config): cuDNN's
-    # fused kernel on a GPU, XLA's attention elsewhere. Decoding with a cache
-    # takes it too (cuDNN compiles for a step's beams x (L * beams) slots).
-    self.fused_implementation = None
-    if attention_impl == "dot_product_attention":
-      gpu = (platform or jax.default_backend()) == "gpu"
-      self.fused_implementation = "cudnn" if gpu else "xla"
+    # fused_implementation ("cudnn", "xla" or None: the einsums), from
+    # fused_attention_implementation. Decoding with a cache takes it too (cuDNN
+    # compiles for a step's beams x (L * beams) slots). ``fallback``
+    # (attention_impl="auto"): shapes cuDNN refuses when traced (an odd length
+    # in training) take the einsums instead of raising.
+    self.fused_implementation = fused_implementation
+    self.fallback = fallback
     x_in = _xavier(in_axis=0, out_axis=(1, 2))  # fan_in = D, fan_out = H * K
     x_out = _xavier(in_axis=(0, 1), out_axis=2)  # fan_in = H * J, fan_out = D
     self.w_q = _param(rngs, x_in, (d_model, num_heads, d_k), ("embed", "heads", "kv"),
@@ -400,10 +421,15 @@ class MultiHeadAttention(nnx.Module):
     ``return_weights`` (to inspect them) takes the einsum path whatever
     ``attention_impl``: a fused kernel never forms the weights."""
     q = self._project(x_q, self.w_q)
+    out = None
     if self.fused_implementation and not return_weights:
-      out = fused_attention(q, k, v, mask, implementation=self.fused_implementation)
+      try:
+        out = fused_attention(q, k, v, mask, implementation=self.fused_implementation)
+      except ValueError:
+        if not self.fallback:
+          raise
       weights = None
-    else:
+    if out is None:
       out, weights = scaled_dot_product_attention(
           q, k, v, mask, dropout=self.attention_dropout)
     y = matmul("BHQJ,HJD->BQD", out, self.w_o[...], self.dtype).astype(self.dtype)
@@ -499,8 +525,9 @@ def _attention(cfg, dtype, param_dtype, rngs, platform):
   return MultiHeadAttention(
       cfg.d_model, cfg.num_heads, cfg.d_k, cfg.d_v,
       attention_dropout_rate=cfg.attention_dropout_rate,
-      attention_impl=cfg.attention_impl, dtype=dtype, param_dtype=param_dtype,
-      rngs=rngs, platform=platform)
+      fused_implementation=fused_attention_implementation(cfg, platform),
+      fallback=cfg.attention_impl == "auto", dtype=dtype, param_dtype=param_dtype,
+      rngs=rngs)
 
 
 def _feed_forward(cfg, dtype, param_dtype, rngs):

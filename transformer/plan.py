@@ -24,8 +24,9 @@ reports:
                best-case MFU, target tokens/s and the time for
                ``train.num_steps``. Compile-time estimates, never measurements:
                communication is assumed hidden, GEMM tiles are XLA's defaults
-               (no autotuning without a device), and custom calls (cuDNN
-               attention) are not counted by the cost analysis.
+               (no autotuning without a device). XLA's cost analysis counts
+               nothing for a custom call: cuDNN attention's bytes (operands
+               and result once) and FLOPs (from its shapes) are added.
   --max_batch  the largest ``data.batch_tokens`` whose step fits, found by
                compiling (the number of compiles is reported).
 
@@ -70,6 +71,7 @@ from jax.sharding import NamedSharding, PartitionSpec  # noqa: E402
 
 from transformer import data as data_lib  # noqa: E402
 from transformer import decode as decode_lib  # noqa: E402
+from transformer import model as model_lib  # noqa: E402
 from transformer import sharding as sharding_lib  # noqa: E402
 from transformer import tokens  # noqa: E402
 from transformer import train as train_lib  # noqa: E402
@@ -246,7 +248,7 @@ _NO_TRAFFIC = ("parameter", "constant", "get-tuple-element", "bitcast", "tuple",
                "opt-barrier", "partition-id", "replica-id")
 
 
-def traffic(hlo_text: str, top: int = 5) -> list[dict]:
+def traffic(hlo_text: str, top: int | None = 5) -> list[dict]:
   """The ``top`` instructions of an optimised module's entry computation by
   memory traffic (bytes of their operands and result, per device), each with
   the JAX operation it came from: where a step's bytes accessed go."""
@@ -268,7 +270,29 @@ def traffic(hlo_text: str, top: int = 5) -> list[dict]:
       entry.append((name, op, shapes[name], operands, source.group(1) if source else ""))
   items = [{"bytes": result + sum(shapes.get(o, 0) for o in operands), "instruction": name,
             "op": op, "from": source} for name, op, result, operands, source in entry]
-  return sorted(items, key=lambda item: -item["bytes"])[:top]
+  return sorted(items, key=lambda item: -item["bytes"])[:top]  # top None: all.
+
+
+def custom_call_cost(hlo_text: str) -> dict:
+  """What XLA's HLO cost analysis leaves out: it counts a custom call's FLOPs
+  and bytes as unknown (nothing). Bytes: each custom call of the entry
+  computation reads its operands and writes its result once (a lower bound).
+  FLOPs: cuDNN's fused attention (``__cudnn$fmha...``), from the query (B, Q,
+  H, K) and key (B, M, H, K) shapes, 4 B H Q M K forward (two matmuls) and
+  2.5 times that backward (five); other custom calls (cuBLAS GEMMs are
+  counted by the analysis when XLA emits them itself) none."""
+  flops = 0.0
+  for line in hlo_text.split("\nENTRY ", 1)[-1].splitlines():
+    target = re.search(r'custom_call_target="([^"]*fmha[^"]*)"', line)
+    if not target or "operand_layout_constraints=" not in line:
+      continue
+    constraints = line.split("operand_layout_constraints=", 1)[1].split("}},", 1)[0]
+    dims = [[int(d) for d in m.split(",")] for m in re.findall(r"\w+\[([\d,]+)\]", constraints)]
+    (b, q, h, k), (_, m, _, _) = dims[0], dims[1]
+    flops += 4.0 * b * h * q * m * k * (2.5 if "Backward" in target.group(1) else 1.0)
+  calls = [item for item in traffic(hlo_text, top=None) if item["op"] == "custom-call"]
+  return {"flops": flops, "bytes_accessed": float(sum(item["bytes"] for item in calls)),
+          "count": len(calls)}
 
 
 def custom_calls(hlo_text: str) -> dict:
@@ -282,7 +306,8 @@ def custom_calls(hlo_text: str) -> dict:
 def cost(compiled) -> dict:
   """FLOPs and bytes accessed per device of a compiled program: the
   compiler's cost analysis where it gives one (TPU), else XLA's HLO cost
-  analysis of the optimised module (GPU compile-only clients return None).
+  analysis of the optimised module (GPU compile-only clients return None)
+  plus ``custom_call_cost`` (cuDNN attention), which it leaves out.
   A while loop's body is counted once, whatever its trip count."""
   analysis = compiled.cost_analysis()
   if isinstance(analysis, list):
@@ -293,6 +318,14 @@ def cost(compiled) -> dict:
     module = compiled.runtime_executable().hlo_modules()[0]
     analysis = _jax.hlo_module_cost_analysis(jax.devices("cpu")[0].client, module)
     source = "hlo_cost_analysis"
+    extra = custom_call_cost(compiled.as_text())
+    if extra["count"]:
+      source += " + custom calls"
+      return {"flops": float(analysis.get("flops", 0.0)) + extra["flops"],
+              "bytes_accessed": float(analysis.get("bytes accessed", 0.0))
+              + extra["bytes_accessed"], "source": source,
+              "custom_call_flops": extra["flops"],
+              "custom_call_bytes_accessed": extra["bytes_accessed"]}
   return {"flops": float(analysis.get("flops", 0.0)),
           "bytes_accessed": float(analysis.get("bytes accessed", 0.0)), "source": source}
 
@@ -474,6 +507,11 @@ def roofline(train_report, config, target: Target) -> dict:
       "num_steps": config.train.num_steps,
       "hours_for_num_steps": step_s * config.train.num_steps / 3600,
       "while_loops": sum(programs[n]["while_loops"] for n in runs),
+      "custom_call_flops": sum(programs[n]["cost"].get("custom_call_flops", 0.0) * r
+                               for n, r in runs.items()),
+      "custom_call_bytes_accessed": sum(
+          programs[n]["cost"].get("custom_call_bytes_accessed", 0.0) * r
+          for n, r in runs.items()),
   }
 
 
@@ -512,9 +550,11 @@ def search_max_rows(peak_of, rows0, peak0, usable, fixed, *, budget=8, log=print
 
 
 def make_plan(config: ml_collections.ConfigDict, target_name: str, num_devices: int, *,
-              max_batch: bool = False, beam_search: bool = True, log=print) -> dict:
+              max_batch: bool = False, beam_search: bool = True, max_batch_compiles: int = 8,
+              log=print) -> dict:
   """Compiles ``config`` for ``num_devices`` compile-only devices of
-  ``target_name`` and returns the plan (see the module docstring)."""
+  ``target_name`` and returns the plan (see the module docstring).
+  ``max_batch_compiles``: the most compiles of the largest-batch search."""
   devices, topology = compile_only_devices(target_name, num_devices)
   target = TARGETS[target_name]
   config = train_lib.resolve_config(config, num_devices=num_devices,
@@ -531,7 +571,10 @@ def make_plan(config: ml_collections.ConfigDict, target_name: str, num_devices: 
   plan = {
       "target": target_name, "device": target.name, "devices": num_devices,
       "topology": topology, "mesh": dict(mesh.shape), "dtype": config.model.dtype,
-      "attention_impl": config.model.attention_impl, "fsdp": bool(config.train.fsdp),
+      "attention_impl": config.model.attention_impl,
+      "attention": model_lib.fused_attention_implementation(
+          config.model, _platform(target)) or "einsum",
+      "fsdp": bool(config.train.fsdp),
       "batch": {"batch_tokens": config.data.batch_tokens, "rows": train["rows"],
                 "length": train["length"], "rows_per_split": train["rows"] // divisor,
                 "accumulate_steps": config.train.accumulate_steps},
@@ -568,7 +611,8 @@ def make_plan(config: ml_collections.ConfigDict, target_name: str, num_devices: 
       return _step_peak(report)
 
     log(f"Searching the largest batch that fits in {usable / GiB:.2f} GiB per device ...")
-    rows, exact, seen = search_max_rows(peak_of, rows0, peak, usable, fixed, log=log)
+    rows, exact, seen = search_max_rows(peak_of, rows0, peak, usable, fixed,
+                                         budget=max_batch_compiles, log=log)
     plan["compiles"] += len(seen) - 1
     plan["max_batch"] = {
         "rows_per_split": rows, "batch_tokens": rows * divisor * length,
@@ -608,7 +652,7 @@ def format_plan(plan) -> str:
   lines = [
       f"Plan: {plan['devices']} x {plan['device']} (topology {plan['topology']}), mesh "
       f"{plan['mesh']}, {plan['dtype']}, fsdp={plan['fsdp']}, attention "
-      f"{plan['attention_impl']}; {plan['num_parameters']:,} parameters.",
+      f"{plan['attention_impl']} ({plan['attention']}); {plan['num_parameters']:,} parameters.",
       f"Batch: {b['rows']} rows x {b['length']} tokens per side ({b['rows_per_split']} rows "
       f"per batch split) x {b['accumulate_steps']} micro-batch(es) per update.",
       "",

@@ -96,7 +96,9 @@ def _check_resumed_config(workdir: str, config: ml_collections.ConfigDict):
     return
   old = checkpoint_lib.load_config(workdir)
   changed = checkpoint_lib.config_differences(old, config)
-  model_changes = [k for k in changed if k.startswith("model.")]
+  # attention_impl computes the same function from the same parameters.
+  model_changes = [k for k in changed
+                   if k.startswith("model.") and k != "model.attention_impl"]
   if model_changes and checkpoint_lib.list_steps(workdir):
     raise ValueError(
         f"Workdir {workdir} holds checkpoints of a different model ({model_changes} "
@@ -219,7 +221,7 @@ def _loss_sums(setup, params, rest, batch, dropout_key, *, train: bool):
     w, project = model.output_layer()
     return loss_lib.chunked_cross_entropy_sums(
         hidden, w, project, batch["targets"], train_config.label_smoothing, weights,
-        chunk_tokens=chunk_tokens)
+        chunk_tokens=chunk_tokens, one_pass=setup.mesh.devices.flat[0].platform != "cpu")
 
 
 def _grads_and_sums(setup, state, rest, batch, micro_index):
