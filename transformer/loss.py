@@ -134,20 +134,20 @@ def _row_statistics(logits, targets):
   return max_logit, max_logit + jnp.log(exp_sum), logit_sum, target_logit
 
 
-def _loss_sum_and_logit_grad(logits, targets, label_smoothing, weights, one_pass=False):
+def _loss_sum_and_logit_grad(logits, targets, label_smoothing, weights):
   """``cross_entropy_sums`` and d loss_sum / d logits (B T, V), written out:
 
     d loss / d logit_v = (c + e (V - 1)) p(v) - e - (c - e) [v = y]
 
   per real token (c = 1 - eps_ls, e = eps_ls / (V - 1)): one elementwise pass
-  over the logits. ``one_pass``: the sums read the logits once
-  (``_row_statistics``) instead of once for each of the max, the normalizer,
-  the sum of the logits and the target logit: on a GPU or TPU, where this
-  loss is bound by memory traffic (float32 (B T, V)), about a third of the
-  loss's bytes; on a CPU the two exponentials per logit it takes cost more."""
+  over the logits. The sums read the logits once (``_row_statistics``)
+  instead of once for each of the max, the normalizer, the sum of the logits
+  and the target logit: on a GPU or TPU, where this loss is bound by memory
+  traffic (float32 (B T, V)), that is most of the loss's bytes; a CPU keeps
+  the autodiff form (two exponentials per logit here)."""
   vocab_size = logits.shape[-1]
   sums, lse, (logits, targets, mask) = _cross_entropy(logits, targets, label_smoothing,
-                                                      weights, one_pass)
+                                                      weights, one_pass=True)
   confidence = 1.0 - label_smoothing
   low_confidence = label_smoothing / (vocab_size - 1)
   probs = jnp.exp(logits - lse[:, None])
@@ -199,10 +199,11 @@ def chunked_cross_entropy_sums(
   columns, (B, T_c) with B T_c <= ``chunk_tokens``, and ``lax.scan`` computes
   one chunk at a time: its logits, its sums by ``cross_entropy_sums`` and,
   when differentiated, the gradients of its "loss_sum" with respect to
-  ``hidden`` and ``w`` (the logits' gradient written out, then autodiff of
-  ``project``), then drops its logits. Since the loss is a sum over positions, the backward
-  pass only scales these gradients by the incoming cotangent: the logits are
-  computed once per chunk and never held for more than one chunk.
+  ``hidden`` and ``w`` (autodiff, or with ``one_pass`` the logits' gradient
+  written out, then autodiff of ``project``), then drops its logits. Since
+  the loss is a sum over positions, the backward pass only scales these
+  gradients by the incoming cotangent: the logits are computed once per chunk
+  and never held for more than one chunk.
 
   Only "loss_sum", the training objective, is differentiable: "nll_sum",
   "correct" and "num_tokens" have zero gradient.
@@ -215,8 +216,8 @@ def chunked_cross_entropy_sums(
     chunk_tokens: at most this many positions per chunk (but at least one
       column of B positions); 0: the whole batch in one chunk.
     one_pass: read each chunk's logits once for all its row statistics
-      (``_row_statistics``): for GPUs and TPUs, where the loss is bound by
-      memory traffic. Equal to rounding.
+      (``_row_statistics``) and write the logits' gradient out: for GPUs and
+      TPUs, where the loss is bound by memory traffic. Equal to rounding.
 
   Returns:
     The sums of ``cross_entropy_sums`` over all chunks.
@@ -259,9 +260,17 @@ def _sums_over_chunks(project, label_smoothing, one_pass, w, hidden, targets, we
 
 
 def _sums_over_chunks_fwd(project, label_smoothing, one_pass, w, hidden, targets, weights):
+  def chunk_loss(w, h, t, m):
+    sums = cross_entropy_sums(project(w, h), t, label_smoothing, m)
+    return sums["loss_sum"], sums
+
   def chunk(h, t, m):  # Its sums and d loss_sum / d w, d loss_sum / d h.
+    if not one_pass:  # Autodiff of the formula: the CPU's program, as before one_pass.
+      (_, sums), (g_w, g_h) = jax.value_and_grad(chunk_loss, argnums=(0, 1),
+                                                 has_aux=True)(w, h, t, m)
+      return sums, g_w, g_h
     logits, project_vjp = jax.vjp(project, w, h)
-    sums, grad_logits = _loss_sum_and_logit_grad(logits, t, label_smoothing, m, one_pass)
+    sums, grad_logits = _loss_sum_and_logit_grad(logits, t, label_smoothing, m)
     g_w, g_h = project_vjp(grad_logits.reshape(logits.shape).astype(logits.dtype))
     return sums, g_w, g_h
 
