@@ -55,7 +55,7 @@ def row(name, p):
   return (f"| {name} | {p['devices']} x {p['device']} | {gib(state)}"
           f" | {gib(m['peak'])} / {gib(m['usable'])} | {largest} | "
           f"{e['bytes_accessed_per_device']:.2e} | {e['step_seconds'] * 1e3:.1f} ({e['bound']}) | "
-          f"{100 * e['best_case_mfu']:.0f}% | {hours(100_000):.1f} h / {hours(300_000):.1f} h |")
+          f"{100 * e['best_case_mfu']:.0f}% | {hours(100_000):.2f} h / {hours(300_000):.2f} h |")
 
 
 def main(argv):
