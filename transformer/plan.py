@@ -519,7 +519,8 @@ def search_max_rows(peak_of, rows0, peak0, usable, fixed, *, budget=8, log=print
   """The largest rows per batch split whose step fits in ``usable`` bytes,
   by compiling: a line through the measured (rows, peak) points (``fixed``,
   the state's bytes, at 0 rows before the second point) proposes the next
-  size; the fitting/failing bracket closes to one row or the budget ends.
+  size within the fitting/failing bracket, or its middle when the line
+  points down; the bracket closes to one row or the budget ends.
 
   Returns (rows or 0, exact, {rows: peak} of every compile).
   """
@@ -536,9 +537,16 @@ def search_max_rows(peak_of, rows0, peak0, usable, fixed, *, budget=8, log=print
       points.append((0, fixed))
     (r1, p1), (r2, p2) = points
     slope = (p1 - p2) / (r1 - r2) if r1 != r2 and p1 != p2 else max(p1 - fixed, 1) / max(r1, 1)
-    guess = int(r1 + (usable - p1) / slope) if slope > 0 else 2 * max(lo, 1)
-    upper = hi - 1 if hi is not None else max(2 * guess, 2 * lo, 1)
-    guess = min(max(guess, lo + 1), upper)
+    guess = int(r1 + (usable - p1) / slope) if slope > 0 else None
+    if hi is None:
+      guess = max(guess or 2 * max(lo, 1), lo + 1)
+    elif guess is None:
+      # The line points down: memory is not linear there (XLA rematerializes
+      # near its limit, which flattens the peaks and can lower them for more
+      # rows): bisect the bracket.
+      guess = (lo + hi) // 2
+    else:
+      guess = min(max(guess, lo + 1), hi - 1)
     if guess in seen or guess < 1:
       break
     log(f"  compiling {guess} rows per split ...")
