@@ -64,7 +64,7 @@ def model_config(size="base"):
   m.param_dtype = "float32"
   # "auto": cuDNN's fused attention on a GPU where the model allows it (below),
   # else the einsums: the same function (Eq. 1), and on a GPU the (B, H, Q, M)
-  # weights are never stored (base: about 1/4 fewer bytes moved per step).
+  # weights are never stored (base: about 1/5 fewer bytes moved per step).
   # "xla": einsum implementation of Eq. (1). "dot_product_attention":
   # jax.nn.dot_product_attention, which is cuDNN's fused attention (forward and
   # backward, training and decoding) on a GPU and XLA's attention elsewhere.
