@@ -520,7 +520,8 @@ def search_max_rows(peak_of, rows0, peak0, usable, fixed, *, budget=8, log=print
   by compiling: a line through the measured (rows, peak) points (``fixed``,
   the state's bytes, at 0 rows before the second point) proposes the next
   size within the fitting/failing bracket, or its middle when the line
-  points down; the bracket closes to one row or the budget ends.
+  points down or the last two compiles landed on the same side; the
+  bracket closes to one row or the budget ends.
 
   Returns (rows or 0, exact, {rows: peak} of every compile).
   """
@@ -531,6 +532,10 @@ def search_max_rows(peak_of, rows0, peak0, usable, fixed, *, budget=8, log=print
     lo, hi = max(fits, default=0), min(fails, default=None)
     if hi is not None and hi - lo <= 1:
       break
+    # Two line steps in a row that landed on the same side: the line creeps
+    # towards the boundary one row at a time; bisect instead.
+    last = [p <= usable for p in list(seen.values())[-2:]]
+    stalled = len(seen) > 2 and last[0] == last[1]
     # The two measured points nearest the boundary, or the state at 0 rows.
     points = sorted(seen.items(), key=lambda rp: abs(rp[1] - usable))[:2]
     if len(points) < 2:
@@ -540,10 +545,10 @@ def search_max_rows(peak_of, rows0, peak0, usable, fixed, *, budget=8, log=print
     guess = int(r1 + (usable - p1) / slope) if slope > 0 else None
     if hi is None:
       guess = max(guess or 2 * max(lo, 1), lo + 1)
-    elif guess is None:
-      # The line points down: memory is not linear there (XLA rematerializes
-      # near its limit, which flattens the peaks and can lower them for more
-      # rows): bisect the bracket.
+    elif guess is None or stalled:
+      # The line points down, or creeps: memory is not linear there (XLA
+      # rematerializes near its limit, which flattens the peaks and can lower
+      # them for more rows): bisect the bracket.
       guess = (lo + hi) // 2
     else:
       guess = min(max(guess, lo + 1), hi - 1)
