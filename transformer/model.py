@@ -421,14 +421,13 @@ class MultiHeadAttention(nnx.Module):
     ``return_weights`` (to inspect them) takes the einsum path whatever
     ``attention_impl``: a fused kernel never forms the weights."""
     q = self._project(x_q, self.w_q)
-    out = None
+    out = weights = None
     if self.fused_implementation and not return_weights:
       try:
         out = fused_attention(q, k, v, mask, implementation=self.fused_implementation)
       except ValueError:
         if not self.fallback:
           raise
-      weights = None
     if out is None:
       out, weights = scaled_dot_product_attention(
           q, k, v, mask, dropout=self.attention_dropout)

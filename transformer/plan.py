@@ -303,11 +303,12 @@ def custom_calls(hlo_text: str) -> dict:
   return counts
 
 
-def cost(compiled) -> dict:
+def cost(compiled, hlo_text: str | None = None) -> dict:
   """FLOPs and bytes accessed per device of a compiled program: the
   compiler's cost analysis where it gives one (TPU), else XLA's HLO cost
   analysis of the optimised module (GPU compile-only clients return None)
   plus ``custom_call_cost`` (cuDNN attention), which it leaves out.
+  ``hlo_text``: the program's ``as_text()``, where the caller has it already.
   A while loop's body is counted once, whatever its trip count."""
   analysis = compiled.cost_analysis()
   if isinstance(analysis, list):
@@ -318,7 +319,7 @@ def cost(compiled) -> dict:
     module = compiled.runtime_executable().hlo_modules()[0]
     analysis = _jax.hlo_module_cost_analysis(jax.devices("cpu")[0].client, module)
     source = "hlo_cost_analysis"
-    extra = custom_call_cost(compiled.as_text())
+    extra = custom_call_cost(hlo_text if hlo_text is not None else compiled.as_text())
     if extra["count"]:
       source += " + custom calls"
       return {"flops": float(analysis.get("flops", 0.0)) + extra["flops"],
@@ -396,7 +397,7 @@ def compile_train_step(config, mesh) -> dict:
   for name, compiled in programs.items():
     text = compiled.as_text()
     reports[name] = {"memory": memory(compiled), "collectives": collectives(text),
-                     "cost": cost(compiled), "custom_calls": custom_calls(text),
+                     "cost": cost(compiled, text), "custom_calls": custom_calls(text),
                      "largest_traffic": traffic(text),
                      "while_loops": len(re.findall(r"\swhile\(", text))}
   params = _shard_bytes(state["params"])
