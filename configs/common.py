@@ -191,6 +191,11 @@ def decode_config(average_last=5):
   d.min_length = 1
   d.average_last = average_last  # Checkpoints averaged: 5 (base), 20 (big).
   d.batch_size = 64  # Sentences per decoding batch.
+  # Compute dtype of decoding; the parameters are the trained ones either way.
+  # "auto": float32 on a CPU (where bfloat16 decoding is slower, even with
+  # bfloat16 instructions), model.dtype on GPU/TPU. "model": model.dtype as
+  # trained. Or "float32" / "bfloat16" ("float16": GPU/TPU only).
+  d.dtype = "auto"
   return d
 
 

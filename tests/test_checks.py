@@ -123,6 +123,8 @@ BAD_VALUES = [
     ("decode.max_extra_length", -1, "max_extra_length=-1"),
     ("decode.average_last", 0, "average_last=0"),
     ("decode.batch_size", 0, "batch_size=0"),
+    ("decode.dtype", "float64", "decode.dtype='float64' must be 'auto' or 'model' or"),
+    ("decode.dtype", "float16", "config.decode.dtype='float16' is not supported on CPU"),
     # Wrong types and values that are no numbers.
     ("train.num_steps", "100", "num_steps='100' must be an integer"),
     ("train.num_steps", 2.5, "num_steps=2.5 must be an integer"),

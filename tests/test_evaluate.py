@@ -231,6 +231,37 @@ def test_report_counts_empty_outputs_warns_and_gives_lowercase_bleu(run, tmp_pat
   assert "empty translations: 2" in ev.summary(report)
 
 
+def test_decoding_dtype_auto_is_float32_on_a_cpu_and_the_models_elsewhere():
+  config = common.get_base_config("base")
+  config.model.dtype = "bfloat16"
+  assert ev.decode_dtype(config.decode, config.model, "cpu") == "float32"
+  assert ev.decode_dtype(config.decode, config.model, "gpu") == "bfloat16"
+  config.decode.dtype = "model"
+  assert ev.decode_dtype(config.decode, config.model, "cpu") == "bfloat16"
+  config.decode.dtype = "bfloat16"
+  assert ev.decode_dtype(config.decode, config.model, "cpu") == "bfloat16"
+  config.decode.dtype = "float16"
+  assert ev.decode_dtype(config.decode, config.model, "tpu") == "float16"
+  with pytest.raises(ValueError, match="config.decode.dtype='float16' is not supported on CPU"):
+    ev.decode_dtype(config.decode, config.model, "cpu")
+
+
+def test_a_bfloat16_model_decodes_in_the_decode_dtype(run):
+  workdir, config = run["workdir"], run["config"].copy_and_resolve_references()
+  config.model.dtype = "bfloat16"
+  model, _ = ev.restore_model(config.model, workdir, average_last=1)
+  sources = [np.array([5, 6, 7, 8, EOS_ID]), np.array([9, 10, EOS_ID])]
+  config.model.dtype = "float32"
+  model32, _ = ev.restore_model(config.model, workdir, average_last=1)
+  want = [ids.tolist() for _, ids in ev.translate_ids(
+      ev.make_translate_fn(model32, config.decode), sources, batch_size=8)]
+  config.decode.dtype = "auto"  # float32 on this CPU.
+  got = [ids.tolist() for _, ids in ev.translate_ids(
+      ev.make_translate_fn(model, config.decode), sources, batch_size=8)]
+  assert got == want
+  assert model.dtype == jnp.bfloat16  # The caller's model is left as it was.
+
+
 def test_empty_source_file_is_a_clear_error(run, tmp_path):
   empty = tmp_path / "empty.en"
   empty.write_text("")

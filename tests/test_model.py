@@ -560,6 +560,19 @@ def test_auto_dtype_follows_the_cpu_flags_and_the_backend(tmp_path, monkeypatch)
   assert model_lib.dtype_name("float16") == "float16"  # Allowed off the CPU.
 
 
+def test_with_compute_dtype_shares_the_parameters_and_changes_only_the_dtype():
+  bf16 = build(seed=3, dtype="bfloat16")
+  f32 = model_lib.with_compute_dtype(bf16, "float32")
+  assert bf16.dtype == jnp.bfloat16 and f32.dtype == jnp.float32
+  assert model_lib.with_compute_dtype(bf16, "bfloat16") is bf16
+  for a, b in zip(jax.tree.leaves(nnx.state(bf16, nnx.Param)),
+                  jax.tree.leaves(nnx.state(f32, nnx.Param)), strict=True):
+    assert a is b  # The same arrays: nothing copied.
+  # The function of a model built in float32 with these parameters, exactly.
+  np.testing.assert_array_equal(f32(INPUTS, TARGETS), build(seed=3)(INPUTS, TARGETS))
+  assert not np.array_equal(bf16(INPUTS, TARGETS), f32(INPUTS, TARGETS))
+
+
 @pytest.mark.parametrize("dtype,message", [
     ("fp8", "Unknown dtype config.model.dtype='fp8'"),
     ("float16", "'float16' is not supported on CPU"),

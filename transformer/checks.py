@@ -34,6 +34,8 @@ SPECIAL_IDS = (tokens.PAD_ID, tokens.EOS_ID, tokens.UNK_ID, tokens.BOS_ID)
 # lp(Y) = ((5 + |Y|) / 6)^alpha (§6.1, Wu et al. 2016): GNMT tunes alpha in
 # [0, 1]; beyond 10, lp of a few hundred tokens overflows float32.
 MAX_ALPHA = 10.0
+# config.decode.dtype: see configs/common.py.
+_DECODE_DTYPES = ("auto", "model", "float32", "bfloat16", "float16")
 
 
 class ConfigError(ValueError):
@@ -150,6 +152,7 @@ RULES = {
         "min_length": (int, *_at_least(0)),  # Real tokens before EOS; 0: the paper.
         "average_last": (int, *_at_least(1)),
         "batch_size": (int, *_at_least(1)),
+        "dtype": (str, (lambda v: v in _DECODE_DTYPES), " or ".join(map(repr, _DECODE_DTYPES))),
     },
 }
 
@@ -226,6 +229,11 @@ def check_config(config: ml_collections.ConfigDict, *, num_devices: int | None =
   _check_mesh_shape(config.train.mesh_shape)
   try:
     model_lib.check_config(config.model)
+    if config.decode.dtype not in ("auto", "model"):
+      try:
+        model_lib.dtype_name(config.decode.dtype)
+      except ValueError as e:  # float16 on a CPU.
+        raise ValueError(str(e).replace("model.dtype", "decode.dtype")) from None
     sources.check_config(config.data)
     if num_devices is not None:
       sharding.resolve_mesh_shape(config.train.mesh_shape, num_devices)

@@ -33,6 +33,7 @@ import re
 
 import jax
 import jax.numpy as jnp
+import ml_collections
 from flax import nnx
 
 from transformer import sharding as sharding_lib
@@ -868,3 +869,19 @@ def build_model(model_config, *, seed: int = 0, platform: str | None = None) -> 
   """
   return Transformer(model_config, rngs=nnx.Rngs(params=seed, dropout=seed + 1),
                      platform=platform)
+
+
+def with_compute_dtype(model: Transformer, dtype: str) -> Transformer:
+  """``model`` computing in ``dtype`` ("float32", "bfloat16", ...), in eval
+  mode: the same parameter arrays (nothing is copied), only the compute dtype
+  of the activations and matmul operands differs. Decoding uses it to run a
+  model trained in one precision in another (``config.decode.dtype``)."""
+  if model.dtype == get_dtype(dtype):
+    return model
+  cfg = ml_collections.ConfigDict(model.cfg.to_dict())
+  cfg.dtype = dtype
+  graphdef = nnx.graphdef(nnx.eval_shape(
+      lambda: Transformer(cfg, rngs=nnx.Rngs(params=0, dropout=1))))
+  other = nnx.merge(graphdef, nnx.state(model))
+  other.eval()
+  return other

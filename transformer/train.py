@@ -471,9 +471,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   eval_fn = make_eval_fn(setup)
   num_params = sum(x.size for x in jax.tree.leaves(setup.abstract_state["params"]))
   # The compute dtype as resolved by resolve_config (and saved in config.json).
-  writer.info("Model: %s parameters (%s); compute dtype %s (model.dtype=%s).",
-              f"{num_params:,}", config.model.param_dtype, config.model.dtype,
-              requested_dtype)
+  writer.info("Model: %s parameters (%s); compute dtype %s (model.dtype=%s); decoding "
+              "in %s (decode.dtype=%s).", f"{num_params:,}", config.model.param_dtype,
+              config.model.dtype, requested_dtype,
+              evaluate_lib.decode_dtype(config.decode, config.model), config.decode.dtype)
 
   # -- checkpoints and resume ---------------------------------------------------
   checkpointer = checkpoint_lib.Checkpointer(
