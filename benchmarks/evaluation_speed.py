@@ -1,0 +1,112 @@
+r"""Decoding speed of what users run: evaluate.py's path, per decoding dtype.
+
+  python benchmarks/evaluation_speed.py --workdir=runs/multi30k --split=val
+  python benchmarks/evaluation_speed.py --workdir=runs/multi30k --split=val \
+      --dtypes=float32,bfloat16 --repeats=3 --json
+
+The run's model (the mean of its last ``decode.average_last`` checkpoints, as
+evaluate.py restores it) translates the whole split with the run's search
+(``config.decode``: beam 4, alpha 0.6, its batch size), through
+``transformer.evaluate.translate_sentences``: tokenization, padding to the
+compiled shapes, decoding and detokenization, as evaluate.py times them. Each
+dtype is ``decode.dtype`` in turn. One warm-up round compiles every shape;
+then ``repeats`` rounds alternate the dtypes (A, B, A, B, ...), so that a
+change of load on the machine falls on both. Reports, per dtype: the median
+seconds, sentences per second, the time relative to float32, sacreBLEU, and
+how many translations equal the first dtype's.
+"""
+
+import json
+import pathlib
+import sys
+import time
+
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))  # the repo root
+
+import numpy as np
+from absl import app, flags
+
+from transformer import bleu as bleu_lib
+from transformer import data
+from transformer import evaluate as evaluate_lib
+
+_WORKDIR = flags.DEFINE_string("workdir", None, "The train.py run whose model decodes.")
+_SPLIT = flags.DEFINE_string("split", None, "Split to translate (default: data.test_split).")
+_DTYPES = flags.DEFINE_list("dtypes", ["float32", "bfloat16"],
+                            "Values of decode.dtype to time, in this order.")
+_REPEATS = flags.DEFINE_integer("repeats", 3, "Timed rounds after the warm-up round.")
+_JSON = flags.DEFINE_bool("json", False, "Print the result as JSON.")
+
+
+def run_benchmark(config, workdir: str, *, split: str | None = None,
+                  dtypes=("float32", "bfloat16"), repeats: int = 3) -> dict:
+  """Times ``translate_sentences`` on ``split`` for each ``decode.dtype``."""
+  if repeats < 1:
+    raise ValueError(f"repeats must be >= 1, got {repeats}.")
+  split = split or config.data.test_split
+  sources, references = data.load_split_text(config.data, split, workdir=workdir)
+  sources, references = list(sources), list(references)
+  tokenizer = evaluate_lib.load_run_tokenizer(config, workdir)
+  model, steps = evaluate_lib.restore_model(config.model, workdir,
+                                            average_last=config.decode.average_last)
+  translate_fns = {}
+  for name in dtypes:
+    decode_config = config.decode.copy_and_resolve_references()
+    decode_config.dtype = name
+    translate_fns[name] = (evaluate_lib.decode_dtype(decode_config, config.model),
+                           evaluate_lib.make_translate_fn(model, decode_config))
+  seconds = {name: [] for name in dtypes}
+  hypotheses = {}
+  for round_ in range(repeats + 1):  # Round 0 compiles.
+    for name in dtypes:
+      start = time.perf_counter()
+      hypotheses[name] = evaluate_lib.translate_sentences(
+          translate_fns[name][1], tokenizer, sources, batch_size=config.decode.batch_size)
+      if round_:
+        seconds[name].append(time.perf_counter() - start)
+  first = dtypes[0]
+  base = float(np.median(seconds["float32"])) if "float32" in seconds else None
+  rows = []
+  for name in dtypes:
+    median = float(np.median(seconds[name]))
+    rows.append({
+        "decode_dtype": name, "computes_in": translate_fns[name][0],
+        "seconds_median": median, "seconds": seconds[name],
+        "sentences_per_second": len(sources) / median,
+        "time_vs_float32": median / base if base else None,
+        "bleu": bleu_lib.sacrebleu_bleu(hypotheses[name], references)[0],
+        f"same_translation_as_{first}": sum(
+            a == b for a, b in zip(hypotheses[name], hypotheses[first], strict=True)),
+    })
+  return {"workdir": workdir, "split": split, "num_sentences": len(sources),
+          "checkpoint_steps": [int(s) for s in steps], "model_dtype": config.model.dtype,
+          "beam_size": config.decode.beam_size, "alpha": config.decode.alpha,
+          "batch_size": config.decode.batch_size, "repeats": repeats, "results": rows}
+
+
+def format_report(r: dict) -> str:
+  lines = [f"{r['workdir']} split {r['split']}: {r['num_sentences']} sentences, beam "
+           f"{r['beam_size']}, alpha {r['alpha']}, batches of {r['batch_size']}, trained in "
+           f"{r['model_dtype']}, checkpoints {r['checkpoint_steps']}; median of "
+           f"{r['repeats']} alternating rounds after a compiling one"]
+  for row in r["results"]:
+    ratio = row["time_vs_float32"]
+    lines.append(
+        f"  decode.dtype={row['decode_dtype']} ({row['computes_in']}): "
+        f"{row['seconds_median']:.2f} s, {row['sentences_per_second']:.1f} sentences/s"
+        + (f", {ratio:.2f}x float32's time" if ratio else "")
+        + f", sacreBLEU {row['bleu']:.2f}")
+  return "\n".join(lines)
+
+
+def main(argv):
+  del argv
+  config = evaluate_lib.load_run_config(_WORKDIR.value)
+  r = run_benchmark(config, _WORKDIR.value, split=_SPLIT.value, dtypes=_DTYPES.value,
+                    repeats=_REPEATS.value)
+  print(json.dumps(r, indent=2) if _JSON.value else format_report(r))
+
+
+if __name__ == "__main__":
+  flags.mark_flags_as_required(["workdir"])
+  app.run(main)
