@@ -30,12 +30,20 @@ from transformer import bleu as bleu_lib
 from transformer import data
 from transformer import evaluate as evaluate_lib
 
-_WORKDIR = flags.DEFINE_string("workdir", None, "The train.py run whose model decodes.")
-_SPLIT = flags.DEFINE_string("split", None, "Split to translate (default: data.test_split).")
-_DTYPES = flags.DEFINE_list("dtypes", ["float32", "bfloat16"],
-                            "Values of decode.dtype to time, in this order.")
-_REPEATS = flags.DEFINE_integer("repeats", 3, "Timed rounds after the warm-up round.")
-_JSON = flags.DEFINE_bool("json", False, "Print the result as JSON.")
+FLAGS = flags.FLAGS
+
+
+def define_flags():
+  """The CLI's flags; defined only when run as a script, since the names
+  (workdir, split, repeats, json) are benchmark.py's and evaluate.py's too,
+  and absl allows one definition per process (the test suite imports all)."""
+  flags.DEFINE_string("workdir", None, "The train.py run whose model decodes.")
+  flags.DEFINE_string("split", None, "Split to translate (default: data.test_split).")
+  flags.DEFINE_list("dtypes", ["float32", "bfloat16"],
+                    "Values of decode.dtype to time, in this order.")
+  flags.DEFINE_integer("repeats", 3, "Timed rounds after the warm-up round.")
+  flags.DEFINE_bool("json", False, "Print the result as JSON.")
+  flags.mark_flags_as_required(["workdir"])
 
 
 def run_benchmark(config, workdir: str, *, split: str | None = None,
@@ -101,12 +109,12 @@ def format_report(r: dict) -> str:
 
 def main(argv):
   del argv
-  config = evaluate_lib.load_run_config(_WORKDIR.value)
-  r = run_benchmark(config, _WORKDIR.value, split=_SPLIT.value, dtypes=_DTYPES.value,
-                    repeats=_REPEATS.value)
-  print(json.dumps(r, indent=2) if _JSON.value else format_report(r))
+  config = evaluate_lib.load_run_config(FLAGS.workdir)
+  r = run_benchmark(config, FLAGS.workdir, split=FLAGS.split, dtypes=FLAGS.dtypes,
+                    repeats=FLAGS.repeats)
+  print(json.dumps(r, indent=2) if FLAGS.json else format_report(r))
 
 
 if __name__ == "__main__":
-  flags.mark_flags_as_required(["workdir"])
+  define_flags()
   app.run(main)
