@@ -221,6 +221,7 @@ def check_config(config: ml_collections.ConfigDict, *, num_devices: int | None =
   (``model.check_config``, ``data.sources.check_config``) run here too, so
   that nothing is found only after the work has started.
   """
+  from transformer import evaluate as evaluate_lib
   from transformer import model as model_lib
   from transformer import sharding
   from transformer.data import sources
@@ -229,11 +230,7 @@ def check_config(config: ml_collections.ConfigDict, *, num_devices: int | None =
   _check_mesh_shape(config.train.mesh_shape)
   try:
     model_lib.check_config(config.model)
-    if config.decode.dtype not in ("auto", "model"):
-      try:
-        model_lib.dtype_name(config.decode.dtype)
-      except ValueError as e:  # float16 on a CPU.
-        raise ValueError(str(e).replace("model.dtype", "decode.dtype")) from None
+    evaluate_lib.decode_dtype(config.decode, config.model)  # float16 on a CPU.
     sources.check_config(config.data)
     if num_devices is not None:
       sharding.resolve_mesh_shape(config.train.mesh_shape, num_devices)
