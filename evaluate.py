@@ -6,6 +6,8 @@ r"""Evaluates a trained run: ``python evaluate.py --workdir=DIR``.
   python evaluate.py --workdir=DIR --source=newstest2014.en --reference=newstest2014.de
   # Translate stdin (or --source without --reference) to stdout, batch by batch:
   echo "The dog sees the car." | python evaluate.py --workdir=DIR --translate
+  # The same report from the run exported to CTranslate2 (python -m transformer.export):
+  python evaluate.py --workdir=DIR --engine=ctranslate2 --ctranslate2_model=DIR/ctranslate2
   # Attention pictures (Figures 3-5) of one sentence's translation:
   python evaluate.py --workdir=DIR --plot_attention=attention.png --sentence="..."
 
@@ -22,7 +24,6 @@ import ml_collections
 from absl import app, flags
 from ml_collections import config_flags
 
-from configs import common
 from transformer import checkpoint, checks
 
 
@@ -44,15 +45,7 @@ def _load_saved_config() -> ml_collections.ConfigDict:
   workdir = _workdir_arg()
   if not workdir:
     raise checks.ConfigError("--workdir is required: the directory of a train.py run.")
-  config = checkpoint.load_config(workdir)
-  defaults = common.get_base_config("base")
-  added = []
-  for section, fields in defaults.items():
-    if section in config and isinstance(config[section], ml_collections.ConfigDict):
-      for name, value in fields.items():
-        if name not in config[section]:
-          config[section][name] = value
-          added.append(f"{section}.{name}={value!r}")
+  config, added = checkpoint.with_default_fields(checkpoint.load_config(workdir))
   if added:
     print(f"warning: {workdir}/config.json predates the fields {', '.join(added)}; "
           "using those defaults.", file=sys.stderr)
@@ -95,6 +88,16 @@ _TRANSLATE = flags.DEFINE_bool(
 _PLOT = flags.DEFINE_string("plot_attention", None, "Write attention grids of --sentence "
                             "to this PNG.")
 _SENTENCE = flags.DEFINE_string("sentence", None, "The sentence for --plot_attention.")
+_ENGINE = flags.DEFINE_enum(
+    "engine", "jax", ["jax", "ctranslate2"], "Decode with this project's JAX search, or "
+    "with the run exported to CTranslate2 (--ctranslate2_model; beam search ranks "
+    "finished hypotheses differently, see transformer/export.py).")
+_CT2_MODEL = flags.DEFINE_string(
+    "ctranslate2_model", None, "For --engine=ctranslate2: the folder written by "
+    "python -m transformer.export --workdir=DIR --out=FOLDER.")
+_CT2_COMPUTE_TYPE = flags.DEFINE_string(
+    "ctranslate2_compute_type", "default", "For --engine=ctranslate2: CTranslate2's "
+    "compute type (default: as exported; int8, float32, ...).")
 
 
 def main(argv):
@@ -141,6 +144,47 @@ def main(argv):
     elif not translate:
       checks.check_workdir(os.path.join(workdir, "eval"), create=True,
                            what="The evaluation folder")
+
+    ct2 = _ENGINE.value == "ctranslate2"
+    if ct2:
+      fixed = {"--plot_attention": _PLOT.value, "--save_averaged": _SAVE_AVERAGED.value or None,
+               "--params": _PARAMS.value, "--step": _STEP.value,
+               "--average_last": _AVERAGE_LAST.value}
+      bad = [name for name, value in fixed.items() if value is not None]
+      if bad:
+        raise ValueError(
+            f"{', '.join(bad)} cannot be used with --engine=ctranslate2: the exported "
+            "model's checkpoints were chosen at export (python -m transformer.export "
+            "--average_last/--step), and attention pictures come from the JAX model.")
+      if not _CT2_MODEL.value:
+        raise ValueError(
+            "--engine=ctranslate2 needs --ctranslate2_model=FOLDER, a model written by "
+            f"python -m transformer.export --workdir={workdir} --out=FOLDER.")
+    elif _CT2_MODEL.value or _CT2_COMPUTE_TYPE.value != "default":
+      raise ValueError("--ctranslate2_model and --ctranslate2_compute_type need "
+                       "--engine=ctranslate2.")
+
+    if ct2:
+      from transformer import export
+
+      tokenizer = evaluate.load_run_tokenizer(config, workdir)
+      translate_fn, metadata = export.load_translate_fn(
+          _CT2_MODEL.value, tokenizer, d, compute_type=_CT2_COMPUTE_TYPE.value)
+      if translate:
+        stream = open(_SOURCE.value, encoding="utf-8") if _SOURCE.value else sys.stdin
+        with stream:
+          evaluate.translate_stream(translate_fn, tokenizer, stream, sys.stdout,
+                                    batch_size=d.batch_size)
+        return
+      report = evaluate.evaluate(
+          config, workdir, split=_SPLIT.value, source=_SOURCE.value,
+          reference=_REFERENCE.value, name=_NAME.value, translate_fn=translate_fn,
+          steps=metadata["checkpoint_steps"],
+          engine={"engine": "ctranslate2", "dtype": translate_fn.compute_type,
+                  "ctranslate2_model": os.path.abspath(_CT2_MODEL.value),
+                  "quantization": metadata["quantization"]})
+      print(evaluate.summary(report))
+      return
 
     if _PLOT.value is not None or translate:
       tokenizer = evaluate.load_run_tokenizer(config, workdir)

@@ -93,6 +93,23 @@ def load_config(workdir: str) -> ml_collections.ConfigDict:
   return ml_collections.ConfigDict(values)
 
 
+def with_default_fields(config: ml_collections.ConfigDict):
+  """``config`` with the fields added to the project after the run was trained
+  (absent from its config.json) set to today's defaults, so that older runs
+  still evaluate and export; returns (config, ["section.field=value", ...])."""
+  from configs import common
+
+  defaults = common.get_base_config("base")
+  added = []
+  for section, fields in defaults.items():
+    if section in config and isinstance(config[section], ml_collections.ConfigDict):
+      for name, value in fields.items():
+        if name not in config[section]:
+          config[section][name] = value
+          added.append(f"{section}.{name}={value!r}")
+  return config, added
+
+
 def config_differences(old: ml_collections.ConfigDict, new: ml_collections.ConfigDict) -> list[str]:
   """Dotted keys whose values differ between two configs (for resume checks)."""
   def flat(d, prefix=""):

@@ -370,7 +370,8 @@ def evaluate(config, workdir: str, *, split: str | None = None, source: str | No
              reference: str | None = None, name: str | None = None,
              step: int | None = None,
              save_averaged: bool = False, params_path: str | None = None,
-             translate_fn: TranslateFn | None = None, model=None, steps=None) -> dict:
+             translate_fn: TranslateFn | None = None, model=None, steps=None,
+             engine: dict | None = None) -> dict:
   """Translates a split (or a source file) and writes BLEU reports.
 
   Writes ``DIR/eval/<name>.hyp.txt`` (detokenized hypotheses, one per line, in
@@ -384,7 +385,9 @@ def evaluate(config, workdir: str, *, split: str | None = None, source: str | No
   (``bleu_lowercase``, the figure Multi30k papers print) beside the cased one.
   ``decode_seconds`` is the wall time of translating (tokenization, decoding
   and detokenization), compilation of the few padded shapes included.
-  ``translate_fn``/``model``/``steps`` let tests inject a decoder.
+  ``translate_fn``/``model``/``steps`` let tests inject a decoder, and
+  another engine: ``engine`` then describes it for the report (its "engine"
+  and "dtype" fields), e.g. an exported CTranslate2 model (transformer/export.py).
   """
   from transformer import data
 
@@ -411,6 +414,7 @@ def evaluate(config, workdir: str, *, split: str | None = None, source: str | No
   steps = list(steps or [])
   if name is None:
     name = base + (f".avg{len(steps)}" if len(steps) > 1 else "")
+    name += f".{engine['engine']}" if engine else ""
   out_dir = os.path.join(workdir, "eval")
   # Every process of a multi-host run decodes (the model may be sharded over
   # all of them); only process 0 writes.
@@ -441,11 +445,13 @@ def evaluate(config, workdir: str, *, split: str | None = None, source: str | No
       "alpha": d.alpha,
       "max_extra_length": d.max_extra_length,
       "min_length": d.min_length,
+      "engine": "jax",
       "dtype": decode_dtype(d, config.model),
       "decode_seconds": seconds,
       "sentences_per_second": len(hypotheses) / max(seconds, 1e-9),
       "device": jax.devices()[0].device_kind,
   })
+  report.update(engine or {})
   hyp_path = os.path.join(out_dir, f"{name}.hyp.txt")
   report["hypotheses"] = hyp_path
   if writer:
@@ -460,7 +466,8 @@ def summary(report: dict) -> str:
   """A short, readable summary of a report."""
   lines = [f"{report['name']}: {report['num_sentences']} sentences, beam "
            f"{report['beam_size']}, alpha {report['alpha']}, checkpoints "
-           f"{report['checkpoint_steps'] or 'n/a'}"]
+           f"{report['checkpoint_steps'] or 'n/a'}, {report.get('engine', 'jax')} in "
+           f"{report.get('dtype')}"]
   if "bleu" in report:
     lines.append(f"  BLEU {report['bleu']:6.2f}  sacreBLEU on detokenized text "
                  f"({report['sacrebleu_signature']})")
