@@ -1,8 +1,8 @@
-r"""Decoding speed of what users run: evaluate.py's path, per decoding dtype.
+r"""Decoding speed of what users run: evaluate.py's path, per engine and dtype.
 
   python benchmarks/evaluation_speed.py --workdir=runs/multi30k --split=val
   python benchmarks/evaluation_speed.py --workdir=runs/multi30k --split=val \
-      --dtypes=float32,bfloat16 --repeats=3 --json
+      --dtypes=float32,bfloat16 --ctranslate2_compute_types=float32,int8 --repeats=3 --json
 
 The run's model (the mean of its last ``decode.average_last`` checkpoints, as
 evaluate.py restores it) translates the whole split with the run's search
@@ -14,11 +14,20 @@ then ``repeats`` rounds alternate the dtypes (A, B, A, B, ...), so that a
 change of load on the machine falls on both. Reports, per dtype: the median
 seconds, sentences per second, the time relative to float32, sacreBLEU, and
 how many translations equal the first dtype's.
+
+The CTranslate2 rows (``--ctranslate2_compute_types``; empty: none) decode the
+same averaged model, exported by ``transformer.export`` to a temporary
+folder, through the same ``translate_sentences`` with the same search
+settings, loaded in each compute type (int8: weights quantized at load), on
+every usable core. Its beam search ranks finished hypotheses by
+log P / |Y|^alpha rather than our GNMT penalty, so its translations and BLEU
+differ a little by design (transformer/export.py).
 """
 
 import json
 import pathlib
 import sys
+import tempfile
 import time
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))  # the repo root
@@ -29,6 +38,7 @@ from absl import app, flags
 from transformer import bleu as bleu_lib
 from transformer import data
 from transformer import evaluate as evaluate_lib
+from transformer import export as export_lib
 
 FLAGS = flags.FLAGS
 
@@ -41,14 +51,19 @@ def define_flags():
   flags.DEFINE_string("split", None, "Split to translate (default: data.test_split).")
   flags.DEFINE_list("dtypes", ["float32", "bfloat16"],
                     "Values of decode.dtype to time, in this order.")
+  flags.DEFINE_list("ctranslate2_compute_types", ["float32", "int8"],
+                    "CTranslate2 compute types to time the exported model in (empty: "
+                    "none).")
   flags.DEFINE_integer("repeats", 3, "Timed rounds after the warm-up round.")
   flags.DEFINE_bool("json", False, "Print the result as JSON.")
   flags.mark_flags_as_required(["workdir"])
 
 
 def run_benchmark(config, workdir: str, *, split: str | None = None,
-                  dtypes=("float32", "bfloat16"), repeats: int = 3) -> dict:
-  """Times ``translate_sentences`` on ``split`` for each ``decode.dtype``."""
+                  dtypes=("float32", "bfloat16"), ctranslate2_compute_types=(),
+                  repeats: int = 3) -> dict:
+  """Times ``translate_sentences`` on ``split`` for each ``decode.dtype`` and
+  each CTranslate2 compute type."""
   if repeats < 1:
     raise ValueError(f"repeats must be >= 1, got {repeats}.")
   split = split or config.data.test_split
@@ -57,28 +72,39 @@ def run_benchmark(config, workdir: str, *, split: str | None = None,
   tokenizer = evaluate_lib.load_run_tokenizer(config, workdir)
   model, steps = evaluate_lib.restore_model(config.model, workdir,
                                             average_last=config.decode.average_last)
-  translate_fns = {}
+  translate_fns = {}  # name -> (engine, computes in, translate_fn)
   for name in dtypes:
     decode_config = config.decode.copy_and_resolve_references()
     decode_config.dtype = name
-    translate_fns[name] = (evaluate_lib.decode_dtype(decode_config, config.model),
+    translate_fns[name] = ("jax", evaluate_lib.decode_dtype(decode_config, config.model),
                            evaluate_lib.make_translate_fn(model, decode_config))
-  seconds = {name: [] for name in dtypes}
-  hypotheses = {}
-  for round_ in range(repeats + 1):  # Round 0 compiles.
-    for name in dtypes:
-      start = time.perf_counter()
-      hypotheses[name] = evaluate_lib.translate_sentences(
-          translate_fns[name][1], tokenizer, sources, batch_size=config.decode.batch_size)
-      if round_:
-        seconds[name].append(time.perf_counter() - start)
-  first = dtypes[0]
+  with tempfile.TemporaryDirectory() as folder:
+    if ctranslate2_compute_types:
+      export_lib.write_model(model, tokenizer, folder,
+                             {"tokenizer_fingerprint": tokenizer.fingerprint,
+                              "checkpoint_steps": [int(s) for s in steps]})
+    for compute_type in ctranslate2_compute_types:
+      fn, _ = export_lib.load_translate_fn(folder, tokenizer, config.decode,
+                                           compute_type=compute_type)
+      translate_fns[f"ctranslate2:{compute_type}"] = ("ctranslate2", fn.compute_type, fn)
+    names = list(translate_fns)
+    seconds = {name: [] for name in names}
+    hypotheses = {}
+    for round_ in range(repeats + 1):  # Round 0 compiles.
+      for name in names:
+        start = time.perf_counter()
+        hypotheses[name] = evaluate_lib.translate_sentences(
+            translate_fns[name][2], tokenizer, sources, batch_size=config.decode.batch_size)
+        if round_:
+          seconds[name].append(time.perf_counter() - start)
+  first = names[0]
   base = float(np.median(seconds["float32"])) if "float32" in seconds else None
   rows = []
-  for name in dtypes:
+  for name in names:
     median = float(np.median(seconds[name]))
     rows.append({
-        "decode_dtype": name, "computes_in": translate_fns[name][0],
+        "engine": translate_fns[name][0], "decode_dtype": name,
+        "computes_in": translate_fns[name][1],
         "seconds_median": median, "seconds": seconds[name],
         "sentences_per_second": len(sources) / median,
         "time_vs_float32": median / base if base else None,
@@ -99,8 +125,10 @@ def format_report(r: dict) -> str:
            f"{r['repeats']} alternating rounds after a compiling one"]
   for row in r["results"]:
     ratio = row["time_vs_float32"]
+    what = (f"CTranslate2 {row['computes_in']}" if row.get("engine") == "ctranslate2"
+            else f"decode.dtype={row['decode_dtype']} ({row['computes_in']})")
     lines.append(
-        f"  decode.dtype={row['decode_dtype']} ({row['computes_in']}): "
+        f"  {what}: "
         f"{row['seconds_median']:.2f} s, {row['sentences_per_second']:.1f} sentences/s"
         + (f", {ratio:.2f}x float32's time" if ratio else "")
         + f", sacreBLEU {row['bleu']:.2f}")
@@ -111,6 +139,7 @@ def main(argv):
   del argv
   config = evaluate_lib.load_run_config(FLAGS.workdir)
   r = run_benchmark(config, FLAGS.workdir, split=FLAGS.split, dtypes=FLAGS.dtypes,
+                    ctranslate2_compute_types=FLAGS.ctranslate2_compute_types,
                     repeats=FLAGS.repeats)
   print(json.dumps(r, indent=2) if FLAGS.json else format_report(r))
 

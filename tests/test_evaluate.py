@@ -268,14 +268,18 @@ def test_evaluation_speed_benchmark_times_each_decoding_dtype(run):
   config = run["config"].copy_and_resolve_references()
   config.model.dtype = "bfloat16"
   r = evaluation_speed.run_benchmark(config, run["workdir"], split="test",
-                                     dtypes=["float32", "model"], repeats=1)
-  f32, model = r["results"]
+                                     dtypes=["float32", "model"],
+                                     ctranslate2_compute_types=["float32"], repeats=1)
+  f32, model, ct2 = r["results"]
   assert (f32["computes_in"], model["computes_in"]) == ("float32", "bfloat16")
+  assert (ct2["engine"], ct2["computes_in"]) == ("ctranslate2", "float32")
+  assert len(ct2["seconds"]) == 1 and 0 <= ct2["bleu"] <= 100
   assert f32["time_vs_float32"] == 1.0
   assert model["time_vs_float32"] == pytest.approx(model["seconds_median"] / f32["seconds_median"])
   assert f32["same_translation_as_float32"] == r["num_sentences"] == 12
   assert r["checkpoint_steps"] == [2, 3]
   assert "decode.dtype=model (bfloat16)" in evaluation_speed.format_report(r)
+  assert "CTranslate2 float32: " in evaluation_speed.format_report(r)
 
 
 def test_empty_source_file_is_a_clear_error(run, tmp_path):

@@ -237,6 +237,20 @@ def transformer_spec(model, pieces: list[str]):
 # ----------------------------------------------------------------------------
 
 
+def write_model(model, tokenizer, folder: str, metadata: dict, *,
+                quantization: str = "float32") -> None:
+  """Writes ``model`` in CTranslate2's format into the existing ``folder``,
+  with ``tokenizer``'s SentencePiece model and ``metadata`` (export.json)."""
+  pieces = [tokenizer.id_to_piece(i) for i in range(tokenizer.vocab_size)]
+  spec = transformer_spec(model, pieces)
+  spec.validate()
+  spec.optimize(quantization=quantization)
+  spec.save(folder)
+  shutil.copyfile(tokenizer.path, os.path.join(folder, TOKENIZER))
+  with open(os.path.join(folder, METADATA), "w", encoding="utf-8") as f:
+    json.dump(metadata, f, indent=2)
+
+
 def _check_out(out: str, overwrite: bool) -> str:
   out = os.path.abspath(out)
   if os.path.exists(out) and not overwrite:
@@ -320,10 +334,6 @@ def export(workdir: str, out: str, *, average_last: int | None = None,
   model, steps = evaluate_lib.restore_model(config.model, workdir, average_last=average_last,
                                             step=step)
   tokenizer = evaluate_lib.load_run_tokenizer(config, workdir)
-  pieces = [tokenizer.id_to_piece(i) for i in range(tokenizer.vocab_size)]
-  spec = transformer_spec(model, pieces)
-  spec.validate()
-  spec.optimize(quantization=quantization)
 
   m = config.model
   metadata = {
@@ -351,10 +361,7 @@ def export(workdir: str, out: str, *, average_last: int | None = None,
   os.chmod(tmp, 0o777 & ~umask)  # mkdtemp's 0o700 would hide the model from others.
   old = None
   try:
-    spec.save(tmp)
-    shutil.copyfile(tokenizer.path, os.path.join(tmp, TOKENIZER))
-    with open(os.path.join(tmp, METADATA), "w", encoding="utf-8") as f:
-      json.dump(metadata, f, indent=2)
+    write_model(model, tokenizer, tmp, metadata, quantization=quantization)
     with open(os.path.join(tmp, "README.md"), "w", encoding="utf-8") as f:
       f.write(_readme(metadata))
     if os.path.exists(out):  # overwrite: the old one goes only once the new one is whole.
