@@ -318,10 +318,11 @@ def test_a_model_exported_from_another_run_is_refused(run, tmp_path):
     export.load_translate_fn(str(tmp_path / "ct2"), tokenizer, config.decode)
 
 
-def _cli(*args, module=None):
+def _cli(*args, module=None, stdin=""):
   command = [sys.executable, "-m", module] if module else [
       sys.executable, os.path.join(REPO, "evaluate.py")]
   return subprocess.run([*command, *args], capture_output=True, text=True, cwd=REPO,
+                        input=stdin,
                         env=dict(os.environ, PYTHONPATH=REPO, JAX_PLATFORMS="cpu"))
 
 
@@ -343,6 +344,16 @@ def test_cli_export_then_evaluate_with_ctranslate2(run, tmp_path):
   report = json.loads(open(os.path.join(run, "eval", "test.ctranslate2.json")).read())
   assert report["engine"] == "ctranslate2" and report["beam_size"] == 1
   assert report["checkpoint_steps"] == [30]
+
+  lines = "The dog sees the car.\nA woman reads a book.\n"
+  streamed = _cli(f"--workdir={run}", "--engine=ctranslate2", f"--ctranslate2_model={out}",
+                  "--translate", "--beam_size=1", stdin=lines)
+  assert streamed.returncode == 0, streamed.stderr
+  config, _ = checkpoint_lib.with_default_fields(ev.load_run_config(run))
+  tokenizer = ev.load_run_tokenizer(config, run)
+  translate_fn, _ = export.load_translate_fn(out, tokenizer, config.decode, beam_size=1)
+  want = ev.translate_sentences(translate_fn, tokenizer, lines.splitlines())
+  assert streamed.stdout.splitlines() == want
 
   bad = _cli(f"--workdir={run}", "--engine=ctranslate2", f"--ctranslate2_model={out}",
              "--average_last=2")
