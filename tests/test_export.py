@@ -154,6 +154,16 @@ def test_unsupported_switches_are_one_clear_error(overrides, message):
   assert message in str(e.value)
 
 
+def test_a_sentence_longer_than_the_position_table_is_a_clear_error(tmp_path):
+  translator = save_spec(random_model(), tmp_path / "ct2")
+  inputs = np.full((1, export.SINUSOIDAL_POSITIONS + 1), 5, np.int32)
+  inputs[0, -1] = EOS_ID
+  translate = export.make_translate_fn(translator, PIECES, common.decode_config(), beam_size=1)
+  with pytest.raises(export.ExportError, match="No position encodings .* translate longer "
+                     "sentences with --engine=jax"):
+    translate(inputs)
+
+
 def test_int8_model_loads_and_translates(tmp_path):
   model = random_model()
   translator = save_spec(model, tmp_path / "ct2", quantization="int8")
@@ -294,6 +304,11 @@ def test_export_errors_name_the_problem(run, tmp_path):
   empty.mkdir()
   with pytest.raises(FileNotFoundError, match="No config.json"):
     export.export(str(empty), str(tmp_path / "a"))
+  untrained = tmp_path / "untrained"
+  untrained.mkdir()
+  (untrained / "config.json").write_text(open(os.path.join(run, "config.json")).read())
+  with pytest.raises(FileNotFoundError, match="No checkpoint in .*: train first"):
+    export.export(str(untrained), str(tmp_path / "a"))
   with pytest.raises(ValueError, match="No checkpoint at step 7"):
     _export(run, tmp_path / "b", step=7)
   with pytest.raises(export.ExportError, match="Unknown --quantization='int4'"):
@@ -302,7 +317,7 @@ def test_export_errors_name_the_problem(run, tmp_path):
     export.load_metadata(str(tmp_path / "nothing"))
   with pytest.raises(export.ExportError, match="is not a model folder written by"):
     export.load_metadata(str(empty))
-  assert sorted(os.listdir(tmp_path)) == ["empty"]
+  assert sorted(os.listdir(tmp_path)) == ["empty", "untrained"]
 
 
 @pytest.mark.slow

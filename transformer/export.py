@@ -460,11 +460,18 @@ def make_translate_fn(translator, pieces: list[str], decode_config, *,
         ids = ids[:-1]  # The model adds it (add_source_eos).
       sources.append([pieces[t] for t in ids])
     longest = max(max(limits, default=1), 1)
-    results = translator.translate_batch(
-        sources, max_batch_size=batch_size, max_input_length=0,
-        max_decoding_length=longest, suppress_sequences=suppress,
-        # The length limit wins over min_length, as in the JAX search.
-        **dict(options, min_decoding_length=min(options["min_decoding_length"], longest)))
+    try:
+      results = translator.translate_batch(
+          sources, max_batch_size=batch_size, max_input_length=0,
+          max_decoding_length=longest, suppress_sequences=suppress,
+          # The length limit wins over min_length, as in the JAX search.
+          **dict(options, min_decoding_length=min(options["min_decoding_length"], longest)))
+    except RuntimeError as e:  # E.g. a sentence longer than the position table.
+      raise ExportError(
+          f"CTranslate2 could not translate a batch of {len(sources)} sentences (the "
+          f"longest {max(map(len, sources), default=0)} tokens): {e}. The exported model "
+          f"knows {SINUSOIDAL_POSITIONS} positions (sinusoidal) or model.max_len (learned); "
+          "translate longer sentences with --engine=jax.") from None
     rows = [[index[t] for t in r.hypotheses[0][:limit]] + [EOS_ID]
             for r, limit in zip(results, limits, strict=True)]
     out = np.full((len(rows), max(map(len, rows), default=1)), PAD_ID, np.int32)
