@@ -212,6 +212,24 @@ def test_changed_model_cannot_resume(tmp_path):
 
 
 @pytest.mark.slow
+def test_a_run_trained_in_float32_resumes_in_bfloat16(tmp_path, caplog):
+  """The compute dtype is not the model's identity: "auto" resolves per machine."""
+  workdir = str(tmp_path)
+  train.train_and_evaluate(tiny_config(**{"train.num_steps": 3, "model.dtype": "float32"}),
+                           workdir)
+  before = checkpoint.restore_params(workdir, 3)
+  with caplog.at_level("WARNING"):
+    train.train_and_evaluate(tiny_config(**{"model.dtype": "bfloat16"}), workdir)
+  assert "Compute dtype changed from float32" in caplog.text and "to bfloat16" in caplog.text
+  assert checkpoint.list_steps(workdir)[-1] == 6
+  after = checkpoint.restore_params(workdir, 6)
+  assert all(x.dtype == np.float32 for x in jax.tree.leaves(after))  # param_dtype.
+  assert jax.tree.structure(after) == jax.tree.structure(before)
+  saved = json.load(open(os.path.join(workdir, "config.json")))
+  assert saved["model"]["dtype"] == "bfloat16"
+
+
+@pytest.mark.slow
 def test_bad_rerun_keeps_the_runs_config_and_checkpoints(tmp_path):
   workdir = str(tmp_path)
   train.train_and_evaluate(tiny_config(**{"train.num_steps": 3}), workdir)

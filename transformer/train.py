@@ -89,20 +89,35 @@ def resolve_config(config: ml_collections.ConfigDict, *, num_devices: int | None
   return config
 
 
+# model.* fields a run may resume with changed: they leave the parameters'
+# shapes and meaning alone. The compute dtype (model.dtype; "auto" resolves per
+# machine, and the same run may resume on a GPU or on a CPU with or without
+# bfloat16 instructions): parameters and optimizer state stay param_dtype.
+# attention_impl: the same function from the same parameters. The dropout
+# rates: training's regularization, not the model's function.
+RESUMABLE_MODEL_FIELDS = ("model.dtype", "model.attention_impl", "model.dropout_rate",
+                          "model.attention_dropout_rate", "model.ffn_dropout_rate")
+
+
 def _check_resumed_config(workdir: str, config: ml_collections.ConfigDict):
-  """A workdir is resumed only with the same model; other changes are logged."""
+  """A workdir is resumed only with the same model (the fields that change the
+  parameters' shapes or meaning); other changes are logged."""
   path = os.path.join(workdir, checkpoint_lib.CONFIG_FILE)
   if not os.path.exists(path):
     return
   old = checkpoint_lib.load_config(workdir)
   changed = checkpoint_lib.config_differences(old, config)
-  # attention_impl computes the same function from the same parameters.
   model_changes = [k for k in changed
-                   if k.startswith("model.") and k != "model.attention_impl"]
+                   if k.startswith("model.") and k not in RESUMABLE_MODEL_FIELDS]
   if model_changes and checkpoint_lib.list_steps(workdir):
     raise ValueError(
         f"Workdir {workdir} holds checkpoints of a different model ({model_changes} "
         "changed). Use a new --workdir, or the same model config to resume.")
+  if "model.dtype" in changed:
+    logging.warning(
+        "Compute dtype changed from %s (saved in %s) to %s; parameters and optimizer "
+        "state stay %s, so the run continues from the same state in the new precision.",
+        old.model.get("dtype"), path, config.model.dtype, config.model.param_dtype)
   if changed:
     logging.warning("Config differs from %s in %s; continuing with the new values.",
                     path, changed)
