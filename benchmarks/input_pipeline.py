@@ -1,4 +1,4 @@
-r"""Input pipeline speed at WMT scale (issue 13): can one host feed 8 GPUs?
+r"""Input pipeline speed at WMT scale: can one host feed 8 GPUs?
 
   python benchmarks/input_pipeline.py --pairs=4500000            # WMT14 EN-DE size
   python benchmarks/input_pipeline.py --pairs=1000000 --json
@@ -6,7 +6,7 @@ r"""Input pipeline speed at WMT scale (issue 13): can one host feed 8 GPUs?
 
 The paper's base model takes about 25000 source + 25000 target tokens per
 step, 0.4 s a step on 8 P100s (§5.1-5.2); a modern 8-GPU host asks for several
-times that. This runs the real pipeline of transformer/data.py, with
+times that. This runs the real pipeline of transformer/data/, with
 configs/wmt14_ende.py:base's data settings, from raw text to batches:
 
 * corpus: ``--pairs`` generated sentence pairs with WMT-like lengths (below),

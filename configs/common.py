@@ -78,7 +78,7 @@ def model_config(size="base"):
 
 
 def data_config():
-  """The ``data`` section. Filled by the data pipeline (see transformer/data.py)."""
+  """The ``data`` section, read by the input pipeline (transformer/data/)."""
   d = ml_collections.ConfigDict()
   # "tfds": a TFDS translate builder; "text": a folder of {split}.{lang} files;
   # "synthetic": the project's generated EN->DE corpus (offline).

@@ -10,6 +10,7 @@ import importlib
 import json
 import math
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -50,6 +51,25 @@ def test_every_shipped_config_passes(name, variant):
   if config.data.source == "text":
     config.data.dir = "/data/multi30k"  # Required on the command line.
   checks.check_config(config, num_devices=1)
+
+
+PAPER = {"row": "B1", "dev_ppl": 5.16, "dev_bleu": 25.1, "params_millions": 58}
+
+
+@pytest.mark.parametrize("section, value, message", [
+    ("paper", dict(PAPER, dev_bleu="high"), "config.paper.dev_bleu='high' must be a number"),
+    ("paper", dict(PAPER, dev_ppl=-1.0), "config.paper.dev_ppl=-1.0 must be > 0"),
+    ("paper", dict(PAPER, row=3), "config.paper.row=3 must be a string"),
+    ("paper", dict(PAPER, bleu=1.0), "config.paper has no field 'bleu'"),
+    ("extra", {"a": 1}, "no section 'extra'"),
+])
+def test_the_paper_section_and_unknown_sections_are_checked(section, value, message):
+  config = table3.get_config("B1")
+  checks.check_config(config)
+  config.unlock()
+  config[section] = value
+  with pytest.raises(checks.ConfigError, match=re.escape(message)):
+    checks.check_config(config)
 
 
 def test_every_field_of_common_has_a_rule():

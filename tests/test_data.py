@@ -1,4 +1,4 @@
-"""Tests for transformer/data.py: sources, caches, batches, resume, sharding."""
+"""Tests for transformer/data/: sources, caches, batches, resume, sharding."""
 
 import gc
 import gzip

@@ -176,7 +176,35 @@ def _has_type(value, kind) -> bool:
   return isinstance(value, kind)
 
 
+# Optional sections: configs/table3.py's paper figures of its row (read by
+# the summary, never by training); None where Table 3 is blank.
+PAPER_FIELDS = {"row": (str,), "dev_ppl": (float, type(None)), "dev_bleu": (float, type(None)),
+                "params_millions": (float, type(None))}
+
+
+def _check_paper(paper):
+  if not _has_type(paper, dict):
+    raise ConfigError(f"config.paper={paper!r} must be a section of Table 3's figures.")
+  for name in paper:
+    if name not in PAPER_FIELDS:
+      raise ConfigError(f"config.paper has no field {name!r}{_closest(name, PAPER_FIELDS)}")
+  for name, kinds in PAPER_FIELDS.items():
+    value = paper.get(name)
+    if not any(_has_type(value, kind) if kind is not type(None) else value is None
+               for kind in kinds):
+      raise ConfigError(f"config.paper.{name}={value!r} must be "
+                        + " or ".join(_TYPE_NAMES.get(k, "None") for k in kinds) + ".")
+    if isinstance(value, (int, float)) and value <= 0:
+      raise ConfigError(f"config.paper.{name}={value!r} must be > 0.")
+
+
 def _check_fields(config):
+  for section in config:
+    if section not in RULES and section != "paper":
+      raise ConfigError(f"The config has no section {section!r}"
+                        f"{_closest(section, [*RULES, 'paper'])}")
+  if "paper" in config:
+    _check_paper(config.paper)
   for section, rules in RULES.items():
     if section not in config or not _has_type(config[section], dict):
       raise ConfigError(f"The config has no {section!r} section (sections: "

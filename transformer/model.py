@@ -279,7 +279,6 @@ class LearnedPositionalEmbedding(nnx.Module):
     # Deviation from the paper only when selected (model.positional_encoding).
     # N(0, 1/2) per dimension: the mean square of the sinusoids it replaces.
     init = jax.nn.initializers.normal(stddev=math.sqrt(0.5))
-    self.max_len = max_len
     self.embedding = _param(rngs, init, (max_len, d_model), (None, "embed"),
                             param_dtype)
 
