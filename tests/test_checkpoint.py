@@ -219,6 +219,91 @@ def test_failed_save_is_one_error_and_leaves_no_temporary_folder(tmp_path, monke
   assert checkpoint.list_steps(workdir) == [1]
 
 
+def test_a_tensorstore_write_error_is_one_error_naming_the_failed_step(tmp_path, monkeypatch):
+  # TensorStore reports a failed write as a ValueError naming the OS error;
+  # a background save's failure surfaces at the next save, which names it.
+  workdir = str(tmp_path)
+  ckpt = checkpoint.Checkpointer(workdir, every_steps=1, every_minutes=0, keep=5)
+  ckpt.save(1, _state(1), {})
+  ckpt.manager.wait_until_finished()
+  where = os.path.join(checkpoint.checkpoint_dir(workdir), "2.orbax-checkpoint-tmp", "params")
+
+  def earlier_save_failed(step, args, force):
+    raise ValueError(f'RESOURCE_EXHAUSTED: Error writing "w/0" in OCDBT database at local '
+                     f'file "{where}/": Failed to write 1796592 bytes to file 4: No space '
+                     "left on device [os_error_code='28']")
+
+  monkeypatch.setattr(ckpt.manager, "save", earlier_save_failed)
+  with pytest.raises(OSError, match=r"checkpoint of step 2 .* failed: No space left on "
+                     r"device \(os error 28\)\. The checkpoints saved before it are intact"):
+    ckpt.save(3, _state(3), {})
+  monkeypatch.undo()
+  ckpt.close()
+
+
+def test_orbax_tracebacks_of_a_failed_background_save_are_dropped():
+  storage = ValueError("Failed to write 9 bytes to file 4: No space left on device "
+                       "[os_error_code='28']")
+  other = ValueError("a bug")
+
+  def record(path, level, error, message="_SignalingThread.run() raised an exception"):
+    return logging.LogRecord("absl", level, path, 1, message, (),
+                             (type(error), error, None) if error else None)
+
+  drop = checkpoint._OrbaxFailedSaveFilter()
+  orbax = os.path.join(os.sep, "x", "orbax", "checkpoint", "future.py")
+  assert not drop.filter(record(orbax, logging.ERROR, storage))
+  assert not drop.filter(record(orbax, logging.ERROR, None, "Save Finalize thread failed: "
+                                + str(storage)))
+  assert drop.filter(record(orbax, logging.ERROR, other))  # Not the storage's: kept.
+  assert drop.filter(record(os.path.join(os.sep, "x", "mine.py"), logging.ERROR, storage))
+  assert drop.filter(record(orbax, logging.WARNING, storage))
+
+
+_WRITE_LIMIT_SCRIPT = """
+import resource, signal, sys
+signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # A write past the limit fails (EFBIG).
+import jax, jax.numpy as jnp
+from transformer import checkpoint
+checkpoint.quiet_orbax_logs()
+ckpt = checkpoint.Checkpointer(sys.argv[1], every_steps=1, every_minutes=0, keep=3)
+def state(n):
+  return {"params": {"w": jax.random.normal(jax.random.PRNGKey(n), (n,))},
+          "opt_state": {"count": jnp.zeros((), jnp.int32)}, "step": jnp.int32(n),
+          "rng": jax.random.key_data(jax.random.PRNGKey(0))}
+ckpt.save(1, state(1000), {})
+ckpt.manager.wait_until_finished()
+resource.setrlimit(resource.RLIMIT_FSIZE, (100_000, resource.RLIM_INFINITY))
+try:
+  ckpt.save(2, state(1_000_000), {})  # 4 MB of random floats: the write fails.
+  ckpt.close()
+except OSError as e:
+  print(f"error: {e}", file=sys.stderr)
+  sys.exit(1)
+"""
+
+
+@pytest.mark.slow
+def test_a_real_failed_write_prints_one_error_line_and_keeps_earlier_checkpoints(tmp_path):
+  # A real write failure in Orbax's background threads (a file size limit:
+  # the same path as a full disk, without a small filesystem to fill).
+  import subprocess
+  import sys
+
+  repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+  workdir = str(tmp_path / "run")
+  done = subprocess.run([sys.executable, "-c", _WRITE_LIMIT_SCRIPT, workdir],
+                        capture_output=True, text=True, cwd=repo,
+                        env=dict(os.environ, PYTHONPATH=repo, JAX_PLATFORMS="cpu"))
+  lines = [line for line in done.stderr.splitlines() if not line.startswith("I")]
+  assert done.returncode == 1 and "Traceback" not in done.stderr, done.stderr[-3000:]
+  assert len(lines) == 1 and lines[0].startswith(
+      "error: Saving the checkpoint of step 2 in "), lines
+  assert "File too large (os error 27)" in lines[0]
+  assert sorted(os.listdir(checkpoint.checkpoint_dir(workdir))) == ["1"]
+  assert checkpoint.list_steps(workdir) == [1]
+
+
 def test_malformed_config_json_is_a_config_error(tmp_path):
   from transformer import checks
 

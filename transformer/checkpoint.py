@@ -35,6 +35,7 @@ import contextlib
 import json
 import logging as py_logging
 import os
+import re
 import shutil
 import sys
 import time
@@ -138,12 +139,45 @@ class _OrbaxInfoFilter(py_logging.Filter):
     return record.levelno >= py_logging.WARNING or "/orbax/" not in record.pathname
 
 
+# A storage failure as TensorStore words it (a ValueError, not an OSError):
+# '... Failed to write 1796592 bytes to file 4: No space left on device
+# [os_error_code='28']'.
+_OS_ERROR = re.compile(r"([^:\]]+?)\s*\[os_error_code='?(\d+)'?\]")
+
+
+def _storage_error(e: BaseException | None) -> BaseException | None:
+  """The OSError in ``e``'s chain of causes, or TensorStore's error naming an
+  os_error_code; None when the failure is not the storage's."""
+  seen = set()
+  while e is not None and id(e) not in seen:
+    seen.add(id(e))
+    if isinstance(e, OSError) or _OS_ERROR.search(str(e)):
+      return e
+    e = e.__cause__ or e.__context__
+  return None
+
+
+class _OrbaxFailedSaveFilter(py_logging.Filter):
+  """A write that fails in Orbax's background save (a full disk) is logged
+  by each of its threads at ERROR level with the whole traceback; the same
+  failure is raised at the next save or at close, where it becomes one
+  error line (``Checkpointer._failed_save_is_one_error``). Drop those."""
+
+  def filter(self, record):
+    if record.levelno < py_logging.ERROR or "/orbax/" not in record.pathname:
+      return True
+    error = record.exc_info[1] if record.exc_info else None
+    return not (_storage_error(error) or _OS_ERROR.search(record.getMessage()))
+
+
 def quiet_orbax_logs():
-  """Drops Orbax's INFO lines (one per step of every save) from absl's log;
-  its warnings stay. Training calls it once."""
+  """Drops Orbax's INFO lines (one per step of every save) and its tracebacks
+  of a failed background save from absl's log; its warnings stay. Training
+  calls it once."""
   absl_logger = logging.get_absl_logger()
-  if not any(isinstance(f, _OrbaxInfoFilter) for f in absl_logger.filters):
-    absl_logger.addFilter(_OrbaxInfoFilter())
+  for kind in (_OrbaxInfoFilter, _OrbaxFailedSaveFilter):
+    if not any(isinstance(f, kind) for f in absl_logger.filters):
+      absl_logger.addFilter(kind())
 
 
 class _DropMissingMetadata(py_logging.Filter):
@@ -278,6 +312,9 @@ def restore_params(workdir: str, step: int, target=None):
 def _reason(e: BaseException) -> str:
   """The first line of an Orbax/TensorStore error, without TensorStore's spec
   dump: short enough for a log line."""
+  os_error = _OS_ERROR.search(str(e))
+  if os_error and not isinstance(e, OSError):  # TensorStore's: the OS's words.
+    return f"{os_error.group(1).strip()} (os error {os_error.group(2)})"
   lines = [line.strip() for line in str(e).splitlines() if line.strip()]
   text = lines[0] if lines else type(e).__name__
   for noise in (" See full TensorStore details", " [tensorstore_spec"):
@@ -394,11 +431,12 @@ class Checkpointer:
       yield
     except Exception as e:  # Orbax wraps the OSError of its writer threads.
       self._remove_temporary_folders()
-      cause = e
-      while cause is not None and not isinstance(cause, OSError):
-        cause = cause.__cause__ or cause.__context__
+      cause = _storage_error(e)
       if cause is None:
         raise
+      # A background save fails at the next save or at close: name its own step.
+      failed = re.search(r"[/\\](\d+)\.orbax-checkpoint-tmp", str(cause))
+      step = int(failed.group(1)) if failed else step
       what = f"the checkpoint of step {step}" if step is not None else "a checkpoint"
       raise OSError(
           f"Saving {what} in {self.manager.directory} failed: {_reason(cause)}. The "
