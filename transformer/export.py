@@ -415,7 +415,10 @@ def load_translator(model_dir: str, *, compute_type: str = "default",
     return ctranslate2.Translator(model_dir, device="cpu", compute_type=compute_type,
                                   inter_threads=1, intra_threads=threads)
   except (RuntimeError, ValueError) as e:
-    raise ExportError(f"CTranslate2 cannot load {model_dir!r} as {compute_type}: {e}") from None
+    raise ExportError(
+        f"CTranslate2 cannot load {model_dir!r} as {compute_type}: {str(e).rstrip('.')}. "
+        "Choose another --ctranslate2_compute_type (float32 and int8 run on any CPU), or "
+        "export the run again if the folder is damaged.") from None
 
 
 def search_options(decode_config, **overrides) -> dict:
