@@ -10,7 +10,7 @@ r"""Training and decoding speed, MFU and scaling, on whatever device JAX sees.
 What it measures (random weights; speed does not depend on them):
 
 * matmul peak: the best FLOP/s of a large square matmul in the form the
-  model's matmuls take (transformer/model.py:matmul): operands in the compute
+  model's matmuls take (transformer/precision.py:matmul): operands in the compute
   dtype, float32 accumulation and output. Measured in this run on this device,
   for the compute dtype and for float32. MFU is reported against the compute
   dtype's peak, and against the device's spec peak where one is known.
@@ -51,10 +51,9 @@ from flax import nnx
 from ml_collections import config_flags
 
 from transformer import decode as decode_lib
-from transformer import model as model_lib
+from transformer import precision, tokens
 from transformer import sharding as sharding_lib
 from transformer import summary as summary_lib
-from transformer import tokens
 from transformer import train as train_lib
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Experiment config file.")
@@ -117,7 +116,7 @@ def matmul_peak(dtype, repeats):
   @jax.jit
   def f(a, b):
     for _ in range(chain):
-      a = (model_lib.matmul("ij,jk->ik", a, b, dtype) * 0.01).astype(dtype)
+      a = (precision.matmul("ij,jk->ik", a, b, dtype) * 0.01).astype(dtype)
     return a
 
   # The peak is the best run: on a shared machine a slow run says nothing
@@ -249,7 +248,7 @@ def run_benchmark(config, *, batch_size=16, seq_len=64, repeats=3, decode_senten
                   scaling_tokens=1024, decode_lengths=(16, 32, 64, 128), skip=()):
   """Every figure, as one dict (the --json output)."""
   cfg = config.model
-  dtype = model_lib.get_dtype(cfg.dtype)
+  dtype = precision.get_dtype(cfg.dtype)
   summary = summary_lib.summarize(cfg, seq_len)
 
   def peaks():  # (compute dtype, float32)
@@ -257,11 +256,11 @@ def run_benchmark(config, *, batch_size=16, seq_len=64, repeats=3, decode_senten
     return peak, peak if dtype == jnp.float32 else matmul_peak(jnp.float32, repeats)
 
   peak, peak_f32 = peaks()
-  spec = spec_peak(model_lib.dtype_name(cfg.dtype))
+  spec = spec_peak(precision.dtype_name(cfg.dtype))
   result = {
       "device": jax.devices()[0].device_kind, "backend": jax.default_backend(),
-      "num_devices": jax.device_count(), "dtype": model_lib.dtype_name(cfg.dtype),
-      "cpu_has_bf16_matmul": model_lib.cpu_has_bf16_matmul(),
+      "num_devices": jax.device_count(), "dtype": precision.dtype_name(cfg.dtype),
+      "cpu_has_bf16_matmul": precision.cpu_has_bf16_matmul(),
       "total_params": summary["total_params"],
       "forward_flops_per_target_token": summary["flops_per_token"],
       "measured_matmul_peak_flops_per_second": peak,
@@ -396,7 +395,7 @@ def main(argv):
       decode_lengths=[int(n) for n in _DECODE_LENGTHS.value], skip=_SKIP.value)
   try:  # A bad dtype (unknown, or float16 on CPU) fails before any run.
     for name in _DTYPES.value or [config.model.dtype]:
-      model_lib.dtype_name(name)
+      precision.dtype_name(name)
   except ValueError as e:
     sys.exit(f"error: {e}")
   if _DTYPES.value:

@@ -5,7 +5,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from transformer import loss, model
+from transformer import loss, precision
 
 
 def test_loss_hand_computed():
@@ -131,7 +131,7 @@ def test_chunked_loss_equals_the_loss_of_whole_logits():
   mixed precision (bfloat16 hidden states, float32 weights) and chunks."""
   h, w, targets, weights = _problem()
   h = jnp.asarray(h, jnp.bfloat16)
-  project = lambda w, h: model.matmul("BTD,VD->BTV", h, w, jnp.bfloat16)  # noqa: E731
+  project = lambda w, h: precision.matmul("BTD,VD->BTV", h, w, jnp.bfloat16)  # noqa: E731
 
   def whole(w, h):
     return loss.cross_entropy_sums(project(w, h), targets, EPS, weights)

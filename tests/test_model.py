@@ -11,7 +11,7 @@ import pytest
 from flax import nnx
 
 from configs import common
-from transformer import loss, tokens
+from transformer import loss, precision, tokens
 from transformer import model as model_lib
 
 VOCAB = 23
@@ -540,24 +540,11 @@ def test_impossible_config_has_clear_error(field, value, message):
     build(**{field: value})
 
 
-def test_auto_dtype_follows_the_cpu_flags_and_the_backend(tmp_path, monkeypatch):
+def test_auto_dtype_model_computes_in_float32_on_a_cpu_without_bf16(tmp_path, monkeypatch):
   epyc = tmp_path / "epyc"  # An AMD Zen 3: AVX2, no bfloat16 matrix instructions.
-  epyc.write_text("processor\t: 0\nflags\t\t: fpu sse2 avx avx2 fma\n\n"
-                  "processor\t: 1\nflags\t\t: fpu sse2 avx avx2 fma\n")
-  xeon = tmp_path / "xeon"  # A Sapphire Rapids Xeon.
-  xeon.write_text("processor\t: 0\nflags\t\t: fpu avx2 avx512f avx512_bf16 amx_bf16 "
-                  "amx_tile\n")
-  expected = {epyc: "float32", xeon: "bfloat16", tmp_path / "no_such_file": "float32"}
-  for cpuinfo, dtype in expected.items():
-    monkeypatch.setattr(model_lib, "CPUINFO", str(cpuinfo))
-    assert model_lib.dtype_name("auto") == dtype, cpuinfo.name
-    assert model_lib.dtype_name("float32") == "float32"
-  monkeypatch.setattr(model_lib, "CPUINFO", str(epyc))
-  assert model_lib.get_dtype("auto") == jnp.float32
+  epyc.write_text("processor\t: 0\nflags\t\t: fpu sse2 avx avx2 fma\n")
+  monkeypatch.setattr(precision, "CPUINFO", str(epyc))
   assert build(dtype="auto").dtype == jnp.float32
-  monkeypatch.setattr(jax, "default_backend", lambda: "gpu")
-  assert model_lib.dtype_name("auto") == "bfloat16"
-  assert model_lib.dtype_name("float16") == "float16"  # Allowed off the CPU.
 
 
 def test_with_compute_dtype_shares_the_parameters_and_changes_only_the_dtype():
@@ -579,30 +566,12 @@ def test_with_compute_dtype_shares_the_parameters_and_changes_only_the_dtype():
 ])
 def test_bad_dtype_has_one_clear_error(dtype, message):
   with pytest.raises(ValueError, match=message):
-    model_lib.dtype_name(dtype)
-  with pytest.raises(ValueError, match=message):
     build(dtype=dtype)
 
 
 # ----------------------------------------------------------------------------
 # Mixed precision: the form of every matmul, forward and backward.
 # ----------------------------------------------------------------------------
-
-def test_matmul_and_its_gradient_vs_numpy():
-  rng = np.random.default_rng(0)
-  x = rng.normal(size=(2, 3, 4)).astype(np.float32)  # (B, T, D)
-  w = rng.normal(size=(4, 5)).astype(np.float32)  # (D, F)
-  g = rng.normal(size=(2, 3, 5)).astype(np.float32)  # cotangent of the output
-  xd, wd, gd = (a.astype(np.float64) for a in (x, w, g))
-  for dtype, tol in ((jnp.float32, 1e-5), (jnp.bfloat16, 3e-2)):
-    out, vjp = jax.vjp(functools.partial(model_lib.matmul, "BTD,DF->BTF", dtype=dtype),
-                       x, w)
-    dx, dw = vjp(jnp.asarray(g))
-    assert out.dtype == dx.dtype == dw.dtype == jnp.float32
-    np.testing.assert_allclose(out, xd @ wd, rtol=tol, atol=tol)
-    np.testing.assert_allclose(dx, gd @ wd.T, rtol=tol, atol=tol)  # dL/dx = g W^T
-    np.testing.assert_allclose(dw, np.einsum("btd,btf->df", xd, gd), rtol=tol, atol=tol)
-
 
 def hlo_dots(hlo_text):
   """Every dot and convolution of an HLO module, as (operand dtypes, result

@@ -19,9 +19,8 @@ import numpy as np
 import pytest
 
 from configs import quickstart
-from transformer import checkpoint, sharding, train
+from transformer import checkpoint, precision, sharding, train
 from transformer import metrics as metrics_lib
-from transformer import model as model_lib
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -399,7 +398,7 @@ def test_mixed_precision_keeps_float32_params():
   resolved = train.resolve_config(config)
   # "auto": float32 on a CPU without a bfloat16 matrix engine; bfloat16 with
   # one (AMX, AVX512-BF16) and on GPU/TPU. Resolved once, saved with the run.
-  expected = "bfloat16" if model_lib.cpu_has_bf16_matmul() else "float32"
+  expected = "bfloat16" if precision.cpu_has_bf16_matmul() else "float32"
   assert resolved.model.dtype == expected
   config.model.dtype = "bfloat16"  # bfloat16 compute, float32 params and Adam state.
   setup = train.setup_state(config, sharding.make_mesh(config.train))

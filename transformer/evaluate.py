@@ -32,7 +32,7 @@ from flax import nnx
 
 from transformer import bleu as bleu_lib
 from transformer import checkpoint as checkpoint_lib
-from transformer import checks, decode
+from transformer import checks, decode, precision
 from transformer import model as model_lib
 from transformer.tokens import EOS_ID, PAD_ID
 
@@ -255,7 +255,7 @@ def decode_dtype(decode_config, model_config, platform: str | None = None) -> st
   elif name == "auto":
     name = "float32"
   try:
-    return model_lib.dtype_name(name, platform)
+    return precision.dtype_name(name, platform)
   except ValueError as e:
     raise ValueError(str(e).replace("config.model.dtype", "config.decode.dtype")) from None
 

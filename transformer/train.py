@@ -38,7 +38,7 @@ from jax.experimental import multihost_utils
 
 from transformer import bleu as bleu_lib
 from transformer import checkpoint as checkpoint_lib
-from transformer import checks, optim
+from transformer import checks, optim, precision
 from transformer import data as data_lib
 from transformer import evaluate as evaluate_lib
 from transformer import loss as loss_lib
@@ -84,7 +84,7 @@ def resolve_config(config: ml_collections.ConfigDict, *, num_devices: int | None
   checks.check_config(config, num_devices=num_devices)
   config = ml_collections.ConfigDict(config.to_dict())
   # Resolves "auto".
-  config.model.dtype = model_lib.dtype_name(config.model.dtype, platform)
+  config.model.dtype = precision.dtype_name(config.model.dtype, platform)
   config.lock()
   return config
 
