@@ -446,7 +446,9 @@ def make_translate_fn(translator, pieces: list[str], decode_config, *,
   JAX search forbids them). CTranslate2 takes one limit per call, so the
   batch runs to its longest sentence's limit and shorter sentences' outputs
   are cut at theirs: what the JAX search gives in greedy search, where it
-  forces EOS at the limit.
+  forces EOS at the limit. One difference remains: CTranslate2 does not
+  decode an empty source line and returns an empty translation, where the
+  JAX search (min_length=1) still emits a token.
   """
   options = search_options(decode_config, **overrides)
   extra = options.pop("max_extra_length")
