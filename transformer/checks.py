@@ -176,10 +176,9 @@ def _has_type(value, kind) -> bool:
   return isinstance(value, kind)
 
 
-# Optional sections: configs/table3.py's paper figures of its row (read by
-# the summary, never by training); None where Table 3 is blank.
-PAPER_FIELDS = {"row": (str,), "dev_ppl": (float, type(None)), "dev_bleu": (float, type(None)),
-                "params_millions": (float, type(None))}
+# Optional section: configs/table3.py's paper figures of its row (read by the
+# summary, never by training). The numbers are None where Table 3 is blank.
+PAPER_FIELDS = {"row": str, "dev_ppl": float, "dev_bleu": float, "params_millions": float}
 
 
 def _check_paper(paper):
@@ -188,13 +187,14 @@ def _check_paper(paper):
   for name in paper:
     if name not in PAPER_FIELDS:
       raise ConfigError(f"config.paper has no field {name!r}{_closest(name, PAPER_FIELDS)}")
-  for name, kinds in PAPER_FIELDS.items():
+  for name, kind in PAPER_FIELDS.items():
     value = paper.get(name)
-    if not any(_has_type(value, kind) if kind is not type(None) else value is None
-               for kind in kinds):
-      raise ConfigError(f"config.paper.{name}={value!r} must be "
-                        + " or ".join(_TYPE_NAMES.get(k, "None") for k in kinds) + ".")
-    if isinstance(value, (int, float)) and value <= 0:
+    if kind is float and value is None:
+      continue
+    if not _has_type(value, kind):
+      blank = " or None" if kind is float else ""
+      raise ConfigError(f"config.paper.{name}={value!r} must be {_TYPE_NAMES[kind]}{blank}.")
+    if kind is float and value <= 0:
       raise ConfigError(f"config.paper.{name}={value!r} must be > 0.")
 
 

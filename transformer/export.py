@@ -92,10 +92,6 @@ def check_exportable(model_config) -> None:
     problems.append(
         f"model.d_k={model_config.d_k} != model.d_v={model_config.d_v} (CTranslate2 "
         "has one head size for queries, keys and values)")
-  if model_config.positional_encoding not in ("sinusoidal", "learned"):
-    problems.append(f"model.positional_encoding={model_config.positional_encoding!r}")
-  if model_config.norm_position not in ("post", "pre"):
-    problems.append(f"model.norm_position={model_config.norm_position!r}")
   if problems:
     raise ExportError(
         "This run cannot be exported to CTranslate2: " + "; ".join(problems)
@@ -421,19 +417,6 @@ def load_translator(model_dir: str, *, compute_type: str = "default",
         "export the run again if the folder is damaged.") from None
 
 
-def search_options(decode_config, **overrides) -> dict:
-  """``config.decode`` (beam_size, alpha, max_extra_length, min_length) as
-  ``translate_batch`` options, except the length limit, which is per batch."""
-  from transformer import evaluate as evaluate_lib
-
-  o = evaluate_lib.decode_options(decode_config, **overrides)
-  return {"beam_size": o["beam_size"],
-          # CTranslate2's penalty: log P / |Y|^alpha (ours is GNMT's, see above).
-          "length_penalty": o["alpha"],
-          "min_decoding_length": o["min_length"],
-          "max_extra_length": o["max_extra_length"]}
-
-
 def make_translate_fn(translator, pieces: list[str], decode_config, *,
                       batch_size: int = 64, **overrides):
   """(B, S) source ids -> (B, L) output ids by CTranslate2: the same
@@ -450,8 +433,14 @@ def make_translate_fn(translator, pieces: list[str], decode_config, *,
   decode an empty source line and returns an empty translation, where the
   JAX search (min_length=1) still emits a token.
   """
-  options = search_options(decode_config, **overrides)
-  extra = options.pop("max_extra_length")
+  from transformer import evaluate as evaluate_lib
+
+  search = evaluate_lib.decode_options(decode_config, **overrides)
+  extra = search["max_extra_length"]
+  options = {"beam_size": search["beam_size"],
+             # CTranslate2's penalty: log P / |Y|^alpha (ours is GNMT's, see above).
+             "length_penalty": search["alpha"],
+             "min_decoding_length": search["min_length"]}
   index = {piece: i for i, piece in enumerate(pieces)}
   suppress = [[pieces[PAD_ID]], [pieces[BOS_ID]]]
 
