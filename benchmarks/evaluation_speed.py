@@ -36,7 +36,7 @@ import numpy as np
 from absl import app, flags
 
 from transformer import bleu as bleu_lib
-from transformer import data
+from transformer import data, precision
 from transformer import evaluate as evaluate_lib
 from transformer import export as export_lib
 
@@ -76,7 +76,7 @@ def run_benchmark(config, workdir: str, *, split: str | None = None,
   for name in dtypes:
     decode_config = config.decode.copy_and_resolve_references()
     decode_config.dtype = name
-    translate_fns[name] = ("jax", evaluate_lib.decode_dtype(decode_config, config.model),
+    translate_fns[name] = ("jax", precision.decode_dtype(decode_config, config.model),
                            evaluate_lib.make_translate_fn(model, decode_config))
   with tempfile.TemporaryDirectory() as folder:
     if ctranslate2_compute_types:

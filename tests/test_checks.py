@@ -163,6 +163,56 @@ def test_bad_value_is_one_config_error(field, value, message):
     checks.check_config(_config(**{field: value}), num_devices=1)
 
 
+def _model_config(**fields):
+  """``_config`` with ``fields`` of its model section set."""
+  return _config(**{f"model.{name}": value for name, value in fields.items()})
+
+
+def test_the_model_registries_and_the_checked_choices_agree():
+  from transformer import model as model_lib
+  from transformer import precision
+
+  assert tuple(model_lib.ACTIVATIONS) == checks.ACTIVATIONS
+  assert tuple(model_lib.GATED_ACTIVATIONS) == checks.GATED_ACTIVATIONS
+  assert tuple(precision.DTYPES) == checks.DTYPES
+
+
+@pytest.mark.parametrize("overrides,message", [
+    ({"dtype": "float32"}, r"takes bfloat16 or float16, not float32 \(config.model.dtype="
+     r"'float32'\); set --config.model.dtype=bfloat16, or use --config.model.attention_impl=xla"),
+    ({"d_k": 12, "d_v": 12}, r"multiple of 8, at most 256 \(config.model.d_k = d_v = 12\)"),
+    ({"d_k": 264, "d_v": 264}, r"at most 256 \(config.model.d_k = d_v = 264\)"),
+    ({"d_v": 16}, r"needs d_k == d_v \(got 8 and 16\)"),
+    ({"attention_dropout_rate": 0.1}, r"no attention dropout \(config.model."
+     r"attention_dropout_rate=0.1\); set --config.model.attention_dropout_rate=0"),
+])
+def test_what_cudnn_cannot_take_is_one_clear_error_for_a_gpu(overrides, message):
+  fields = dict(attention_impl="dot_product_attention", d_k=8, d_v=8, dtype="bfloat16",
+                attention_dropout_rate=0.0)
+  config = _model_config(**{**fields, **overrides})
+  with pytest.raises(checks.ConfigError, match=message):
+    checks.check_config(config, platform="gpu")
+
+
+def test_attention_dropout_is_refused_by_the_fused_path_on_any_platform():
+  with pytest.raises(checks.ConfigError, match="no attention dropout"):
+    checks.check_config(_model_config(attention_impl="dot_product_attention", d_k=8,
+                                      d_v=8, attention_dropout_rate=0.1))
+
+
+@pytest.mark.parametrize("field,value,message", [
+    ("activation", "tanh", "activation"),
+    ("norm_position", "sandwich", "norm_position"),
+    ("dropout_rate", 1.5, "dropout_rate"),
+    ("d_model", 15, "even"),
+    ("dtype", "fp8", "Unknown dtype config.model.dtype='fp8'"),
+    ("dtype", "float16", "'float16' is not supported on CPU"),
+])
+def test_impossible_model_config_has_clear_error(field, value, message):
+  with pytest.raises(checks.ConfigError, match=message):
+    checks.check_config(_model_config(**{field: value}), platform="cpu")
+
+
 def _literal(text):
   import re
   return re.escape(text)

@@ -391,9 +391,9 @@ def model_search(model, inputs, limits, search, max_length, **kwargs):
   """Runs a search function of decode.py on the model's cache directly."""
   model.eval()
   inputs = jnp.asarray(inputs, jnp.int32)
-  cache = model.init_cache(model.encode(inputs), inputs, max_length,
-                           beam_size=kwargs.get("beam_size", 1))
-  step_fn = lambda tokens, cache, step: model.decode_step(tokens, cache, step)  # noqa: E731
+  cache = decode.init_cache(model, model.encode(inputs), inputs, max_length,
+                            beam_size=kwargs.get("beam_size", 1))
+  step_fn = functools.partial(decode.decode_step, model)
   fn = jax.jit(functools.partial(search, step_fn, max_length=max_length, **kwargs))
   return fn(cache, jnp.asarray(limits, jnp.int32))
 

@@ -18,7 +18,7 @@ from flax import nnx
 
 from configs import common
 from transformer import checkpoint as checkpoint_lib
-from transformer import data, decode, synthetic
+from transformer import data, decode, precision, synthetic
 from transformer import evaluate as ev
 from transformer.model import Transformer
 from transformer.tokens import EOS_ID, PAD_ID
@@ -234,16 +234,16 @@ def test_report_counts_empty_outputs_warns_and_gives_lowercase_bleu(run, tmp_pat
 def test_decoding_dtype_auto_is_float32_on_a_cpu_and_the_models_elsewhere():
   config = common.get_base_config("base")
   config.model.dtype = "bfloat16"
-  assert ev.decode_dtype(config.decode, config.model, "cpu") == "float32"
-  assert ev.decode_dtype(config.decode, config.model, "gpu") == "bfloat16"
+  assert precision.decode_dtype(config.decode, config.model, "cpu") == "float32"
+  assert precision.decode_dtype(config.decode, config.model, "gpu") == "bfloat16"
   config.decode.dtype = "model"
-  assert ev.decode_dtype(config.decode, config.model, "cpu") == "bfloat16"
+  assert precision.decode_dtype(config.decode, config.model, "cpu") == "bfloat16"
   config.decode.dtype = "bfloat16"
-  assert ev.decode_dtype(config.decode, config.model, "cpu") == "bfloat16"
+  assert precision.decode_dtype(config.decode, config.model, "cpu") == "bfloat16"
   config.decode.dtype = "float16"
-  assert ev.decode_dtype(config.decode, config.model, "tpu") == "float16"
+  assert precision.decode_dtype(config.decode, config.model, "tpu") == "float16"
   with pytest.raises(ValueError, match="config.decode.dtype='float16' is not supported on CPU"):
-    ev.decode_dtype(config.decode, config.model, "cpu")
+    precision.decode_dtype(config.decode, config.model, "cpu")
 
 
 def test_a_bfloat16_model_decodes_in_the_decode_dtype(run):

@@ -11,7 +11,7 @@ import pytest
 from flax import nnx
 
 from configs import common
-from transformer import loss, precision, tokens
+from transformer import decode, loss, precision, tokens
 from transformer import model as model_lib
 
 VOCAB = 23
@@ -124,27 +124,6 @@ def test_auto_attention_takes_the_einsums_where_cudnn_refuses_when_traced():
     strict(x, x, mask)
 
 
-@pytest.mark.parametrize("overrides,message", [
-    ({"dtype": "float32"}, r"takes bfloat16 or float16, not float32 \(config.model.dtype="
-     r"'float32'\); set --config.model.dtype=bfloat16, or use --config.model.attention_impl=xla"),
-    ({"d_k": 12, "d_v": 12}, r"multiple of 8, at most 256 \(config.model.d_k = d_v = 12\)"),
-    ({"d_k": 264, "d_v": 264}, r"at most 256 \(config.model.d_k = d_v = 264\)"),
-    ({"d_v": 16}, r"needs d_k == d_v \(got 8 and 16\)"),
-    ({"attention_dropout_rate": 0.1}, r"no attention dropout \(config.model."
-     r"attention_dropout_rate=0.1\); set --config.model.attention_dropout_rate=0"),
-])
-def test_what_cudnn_cannot_take_is_one_clear_error_at_build(overrides, message):
-  cfg = tiny_config(attention_impl="dot_product_attention", d_k=8, d_v=8, dtype="bfloat16")
-  cfg.update(overrides)
-  with pytest.raises(ValueError, match=message):
-    nnx.eval_shape(lambda: model_lib.build_model(cfg, platform="gpu"))
-
-
-def test_attention_dropout_is_refused_by_the_fused_path_on_any_platform():
-  with pytest.raises(ValueError, match="no attention dropout"):
-    build(attention_impl="dot_product_attention", d_v=4, attention_dropout_rate=0.1)
-
-
 def test_cudnn_refusal_while_tracing_is_one_clear_error():
   # float32 queries (and, on a machine without a GPU, no cuDNN library):
   # cuDNN's own error, passed on with the shapes and the fix.
@@ -228,13 +207,13 @@ def test_shift_right_restarts_at_each_segment():
 def test_cached_decoding_equals_full_forward(overrides):
   model = build(**overrides)
   full = np.asarray(model(INPUTS, TARGETS))
-  cache = model.init_cache(model.encode(INPUTS), INPUTS, max_length=TARGETS.shape[1])
+  cache = decode.init_cache(model, model.encode(INPUTS), INPUTS, max_length=TARGETS.shape[1])
   assert cache["shared"]["layers"][0]["self_v"].dtype == model.dtype  # bf16 cache in bf16
   # bfloat16: float32 sums over a different number of keys can round a bf16
   # activation the other way; a few bf16 steps (0.016 at |logit| ~ 3) remain.
   # Measured: at most 0.033 over seeds 0-3.
   tol = 1e-5 if model.dtype == jnp.float32 else 5e-2
-  step = jax.jit(lambda tok, cache, t: model.decode_step(tok, cache, t))
+  step = jax.jit(lambda tok, cache, t: decode.decode_step(model, tok, cache, t))
   previous = jnp.full((2,), tokens.BOS_ID)
   for t in range(TARGETS.shape[1]):
     logits, cache = step(previous, cache, t)
@@ -446,7 +425,7 @@ def test_encoder_layer_vs_numpy(norm_position):
   x = np.random.default_rng(2).normal(size=(2, 6, 16)).astype(np.float32)  # (B, S, D)
   segments = (INPUTS != tokens.PAD_ID).astype(jnp.int32)
   # Jitted: one compilation instead of one per operation.
-  out, _ = nnx.jit(lambda m, x, mask: m(x, mask))(
+  out = nnx.jit(lambda m, x, mask: m(x, mask))(
       layer, jnp.asarray(x), model_lib.attention_mask(segments, segments))
   for b in range(2):
     real = np.asarray(segments[b]) == 1
@@ -467,10 +446,9 @@ def test_decoder_layer_vs_numpy(norm_position):
   target = (TARGETS != tokens.PAD_ID).astype(jnp.int32)
   @nnx.jit  # One compilation instead of one per operation.
   def apply(m, y, memory, self_mask, cross_mask):
-    return m(y, lambda k, v: (k, v), self_mask, m.cross_attention.project_kv(memory),
-             cross_mask)
+    return m(y, memory, self_mask, cross_mask)
 
-  out, _, _ = apply(layer, jnp.asarray(y), jnp.asarray(memory),
+  out = apply(layer, jnp.asarray(y), jnp.asarray(memory),
                     model_lib.attention_mask(target, target, causal=True),
                     model_lib.attention_mask(target, source))
   for b in range(2):
@@ -529,17 +507,6 @@ def test_parameters_carry_logical_axis_names():
     assert set(spec) <= allowed, (path, spec)
 
 
-@pytest.mark.parametrize("field,value,message", [
-    ("activation", "tanh", "activation"),
-    ("norm_position", "sandwich", "norm_position"),
-    ("dropout_rate", 1.5, "dropout_rate"),
-    ("d_model", 15, "even"),
-])
-def test_impossible_config_has_clear_error(field, value, message):
-  with pytest.raises(ValueError, match=message):
-    build(**{field: value})
-
-
 def test_auto_dtype_model_computes_in_float32_on_a_cpu_without_bf16(tmp_path, monkeypatch):
   epyc = tmp_path / "epyc"  # An AMD Zen 3: AVX2, no bfloat16 matrix instructions.
   epyc.write_text("processor\t: 0\nflags\t\t: fpu sse2 avx avx2 fma\n")
@@ -558,15 +525,6 @@ def test_with_compute_dtype_shares_the_parameters_and_changes_only_the_dtype():
   # The function of a model built in float32 with these parameters, exactly.
   np.testing.assert_array_equal(f32(INPUTS, TARGETS), build(seed=3)(INPUTS, TARGETS))
   assert not np.array_equal(bf16(INPUTS, TARGETS), f32(INPUTS, TARGETS))
-
-
-@pytest.mark.parametrize("dtype,message", [
-    ("fp8", "Unknown dtype config.model.dtype='fp8'"),
-    ("float16", "'float16' is not supported on CPU"),
-])
-def test_bad_dtype_has_one_clear_error(dtype, message):
-  with pytest.raises(ValueError, match=message):
-    build(dtype=dtype)
 
 
 # ----------------------------------------------------------------------------
@@ -634,10 +592,10 @@ def test_float32_matmuls_stay_float32():
 @pytest.mark.slow
 def test_bfloat16_decode_step_matmuls_take_bf16_operands():
   model = build(dtype="bfloat16")
-  cache = model.init_cache(model.encode(INPUTS), INPUTS, max_length=5, beam_size=2)
+  cache = decode.init_cache(model, model.encode(INPUTS), INPUTS, max_length=5, beam_size=2)
   cache["origin"] = jnp.repeat(cache["origin"], 2, axis=0)  # As beam search tiles it.
   tokens_in = jnp.full((4,), tokens.BOS_ID)
-  lowered = jax.jit(lambda t, c: model.decode_step(t, c, 0)).lower(tokens_in, cache)
+  lowered = jax.jit(lambda t, c: decode.decode_step(model, t, c, 0)).lower(tokens_in, cache)
   dots = hlo_dots(lowered.as_text(dialect="hlo"))
   # Per layer: Q, K, V, O of self-attention, Q and O of cross-attention,
   # 2 x (Q K^T, weights x V), 2 FFN; plus the logits.

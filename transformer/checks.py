@@ -66,8 +66,21 @@ def _non_empty():
   return bool, "non-empty"
 
 
+def _one_of(*choices):
+  return (lambda v: v in choices), f"{_CHOICES}{sorted(choices)}"
+
+
+_CHOICES = "one of "
 _ANY = (lambda v: True), ""
 _PROBABILITY = _in(0.0, 1.0, hi_open=True)
+
+# The names of the model's registries (transformer/model.py resolves them;
+# tests/test_checks.py holds the two lists equal), here so that checking a
+# config imports no model code.
+ACTIVATIONS = ("relu", "gelu", "elu", "silu")
+GATED_ACTIVATIONS = ("reglu", "geglu", "swiglu")
+ATTENTION_IMPLS = ("auto", "xla", "dot_product_attention")
+DTYPES = ("float32", "bfloat16", "float16")  # As transformer/precision.py's.
 
 RULES = {
     "model": {
@@ -83,16 +96,16 @@ RULES = {
         "dropout_rate": (float, *_PROBABILITY),
         "attention_dropout_rate": (float, *_PROBABILITY),
         "ffn_dropout_rate": (float, *_PROBABILITY),
-        "activation": (str, *_ANY),  # Choices: model.check_config.
-        "norm_position": (str, *_ANY),
+        "activation": (str, *_one_of(*ACTIVATIONS, *GATED_ACTIVATIONS)),
+        "norm_position": (str, *_one_of("post", "pre")),
         "layer_norm_epsilon": (float, *_positive()),
-        "positional_encoding": (str, *_ANY),
+        "positional_encoding": (str, *_one_of("sinusoidal", "learned")),
         "max_len": (int, *_at_least(1)),
         "share_source_target_embedding": (bool, *_ANY),
         "share_output_embedding": (bool, *_ANY),
-        "dtype": (str, *_ANY),
-        "param_dtype": (str, *_ANY),
-        "attention_impl": (str, *_ANY),
+        "dtype": (str, *_ANY),  # A DTYPES name or "auto", for the platform: _check_model.
+        "param_dtype": (str, *_one_of(*DTYPES)),
+        "attention_impl": (str, *_one_of(*ATTENTION_IMPLS)),
     },
     "data": {
         "source": (str, *_ANY),  # Choices: data.sources.check_config.
@@ -222,7 +235,8 @@ def _check_fields(config):
         raise ConfigError(f"config.{section}.{name}={value!r} must be "
                           f"{_TYPE_NAMES[kind]}{finite}.")
       if not test(value):
-        raise ConfigError(f"config.{section}.{name}={value!r} must be {meaning}.")
+        verb = "is not" if meaning.startswith(_CHOICES) else "must be"
+        raise ConfigError(f"config.{section}.{name}={value!r} {verb} {meaning}.")
 
 
 def _check_mesh_shape(mesh_shape):
@@ -240,25 +254,39 @@ def _check_mesh_shape(mesh_shape):
                       "one -1.")
 
 
-def check_config(config: ml_collections.ConfigDict, *, num_devices: int | None = None):
+def _check_model(m, platform):
+  """What the model's fields must satisfy together, on ``platform``."""
+  from transformer import precision
+
+  precision.dtype_name(m.dtype, platform)  # An unknown dtype, or float16 on a CPU.
+  if m.positional_encoding == "sinusoidal" and m.d_model % 2:
+    raise ValueError(
+        f"config.model.d_model={m.d_model} must be even for sinusoidal "
+        "positional encoding (sin and cos pairs, §3.5).")
+  if m.attention_impl == "dot_product_attention":
+    precision.check_fused_attention(m, platform)
+
+
+def check_config(config: ml_collections.ConfigDict, *, num_devices: int | None = None,
+                 platform: str | None = None):
   """Raises one ``ConfigError`` for the first field of ``config`` out of range.
 
   Checks every field of every section (types, ranges, choices), the fields
-  that must agree with each other, and, given ``num_devices``, that the mesh
-  fits the devices. The model's and the data pipeline's own checks
-  (``model.check_config``, ``data.sources.check_config``) run here too, so
-  that nothing is found only after the work has started.
+  that must agree with each other, what the model needs on ``platform`` (the
+  kind of device the run compiles for; default: JAX's default backend) and,
+  given ``num_devices``, that the mesh fits the devices. The data pipeline's
+  own checks (``data.sources.check_config``) run here too, so that nothing is
+  found only after the work has started. The library trusts what is checked
+  here: a model is built from a config without checking it again.
   """
-  from transformer import evaluate as evaluate_lib
-  from transformer import model as model_lib
-  from transformer import sharding
+  from transformer import precision, sharding
   from transformer.data import sources
 
   _check_fields(config)
   _check_mesh_shape(config.train.mesh_shape)
   try:
-    model_lib.check_config(config.model)
-    evaluate_lib.decode_dtype(config.decode, config.model)  # float16 on a CPU.
+    _check_model(config.model, platform)
+    precision.decode_dtype(config.decode, config.model, platform)  # float16 on a CPU.
     sources.check_config(config.data)
     if num_devices is not None:
       sharding.resolve_mesh_shape(config.train.mesh_shape, num_devices)

@@ -16,24 +16,26 @@ a small model that puts some mass on EOS at the first step loses the sentence
 (about 1% of Multi30k val translations were empty). CTranslate2's default is
 also 1.
 
-Dimension letters: B batch (sentences), K beam size, L maximum output length,
-V vocabulary, N = B * K flattened rows fed to the model.
+Dimension letters (as in transformer/model.py, plus): W beam size (width),
+L maximum output length, N = B * W flattened rows fed to the model.
 
 Two layers:
 
 * ``greedy_search`` and ``beam_search`` are pure JAX over a step function
   ``step_fn(tokens, cache, step) -> (logits, cache)`` (tokens: (N,) previous
   token, BOS_ID at step 0; logits: (N, V)). Every leaf of ``cache`` has the
-  batch as its leading axis; beam search tiles it to B * K rows and reorders
+  batch as its leading axis; beam search tiles it to B * W rows and reorders
   beams with one generic ``jax.tree.map``. A dict cache may keep state per
   sentence under the key ``"shared"``: beam search neither tiles nor reorders
-  it, and the step function lays it out for the K beams itself (the
+  it, and the step function lays it out for the W beams itself (the
   Transformer keeps its keys and values there, and only a small table of
-  which slot holds each position moves with the beams; see
-  ``Transformer.init_cache``). Tests drive them with hand-made step
-  functions.
+  which slot holds each position moves with the beams; see ``init_cache``).
+  Tests drive them with hand-made step functions.
+* ``init_cache`` and ``decode_step`` are that step function for a
+  ``Transformer``: its decoder, one position at a time, with the key/value
+  cache this module owns.
 * ``translate_batch(model, inputs, ...)`` runs them on a ``Transformer``:
-  encodes once, builds the cache with ``model.init_cache``, pads the batch to
+  encodes once, builds the cache with ``init_cache``, pads the batch to
   a few fixed shapes (powers of two) and returns token ids. It is jitted and
   compiles once per (batch bucket, length bucket, beam size).
 
@@ -51,6 +53,8 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from transformer import model as model_lib
+from transformer import sharding as sharding_lib
 from transformer.tokens import BOS_ID, EOS_ID, PAD_ID, bucket
 
 # Score of an impossible hypothesis. Finite, so that sums never make NaNs.
@@ -178,12 +182,12 @@ def greedy_search(step_fn: StepFn, cache, max_lengths, *, max_length: int,
 
 class BeamState(NamedTuple):
   step: jax.Array  # () int32, the position being predicted
-  live_seqs: jax.Array  # (B, K, L) int32, hypotheses without EOS
-  live_logprobs: jax.Array  # (B, K) float32, sorted best first
-  finished_seqs: jax.Array  # (B, K, L) int32, hypotheses ending with EOS
-  finished_scores: jax.Array  # (B, K) float32, log P / lp, sorted best first
+  live_seqs: jax.Array  # (B, W, L) int32, hypotheses without EOS
+  live_logprobs: jax.Array  # (B, W) float32, sorted best first
+  finished_seqs: jax.Array  # (B, W, L) int32, hypotheses ending with EOS
+  finished_scores: jax.Array  # (B, W) float32, log P / lp, sorted best first
   done: jax.Array  # (B,) bool, the finished set can no longer change
-  cache: Any  # batch leading axis of size B * K, row b * K + k
+  cache: Any  # batch leading axis of size B * W, row b * W + j
 
 
 def _map_per_hypothesis(fn, cache):
@@ -195,7 +199,7 @@ def _map_per_hypothesis(fn, cache):
 
 
 def _gather_beams(x, indices):
-  """x: (B, M, ...), indices: (B, K) into M -> (B, K, ...)."""
+  """x: (B, M, ...), indices: (B, W) into M -> (B, W, ...)."""
   return jnp.take_along_axis(
       x, indices.reshape(indices.shape + (1,) * (x.ndim - 2)), axis=1)
 
@@ -216,13 +220,13 @@ def beam_search_state(step_fn: StepFn, cache, max_lengths, *, beam_size: int,
                       early_termination: bool = True):
   """Beam search with the GNMT length penalty and early termination (§6.1).
 
-  Each step extends the K live hypotheses by every token, keeps the 2K best
+  Each step extends the W live hypotheses by every token, keeps the 2W best
   candidates by log-probability, and from them:
-    * the K best that do not end in EOS become the new live hypotheses;
-    * those that end in EOS and rank among the K best candidates (the ones
+    * the W best that do not end in EOS become the new live hypotheses;
+    * those that end in EOS and rank among the W best candidates (the ones
       that would have stayed in the beam) are scored log P / lp(|Y|) and
-      merged into the K best finished hypotheses. (tensor2tensor also lets
-      EOS candidates ranked K+1..2K finish; we follow fairseq here, which
+      merged into the W best finished hypotheses. (tensor2tensor also lets
+      EOS candidates ranked W+1..2W finish; we follow fairseq here, which
       makes beam size 1 with alpha = 0 exactly greedy decoding.)
   A sentence stops when no live hypothesis can beat its worst finished one:
   log-probabilities only fall as a hypothesis grows and lp(|Y|) is largest at
@@ -231,11 +235,11 @@ def beam_search_state(step_fn: StepFn, cache, max_lengths, *, beam_size: int,
   only EOS is allowed, so every sentence finishes.
 
   Args:
-    step_fn: ``(tokens (B*K,), cache, step) -> (logits (B*K, V), cache)``.
-    cache: pytree with batch B leading on every leaf (tiled here to B * K),
+    step_fn: ``(tokens (B*W,), cache, step) -> (logits (B*W, V), cache)``.
+    cache: pytree with batch B leading on every leaf (tiled here to B * W),
       except a dict cache's "shared" entry, which is passed through as is.
     max_lengths: (B,) int32, per-sentence limit on |Y|, in [1, max_length].
-    beam_size: K.
+    beam_size: W.
     alpha: length penalty exponent, >= 0 (0: no length normalization).
     max_length: static L, the size of the output buffers.
     min_length: fewest real tokens before EOS, unless the sentence's limit
@@ -246,8 +250,8 @@ def beam_search_state(step_fn: StepFn, cache, max_lengths, *, beam_size: int,
       tests: the result must be the same).
 
   Returns:
-    The final BeamState: finished_seqs (B, K, L) int32 and finished_scores
-    (B, K) float32, best first; seqs end with EOS followed by PAD_ID. step is
+    The final BeamState: finished_seqs (B, W, L) int32 and finished_scores
+    (B, W) float32, best first; seqs end with EOS followed by PAD_ID. step is
     the number of decoding steps run.
   """
   k = beam_size
@@ -271,31 +275,31 @@ def beam_search_state(step_fn: StepFn, cache, max_lengths, *, beam_size: int,
     return (s.step < max_length) & ~jnp.all(s.done)
 
   def body(s):
-    prev = _previous_tokens(s.live_seqs, s.step, bos_id)  # (B, K)
+    prev = _previous_tokens(s.live_seqs, s.step, bos_id)  # (B, W)
     logits, cache = step_fn(prev.reshape(batch * k), s.cache, s.step)
     vocab_size = logits.shape[-1]
     logprobs, at_limit = _allowed_logprobs(
         logits.reshape(batch, k, vocab_size), s.step, max_lengths,
-        eos_id, min_length)  # (B, K, V)
+        eos_id, min_length)  # (B, W, V)
 
-    # The 2K best extensions of the K live hypotheses.
-    candidates = s.live_logprobs[:, :, None] + logprobs  # (B, K, V)
+    # The 2W best extensions of the W live hypotheses.
+    candidates = s.live_logprobs[:, :, None] + logprobs  # (B, W, V)
     cand_logprobs, flat = jax.lax.top_k(
-        candidates.reshape(batch, k * vocab_size), 2 * k)  # (B, 2K)
-    cand_beam = flat // vocab_size  # (B, 2K)
-    cand_token = (flat % vocab_size).astype(jnp.int32)  # (B, 2K)
-    cand_seqs = _gather_beams(s.live_seqs, cand_beam)  # (B, 2K, L)
+        candidates.reshape(batch, k * vocab_size), 2 * k)  # (B, 2W)
+    cand_beam = flat // vocab_size  # (B, 2W)
+    cand_token = (flat % vocab_size).astype(jnp.int32)  # (B, 2W)
+    cand_seqs = _gather_beams(s.live_seqs, cand_beam)  # (B, 2W, L)
     cand_seqs = jax.lax.dynamic_update_index_in_dim(
         cand_seqs, cand_token, s.step, axis=2)
     cand_eos = cand_token == eos_id
 
-    # Live: the K best candidates that do not end in EOS.
+    # Live: the W best candidates that do not end in EOS.
     live_logprobs, live_idx = jax.lax.top_k(
-        jnp.where(cand_eos, NEG_INF, cand_logprobs), k)  # (B, K)
+        jnp.where(cand_eos, NEG_INF, cand_logprobs), k)  # (B, W)
     live_seqs = _gather_beams(cand_seqs, live_idx)
-    live_beam = jnp.take_along_axis(cand_beam, live_idx, axis=1)  # (B, K)
+    live_beam = jnp.take_along_axis(cand_beam, live_idx, axis=1)  # (B, W)
 
-    # Finished: EOS candidates ranked among the K best, scored log P / lp.
+    # Finished: EOS candidates ranked among the W best, scored log P / lp.
     rank = jnp.arange(2 * k)
     new_scores = jnp.where(
         cand_eos & (rank < k),
@@ -315,7 +319,7 @@ def beam_search_state(step_fn: StepFn, cache, max_lengths, *, beam_size: int,
     def keep(old, new):
       return jnp.where(s.done.reshape((-1,) + (1,) * (old.ndim - 1)), old, new)
 
-    # Reorder the cache rows to follow their live hypotheses (row b*K + k).
+    # Reorder the cache rows to follow their live hypotheses (row b*W + j).
     rows = (jnp.arange(batch)[:, None] * k + live_beam).reshape(batch * k)
     # The rows are always in range; mode="clip" makes this a plain gather
     # (the default "fill" adds a select over the whole cache at every step).
@@ -331,6 +335,108 @@ def beam_search_state(step_fn: StepFn, cache, max_lengths, *, beam_size: int,
         cache=cache)
 
   return jax.lax.while_loop(cond, body, state)
+
+
+# ----------------------------------------------------------------------------
+# The Transformer's key/value cache: one decoder position at a time.
+# ----------------------------------------------------------------------------
+
+
+def init_cache(model, encoded, inputs, max_length, beam_size=1):
+  """A cache for ``decode_step``, for ``beam_size`` hypotheses per sentence.
+
+  The decoder self-attention keys and values sit in beam_size slots per
+  sentence and position: at step t, the hypothesis in row j of its sentence
+  writes the key and value of its new token to slot (t, j), entry
+  t * beam_size + j of the cache's slot axis. A hypothesis's prefix is a
+  path through these slots, and its row of ``origin`` records which slot
+  holds each of its positions. When beam search reorders the
+  hypotheses it moves only ``origin`` (L integers per hypothesis), never the
+  keys and values, so a step's cost does not grow with the memory it would
+  take to copy the cache. The encoder-decoder keys and values are computed
+  once here, per sentence.
+
+  Letters as in transformer/model.py, with W the beam size and L
+  ``max_length``. Returns:
+    {"origin": (B, L) int32, per hypothesis (beam search tiles it to
+     B * W rows, row b * W + j, and reorders it with the beams),
+     "shared": per sentence, never reordered:
+       {"encoder_mask": (B, S) bool,
+        "layers": [{"self_k_t": (B, H, W, L * W), "self_v": (B, H, L * W, J),
+                    "cross_k_t": (B, H, W, S), "cross_v": (B, H, S, J)}, ...]}}
+  """
+  batch = encoded.shape[0]
+  layers = []
+  for layer in model.decoder_layers:
+    cross_k, cross_v = layer.cross_attention.project_kv(encoded)
+    heads, _, d_k = cross_k.shape[1:]
+    d_v = cross_v.shape[3]
+    slots = max_length * beam_size
+    layers.append({
+        # Keys are stored transposed, (..., K, slots), so that Q K^T reads
+        # them as they lie instead of transposing the cache every step.
+        "self_k_t": jnp.zeros((batch, heads, d_k, slots), model.dtype),
+        "self_v": jnp.zeros((batch, heads, slots, d_v), model.dtype),
+        "cross_k_t": cross_k.swapaxes(2, 3),
+        "cross_v": cross_v,
+    })
+  return {"origin": jnp.zeros((batch, max_length), jnp.int32),
+          SHARED: {"encoder_mask": inputs != PAD_ID, "layers": layers}}
+
+
+def decode_step(model, tokens_in, cache, step):
+  """One decoder position for every hypothesis: float32 logits (B * W, V).
+
+  ``tokens_in`` (B * W,) holds each hypothesis's previous token, row
+  b * W + j for hypothesis j of sentence b (W is init_cache's beam_size; 1
+  for greedy decoding). ``step`` is the position being predicted (0 for the
+  first token, whose input is BOS). A sentence's hypotheses run as the
+  queries of one decoder pass, through the decoder layers' own sub-layers
+  (Figure 1's decoder, as ``DecoderLayer.__call__`` runs it), with the
+  self-attention's keys and values read from and written to the cache. Equal,
+  to float tolerance, to the full forward pass's logits at that position.
+  """
+  shared = cache[SHARED]
+  max_length = cache["origin"].shape[1]
+  beams = shared["layers"][0]["self_v"].shape[2] // max_length
+  batch = tokens_in.shape[0] // beams
+  # This step's key and value go to each hypothesis's own slot.
+  slot = jnp.arange(batch * beams, dtype=jnp.int32) % beams
+  origin = jax.lax.dynamic_update_index_in_dim(cache["origin"], slot, step, 1)
+  # Hypothesis q may attend to slot (t, j) when its position t is in slot j
+  # and t <= step: (B, 1, W, L * W), keys ordered t * W + j.
+  on_path = (origin.reshape(batch, beams, max_length, 1)
+             == jnp.arange(beams))  # (B, q, L, j)
+  self_mask = (on_path & (jnp.arange(max_length) <= step)[:, None]).reshape(
+      batch, 1, beams, max_length * beams)
+  cross_mask = shared["encoder_mask"][:, None, None, :]  # (B, 1, 1, S)
+  positions = jnp.full((batch, beams), step, jnp.int32)
+  y = model.embed_target(tokens_in.reshape(batch, beams), positions)  # (B, W, D)
+  new_layers = []
+  for layer, c in zip(model.decoder_layers, shared["layers"], strict=True):
+    new_c = dict(c)
+
+    def self_attention(y, attention=layer.self_attention, c=c, new_c=new_c):
+      # k (B, H, W, K), v (B, H, W, J): hypothesis j's new key and value go
+      # to slot (step, j); attention then reads all the slots.
+      k, v = attention.project_kv(y)
+      new_c["self_k_t"] = jax.lax.dynamic_update_slice_in_dim(
+          c["self_k_t"], k.swapaxes(2, 3), step * beams, 3)
+      new_c["self_v"] = jax.lax.dynamic_update_slice_in_dim(c["self_v"], v, step * beams, 2)
+      return attention.attend(y, new_c["self_k_t"].swapaxes(2, 3), new_c["self_v"], self_mask)
+
+    def cross_attention(y, attention=layer.cross_attention, c=c):
+      return attention.attend(y, c["cross_k_t"].swapaxes(2, 3), c["cross_v"], cross_mask)
+
+    y = layer.residual_1(y, self_attention)
+    y = layer.residual_2(y, cross_attention)
+    y = sharding_lib.constrain(layer.residual_3(y, layer.feed_forward), model_lib.BTD)
+    new_layers.append(new_c)
+  if model.cfg.norm_position == "pre":
+    y = model.decoder_norm(y)
+  logits = model.logits(y).reshape(batch * beams, -1)  # (B * W, V)
+  new_shared = {"encoder_mask": shared["encoder_mask"], "layers": new_layers}
+  return logits, {"origin": origin, SHARED: new_shared}
 
 
 # ----------------------------------------------------------------------------
@@ -358,9 +464,10 @@ def decode_padded(model, inputs, max_lengths, alpha, min_length, *, beam_size, m
   # Deterministic (no dropout) in a view: the caller's model keeps its mode.
   model = nnx.view(model, deterministic=True)
   encoded = model.encode(inputs)  # (B, S, D)
-  cache = model.init_cache(encoded, inputs, max_length, beam_size=beam_size)
-  return search(model.decode_step, cache, max_lengths, beam_size=beam_size, alpha=alpha,
-                max_length=max_length, min_length=min_length)
+  cache = init_cache(model, encoded, inputs, max_length, beam_size=beam_size)
+  return search(functools.partial(decode_step, model), cache, max_lengths,
+                beam_size=beam_size, alpha=alpha, max_length=max_length,
+                min_length=min_length)
 
 
 def output_limits(inputs, max_extra_length: int):
@@ -379,7 +486,7 @@ def translate_batch(model, inputs, *, beam_size: int = 4, alpha: float = 0.6,
       untouched; decoding is always deterministic).
     inputs: (B, S) int source ids, each sentence ending with EOS_ID, PAD_ID
       after. Rows that are all padding (filler rows) decode to just EOS.
-    beam_size: K; 1 means greedy decoding (alpha is then unused).
+    beam_size: W; 1 means greedy decoding (alpha is then unused).
     alpha: length penalty exponent, lp(Y) = ((5 + |Y|) / 6)^alpha.
     max_extra_length: a sentence's output has at most (its source length,
       EOS included) + max_extra_length tokens, EOS included.

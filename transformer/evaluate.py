@@ -238,34 +238,12 @@ def decode_options(decode_config, **overrides) -> dict:
   return options
 
 
-def decode_dtype(decode_config, model_config, platform: str | None = None) -> str:
-  """The compute dtype decoding runs in, from ``config.decode.dtype``.
-
-  "auto" is float32 on a CPU and the model's compute dtype (``model.dtype``)
-  elsewhere. On a CPU a decoding step multiplies a few hundred rows at a time,
-  where bfloat16 does not pay even with bfloat16 instructions: beam-4
-  decoding of Multi30k val took 1.2x as long in bfloat16 as in float32 on an
-  AMD EPYC with AVX512-BF16 (see the README). "model": ``model.dtype`` as
-  trained. Parameters are the same either way.
-  """
-  name = decode_config.get("dtype", "auto")
-  cpu = (platform or jax.default_backend()) == "cpu"
-  if name == "model" or (name == "auto" and not cpu):
-    name = model_config.dtype
-  elif name == "auto":
-    name = "float32"
-  try:
-    return precision.dtype_name(name, platform)
-  except ValueError as e:
-    raise ValueError(str(e).replace("config.model.dtype", "config.decode.dtype")) from None
-
-
 def make_translate_fn(model, decode_config, **overrides) -> TranslateFn:
   """(B, S) source ids -> (B, L) output ids, searched as ``config.decode`` says
   (``overrides``, e.g. ``beam_size=1``, replace single fields), computing in
-  ``decode_dtype`` (the model's parameters, in that compute dtype)."""
+  ``precision.decode_dtype`` (the model's parameters, in that compute dtype)."""
   options = decode_options(decode_config, **overrides)
-  model = model_lib.with_compute_dtype(model, decode_dtype(decode_config, model.cfg))
+  model = model_lib.with_compute_dtype(model, precision.decode_dtype(decode_config, model.cfg))
 
   def translate(inputs):
     return decode.translate_batch(model, inputs, **options)
@@ -446,7 +424,7 @@ def evaluate(config, workdir: str, *, split: str | None = None, source: str | No
       "max_extra_length": d.max_extra_length,
       "min_length": d.min_length,
       "engine": "jax",
-      "dtype": decode_dtype(d, config.model),
+      "dtype": precision.decode_dtype(d, config.model),
       "decode_seconds": seconds,
       "sentences_per_second": len(hypotheses) / max(seconds, 1e-9),
       "device": jax.devices()[0].device_kind,

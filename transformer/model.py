@@ -2,8 +2,11 @@
 
 Read it next to the paper: each class is a box of Figure 1, each docstring
 cites its section, and each equation sits above the line that computes it.
-Compute precision (the "auto" dtype and the mixed-precision ``matmul`` every
-projection uses) is transformer/precision.py's.
+It computes the paper's function and nothing else: compute precision (the
+"auto" dtype, the mixed-precision ``matmul`` every projection uses, the
+attention kernel) is transformer/precision.py's, the checks of a config are
+transformer/checks.py's (a model trusts the config it is given), and the
+beam-search cache is decoding's (transformer/decode.py).
 
 Dimension legend (einsum letters and shape comments):
   B batch                     D d_model
@@ -11,7 +14,7 @@ Dimension legend (einsum letters and shape comments):
   T target length             H number of heads h
   Q query length              K d_k (query/key size per head)
   M memory (key) length       J d_v (value size per head)
-  L cache length              V vocabulary size
+                              V vocabulary size
 
 Logical axis names on parameters (mapped to mesh axes only by
 transformer/sharding.py): "vocab", "embed", "mlp", "heads", "kv".
@@ -39,16 +42,13 @@ from flax import nnx
 
 from transformer import sharding as sharding_lib
 from transformer import tokens
-from transformer.precision import DTYPES, dtype_name, get_dtype, matmul
+from transformer.precision import DTYPES, fused_attention_implementation, get_dtype, matmul
 
-_NORM_POSITIONS = ("post", "pre")
-_POSITIONAL_ENCODINGS = ("sinusoidal", "learned")
-_ATTENTION_IMPLS = ("auto", "xla", "dot_product_attention")
 # Logical axes of the activations between sub-layers (B, T, D): rows split like
 # the batch, d_model whole. Training pins them there (sharding_lib.constrain);
 # left to itself, XLA follows FSDP's split of d_model from the parameters into
 # the activations and reshards them with all-to-alls.
-_BTD = ("batch", None, None)
+BTD = ("batch", None, None)
 
 
 # ----------------------------------------------------------------------------
@@ -56,6 +56,7 @@ _BTD = ("batch", None, None)
 # ----------------------------------------------------------------------------
 
 # Activation of the position-wise feed-forward network. relu is Eq. (2).
+# Their names are also checks.py's choices for config.model.activation.
 # Deviation from the paper (config switch model.activation): the others.
 ACTIVATIONS = {
     "relu": jax.nn.relu,
@@ -72,85 +73,6 @@ GATED_ACTIVATIONS = {
 }
 
 
-def check_config(cfg, platform=None):
-  """Raises one clear error for an impossible model config (on ``platform``,
-  default: JAX's default backend)."""
-  def choice(field, allowed):
-    if cfg[field] not in allowed:
-      raise ValueError(
-          f"config.model.{field}={cfg[field]!r} is not one of {sorted(allowed)}.")
-  choice("activation", list(ACTIVATIONS) + list(GATED_ACTIVATIONS))
-  choice("norm_position", _NORM_POSITIONS)
-  choice("positional_encoding", _POSITIONAL_ENCODINGS)
-  choice("attention_impl", _ATTENTION_IMPLS)
-  dtype_name(cfg.dtype, platform)  # An unknown dtype, or float16 on CPU: one clear error.
-  choice("param_dtype", DTYPES)
-  for field in ("vocab_size", "num_layers", "d_model", "d_ff", "num_heads", "d_k",
-                "d_v", "max_len"):
-    if cfg[field] < 1:
-      raise ValueError(f"config.model.{field}={cfg[field]} must be positive.")
-  for field in ("dropout_rate", "attention_dropout_rate", "ffn_dropout_rate"):
-    if not 0.0 <= cfg[field] < 1.0:
-      raise ValueError(f"config.model.{field}={cfg[field]} must be in [0, 1).")
-  if cfg.positional_encoding == "sinusoidal" and cfg.d_model % 2:
-    raise ValueError(
-        f"config.model.d_model={cfg.d_model} must be even for sinusoidal "
-        "positional encoding (sin and cos pairs, §3.5).")
-  if cfg.attention_impl == "dot_product_attention":
-    _check_fused_attention(cfg, platform)
-
-
-def fused_attention_implementation(cfg, platform=None):
-  """What computes Eq. (1) for ``config.model.attention_impl`` on ``platform``:
-  "cudnn" (cuDNN's fused kernel, GPU), "xla" (``jax.nn.dot_product_attention``
-  by XLA) or None (this file's einsums, ``scaled_dot_product_attention``).
-
-  "auto" is cuDNN on a GPU where the model allows it (see
-  ``_check_fused_attention``), the einsums elsewhere: the same function, with
-  the (B, H, Q, M) weights never stored on a GPU, which makes the base train
-  step move about a fifth fewer bytes on an H100 (``python -m transformer.plan``)."""
-  gpu = (platform or jax.default_backend()) == "gpu"
-  if cfg.attention_impl == "dot_product_attention":
-    return "cudnn" if gpu else "xla"
-  if cfg.attention_impl == "auto" and gpu:
-    try:
-      _check_fused_attention(cfg, platform)
-    except ValueError:
-      return None
-    return "cudnn"
-  return None
-
-
-def _check_fused_attention(cfg, platform):
-  """What ``attention_impl="dot_product_attention"`` can take. On a GPU it is
-  cuDNN's fused kernel (``fused_attention``): a 16-bit compute dtype, and a
-  head size that is a multiple of 8, at most 256 (at most 128 before Hopper:
-  cuDNN says so itself when it traces, and ``fused_attention`` passes it on)."""
-  fix = "or use --config.model.attention_impl=xla"
-  if cfg.d_k != cfg.d_v:
-    raise ValueError(
-        "config.model.attention_impl='dot_product_attention' needs d_k == d_v "
-        f"(got {cfg.d_k} and {cfg.d_v}); {fix}.")
-  if cfg.attention_dropout_rate > 0:
-    raise ValueError(
-        "config.model.attention_impl='dot_product_attention' has no attention "
-        f"dropout (config.model.attention_dropout_rate={cfg.attention_dropout_rate}); "
-        f"set --config.model.attention_dropout_rate=0, {fix}.")
-  if (platform or jax.default_backend()) != "gpu":
-    return
-  dtype = dtype_name(cfg.dtype, platform)
-  if dtype not in ("bfloat16", "float16"):
-    raise ValueError(
-        "config.model.attention_impl='dot_product_attention' is cuDNN's fused "
-        f"attention on a GPU, which takes bfloat16 or float16, not {dtype} "
-        f"(config.model.dtype={cfg.dtype!r}); set --config.model.dtype=bfloat16, {fix}.")
-  if cfg.d_k % 8 or cfg.d_k > 256:
-    raise ValueError(
-        "config.model.attention_impl='dot_product_attention' is cuDNN's fused "
-        "attention on a GPU, which needs a head size that is a multiple of 8, at "
-        f"most 256 (config.model.d_k = d_v = {cfg.d_k}); change d_k and d_v, {fix}.")
-
-
 def _param(rngs, init, shape, names, dtype):
   """A parameter annotated with logical axis names (never mesh axes)."""
   return nnx.Param(init(rngs.params(), shape, dtype), out_sharding=names,
@@ -163,67 +85,251 @@ _ones = jax.nn.initializers.ones
 
 
 # ----------------------------------------------------------------------------
-# Positional encoding (§3.5)
+# The Transformer (Figure 1)
 # ----------------------------------------------------------------------------
 
-def sinusoidal_encoding(positions, d_model):
-  """PE(pos, 2i) = sin(pos / 10000^(2i/d_model)), PE(pos, 2i+1) = cos(...).
+class Transformer(nnx.Module):
+  """Encoder-decoder Transformer (§3, Figure 1).
 
-  Sin and cos are interleaved by dimension, exactly as §3.5 writes them.
-
-  Args:
-    positions: integer positions, any shape (...).
-  Returns:
-    float32 array (..., d_model).
-  """
-  i = jnp.arange(d_model // 2, dtype=jnp.float32)
-  inv_freq = 1.0 / (10000.0 ** (2.0 * i / d_model))  # 1 / 10000^(2i/d_model)
-  angles = positions[..., None].astype(jnp.float32) * inv_freq  # (..., D/2)
-  pe = jnp.stack([jnp.sin(angles), jnp.cos(angles)], axis=-1)  # (..., D/2, 2)
-  return pe.reshape(*positions.shape, d_model)  # dims 2i = sin, 2i+1 = cos
-
-
-class LearnedPositionalEmbedding(nnx.Module):
-  """Learned positional embeddings, Table 3 row (E)."""
-
-  def __init__(self, max_len, d_model, *, param_dtype, rngs):
-    # Deviation from the paper only when selected (model.positional_encoding).
-    # N(0, 1/2) per dimension: the mean square of the sinusoids it replaces.
-    init = jax.nn.initializers.normal(stddev=math.sqrt(0.5))
-    self.embedding = _param(rngs, init, (max_len, d_model), (None, "embed"),
-                            param_dtype)
-
-  def __call__(self, positions):
-    return jnp.take(self.embedding[...], positions, axis=0)
-
-
-# ----------------------------------------------------------------------------
-# Embeddings (§3.4)
-# ----------------------------------------------------------------------------
-
-class Embedding(nnx.Module):
-  """Token embedding, multiplied by sqrt(d_model) (§3.4).
-
-  ``attend`` is the pre-softmax linear transformation when the weights are
-  tied: logits = x E^T.
+  Call it on a batch to get float32 logits (B, T, V) that predict ``targets``;
+  the decoder input is ``targets`` shifted right. Generation (transformer/
+  decode.py) calls ``encode``, ``embed_target``, the decoder layers'
+  sub-layers and ``logits``, and keeps its own key/value cache.
   """
 
-  def __init__(self, vocab_size, d_model, *, dtype, param_dtype, rngs):
-    init = jax.nn.initializers.normal(stddev=d_model ** -0.5)
-    self.d_model = d_model
+  def __init__(self, cfg, *, rngs, platform=None):
+    """``platform``: the kind of device the model is compiled for ("cpu",
+    "gpu", "tpu"; default: JAX's default backend). It resolves
+    ``dtype="auto"`` and the fused attention kernel. ``cfg`` is trusted: the
+    entry points check it (``checks.check_config``)."""
+    platform = platform or jax.default_backend()
+    self.cfg = cfg
+    dtype, param_dtype = get_dtype(cfg.dtype, platform), DTYPES[cfg.param_dtype]
     self.dtype = dtype
-    self.embedding = _param(rngs, init, (vocab_size, d_model), ("vocab", "embed"),
-                            param_dtype)
+    embed = functools.partial(Embedding, cfg.vocab_size, cfg.d_model, dtype=dtype,
+                              param_dtype=param_dtype, rngs=rngs)
+    # Three-way weight tying (§3.4), each tie switchable.
+    self.target_embedding = embed()
+    # Deviation from the paper when False (model.share_source_target_embedding):
+    # a separate source embedding.
+    self.source_embedding = (self.target_embedding
+                             if cfg.share_source_target_embedding else embed())
+    if not cfg.share_output_embedding:
+      # Deviation from the paper: a separate pre-softmax projection.
+      self.output_projection = _param(rngs, _xavier(), (cfg.d_model, cfg.vocab_size),
+                                      ("embed", "vocab"), param_dtype)
+    if cfg.positional_encoding == "learned":
+      self.source_positions = LearnedPositionalEmbedding(
+          cfg.max_len, cfg.d_model, param_dtype=param_dtype, rngs=rngs)
+      self.target_positions = LearnedPositionalEmbedding(
+          cfg.max_len, cfg.d_model, param_dtype=param_dtype, rngs=rngs)
+    # §5.4: dropout on the sums of embeddings and positional encodings.
+    self.source_dropout = nnx.Dropout(cfg.dropout_rate, rngs=rngs)
+    self.target_dropout = nnx.Dropout(cfg.dropout_rate, rngs=rngs)
+    self.encoder_layers = nnx.List([
+        EncoderLayer(cfg, dtype=dtype, param_dtype=param_dtype, rngs=rngs, platform=platform)
+        for _ in range(cfg.num_layers)])
+    self.decoder_layers = nnx.List([
+        DecoderLayer(cfg, dtype=dtype, param_dtype=param_dtype, rngs=rngs, platform=platform)
+        for _ in range(cfg.num_layers)])
+    if cfg.norm_position == "pre":
+      # Deviation from the paper (model.norm_position="pre"): pre-LN stacks
+      # need a final LayerNorm on each stack's output.
+      norm = functools.partial(layer_norm, cfg.d_model, epsilon=cfg.layer_norm_epsilon,
+                               dtype=dtype, param_dtype=param_dtype, rngs=rngs)
+      self.encoder_norm = norm()
+      self.decoder_norm = norm()
 
-  def __call__(self, ids):
-    # The whole rows: under FSDP the table's d_model is gathered (a parameter
-    # all-gather) rather than each row's shards looked up and resharded.
-    table = sharding_lib.constrain(self.embedding[...], ("vocab", None))  # (V, D)
-    x = jnp.take(table, ids, axis=0)  # (B, T, D)
-    return (x * math.sqrt(self.d_model)).astype(self.dtype)
+  # -- embeddings -------------------------------------------------------------
 
-  def attend(self, x):
-    return matmul("BTD,VD->BTV", x, self.embedding[...], self.dtype)  # float32
+  def _embed(self, ids, positions, embedding, learned, dropout):
+    """Token embedding * sqrt(d_model) + positional encoding, then dropout."""
+    x = embedding(ids)  # (B, T, D)
+    if self.cfg.positional_encoding == "learned":
+      pe = learned(positions)
+    else:
+      pe = sinusoidal_encoding(positions, self.cfg.d_model)
+    return sharding_lib.constrain(dropout(x + pe.astype(self.dtype)), BTD)  # (B, T, D)
+
+  def embed_source(self, ids, positions):
+    return self._embed(ids, positions, self.source_embedding,
+                       getattr(self, "source_positions", None), self.source_dropout)
+
+  def embed_target(self, ids, positions):
+    return self._embed(ids, positions, self.target_embedding,
+                       getattr(self, "target_positions", None), self.target_dropout)
+
+  def output_layer(self):
+    """The pre-softmax linear transformation (§3.4) as ``(w, project)``:
+    ``project(w, y)`` gives float32 logits (B, T, V) of y (B, T, D). Tied
+    (§3.4), w is the target embedding E (V, D) and logits = y E^T; untied, w
+    is ``output_projection`` (D, V). The training loss takes the two apart to
+    differentiate w a chunk of positions at a time (transformer/loss.py)."""
+    if self.cfg.share_output_embedding:
+      w, spec = self.target_embedding.embedding[...], "BTD,VD->BTV"
+    else:
+      w, spec = self.output_projection[...], "BTD,DV->BTV"
+    return w, lambda w, y: matmul(spec, y, w, self.dtype)
+
+  def logits(self, y):
+    """The pre-softmax linear transformation, float32 logits (B, T, V)."""
+    w, project = self.output_layer()
+    return project(w, y)
+
+  # -- encoder ----------------------------------------------------------------
+
+  def encode(self, inputs, inputs_segmentation=None, inputs_position=None,
+             return_attention=False):
+    """Encoder stack: (B, S) ids -> (B, S, D) representations.
+    ``return_attention``: the layers record their weights (see ``__call__``)."""
+    segments, positions = _segments_and_positions(
+        inputs, inputs_segmentation, inputs_position)
+    x = self.embed_source(inputs, positions)
+    mask = attention_mask(segments, segments)  # (B, 1, S, S)
+    for layer in self.encoder_layers:
+      x = layer(x, mask, return_attention)
+    if self.cfg.norm_position == "pre":
+      x = self.encoder_norm(x)
+    return x
+
+  # -- decoder (teacher forcing) ----------------------------------------------
+
+  def decode(self, encoded, inputs_segmentation, targets, targets_segmentation=None,
+             targets_position=None, return_attention=False, return_hidden=False):
+    """Decoder stack over the whole (shifted) target: float32 (B, T, V), or
+    with ``return_hidden`` its output (B, T, D) before the projection."""
+    segments, positions = _segments_and_positions(
+        targets, targets_segmentation, targets_position)
+    y = self.embed_target(shift_right(targets, segments), positions)
+    self_mask = attention_mask(segments, segments, causal=True)  # (B, 1, T, T)
+    cross_mask = attention_mask(segments, inputs_segmentation)  # (B, 1, T, S)
+    for layer in self.decoder_layers:
+      y = layer(y, encoded, self_mask, cross_mask, return_attention)
+    if self.cfg.norm_position == "pre":
+      y = self.decoder_norm(y)
+    return y if return_hidden else self.logits(y)  # (B, T, D) or (B, T, V)
+
+  def __call__(self, inputs, targets, inputs_segmentation=None,
+               targets_segmentation=None, inputs_position=None,
+               targets_position=None, return_attention=False, return_hidden=False):
+    """Teacher-forced forward pass: float32 logits (B, T, V) for ``targets``.
+
+    With ``return_attention``, also returns a dict of per-layer attention
+    weights (B, H, Q, M): "encoder_self", "decoder_self", "encoder_decoder".
+    With ``return_hidden``, the decoder's output (B, T, D) takes the logits'
+    place: the input of ``output_layer`` (the training loss's path).
+    """
+    args = (inputs, targets, inputs_segmentation, targets_segmentation, inputs_position,
+            targets_position, return_attention, return_hidden)
+    if not return_attention:
+      return self._forward(*args)
+    # Each attention records its weights (MultiHeadAttention.attend); collect them.
+    out, recorded = nnx.capture(Transformer._forward, nnx.Intermediate)(self, *args)
+    def weights(stack, attention):
+      return [recorded[stack][i][attention]["attention_weights"].get_value()[0]
+              for i in range(self.cfg.num_layers)]
+    return out, {"encoder_self": weights("encoder_layers", "self_attention"),
+                 "decoder_self": weights("decoder_layers", "self_attention"),
+                 "encoder_decoder": weights("decoder_layers", "cross_attention")}
+
+  def _forward(self, inputs, targets, inputs_segmentation, targets_segmentation,
+               inputs_position, targets_position, return_attention, return_hidden):
+    inputs_segmentation, inputs_position = _segments_and_positions(
+        inputs, inputs_segmentation, inputs_position)
+    encoded = self.encode(inputs, inputs_segmentation, inputs_position, return_attention)
+    return self.decode(encoded, inputs_segmentation, targets, targets_segmentation,
+                       targets_position, return_attention, return_hidden)
+
+
+# ----------------------------------------------------------------------------
+# Encoder and decoder stacks (§3.1)
+# ----------------------------------------------------------------------------
+
+def layer_norm(d_model, *, epsilon, dtype, param_dtype, rngs):
+  """LayerNorm over d_model, its scale and bias on the "embed" logical axis."""
+  return nnx.LayerNorm(
+      d_model, epsilon=epsilon, dtype=dtype, param_dtype=param_dtype,
+      scale_init=nnx.with_partitioning(_ones, ("embed",), eager_sharding=False),
+      bias_init=nnx.with_partitioning(_zeros, ("embed",), eager_sharding=False),
+      rngs=rngs)
+
+
+class SublayerConnection(nnx.Module):
+  """The residual connection around each sub-layer, followed by LayerNorm.
+
+  post (the paper, §3.1): LayerNorm(x + Dropout(Sublayer(x))).
+  pre (Deviation from the paper, model.norm_position="pre"):
+      x + Dropout(Sublayer(LayerNorm(x))).
+  """
+
+  def __init__(self, d_model, *, norm_position, dropout_rate, epsilon, dtype,
+               param_dtype, rngs):
+    self.pre_norm = norm_position == "pre"
+    self.norm = layer_norm(d_model, epsilon=epsilon, dtype=dtype, param_dtype=param_dtype,
+                           rngs=rngs)
+    self.dropout = nnx.Dropout(dropout_rate, rngs=rngs)  # §5.4, before the add
+
+  def __call__(self, x, sublayer):
+    """``sublayer``: a function (B, T, D) -> (B, T, D), the sub-layer itself."""
+    if self.pre_norm:
+      return x + self.dropout(sublayer(self.norm(x)))
+    return self.norm(x + self.dropout(sublayer(x)))
+
+
+def _sublayer_connection(cfg, dtype, param_dtype, rngs):
+  return SublayerConnection(cfg.d_model, norm_position=cfg.norm_position,
+                            dropout_rate=cfg.dropout_rate, epsilon=cfg.layer_norm_epsilon,
+                            dtype=dtype, param_dtype=param_dtype, rngs=rngs)
+
+
+def _attention(cfg, dtype, param_dtype, rngs, platform):
+  return MultiHeadAttention(
+      cfg.d_model, cfg.num_heads, cfg.d_k, cfg.d_v,
+      attention_dropout_rate=cfg.attention_dropout_rate,
+      fused_implementation=fused_attention_implementation(cfg, platform),
+      fallback=cfg.attention_impl == "auto", dtype=dtype, param_dtype=param_dtype,
+      rngs=rngs)
+
+
+def _feed_forward(cfg, dtype, param_dtype, rngs):
+  return FeedForward(cfg.d_model, cfg.d_ff, activation=cfg.activation,
+                     ffn_dropout_rate=cfg.ffn_dropout_rate, dtype=dtype,
+                     param_dtype=param_dtype, rngs=rngs)
+
+
+class EncoderLayer(nnx.Module):
+  """Self-attention, then the feed-forward network (§3.1)."""
+
+  def __init__(self, cfg, *, dtype, param_dtype, rngs, platform=None):
+    self.self_attention = _attention(cfg, dtype, param_dtype, rngs, platform)
+    self.residual_1 = _sublayer_connection(cfg, dtype, param_dtype, rngs)
+    self.feed_forward = _feed_forward(cfg, dtype, param_dtype, rngs)
+    self.residual_2 = _sublayer_connection(cfg, dtype, param_dtype, rngs)
+
+  def __call__(self, x, mask, return_weights=False):
+    x = self.residual_1(x, lambda x: self.self_attention(x, x, mask, return_weights))
+    x = self.residual_2(x, self.feed_forward)
+    return sharding_lib.constrain(x, BTD)
+
+
+class DecoderLayer(nnx.Module):
+  """Masked self-attention, encoder-decoder attention, feed-forward (§3.1)."""
+
+  def __init__(self, cfg, *, dtype, param_dtype, rngs, platform=None):
+    self.self_attention = _attention(cfg, dtype, param_dtype, rngs, platform)
+    self.residual_1 = _sublayer_connection(cfg, dtype, param_dtype, rngs)
+    self.cross_attention = _attention(cfg, dtype, param_dtype, rngs, platform)
+    self.residual_2 = _sublayer_connection(cfg, dtype, param_dtype, rngs)
+    self.feed_forward = _feed_forward(cfg, dtype, param_dtype, rngs)
+    self.residual_3 = _sublayer_connection(cfg, dtype, param_dtype, rngs)
+
+  def __call__(self, y, memory, self_mask, cross_mask, return_weights=False):
+    """y: (B, T, D) decoder input, memory: (B, S, D) encoder output."""
+    y = self.residual_1(y, lambda y: self.self_attention(y, y, self_mask, return_weights))
+    y = self.residual_2(y, lambda y: self.cross_attention(y, memory, cross_mask,
+                                                          return_weights))
+    y = self.residual_3(y, self.feed_forward)
+    return sharding_lib.constrain(y, BTD)
 
 
 # ----------------------------------------------------------------------------
@@ -296,7 +402,7 @@ class MultiHeadAttention(nnx.Module):
                dtype, param_dtype, rngs, fused_implementation=None, fallback=False):
     self.dtype = dtype
     # fused_implementation ("cudnn", "xla" or None: the einsums), from
-    # fused_attention_implementation. Decoding with a cache takes it too (cuDNN
+    # precision.fused_attention_implementation. Decoding with a cache takes it too (cuDNN
     # compiles for a step's beams x (L * beams) slots). ``fallback``
     # (attention_impl="auto"): shapes cuDNN refuses when traced (an odd length
     # in training) take the einsums instead of raising.
@@ -328,8 +434,10 @@ class MultiHeadAttention(nnx.Module):
     return self._project(x, self.w_k), self._project(x, self.w_v)
 
   def attend(self, x_q, k, v, mask, return_weights=False):
-    """Attention of queries x_q (B, Q, D) over projected keys and values.
-    ``return_weights`` (to inspect them) takes the einsum path whatever
+    """Attention of queries x_q (B, Q, D) over projected keys and values:
+    (B, Q, D). ``return_weights`` records the float32 (B, H, Q, M) weights as
+    the ``nnx.Intermediate`` "attention_weights" (``Transformer.__call__``
+    collects them with ``nnx.capture``) and takes the einsum path whatever
     ``attention_impl``: a fused kernel never forms the weights."""
     q = self._project(x_q, self.w_q)
     out = weights = None
@@ -342,12 +450,50 @@ class MultiHeadAttention(nnx.Module):
     if out is None:
       out, weights = scaled_dot_product_attention(
           q, k, v, mask, dropout=self.attention_dropout)
-    y = matmul("BHQJ,HJD->BQD", out, self.w_o[...], self.dtype).astype(self.dtype)
-    return y, weights
+    if return_weights:
+      self.sow(nnx.Intermediate, "attention_weights", weights)
+    # Concat(head_1, ..., head_h) W^O
+    return matmul("BHQJ,HJD->BQD", out, self.w_o[...], self.dtype).astype(self.dtype)
 
   def __call__(self, x_q, x_kv, mask, return_weights=False):
+    """MultiHead(x_q, x_kv, x_kv): (B, Q, D)."""
     k, v = self.project_kv(x_kv)
     return self.attend(x_q, k, v, mask, return_weights)
+
+
+# ----------------------------------------------------------------------------
+# Masks (§3.2.3), packed rows, the shifted decoder input
+# ----------------------------------------------------------------------------
+
+def attention_mask(query_segments, key_segments, causal=False):
+  """True where a query may attend to a key: (B, 1, Q, M).
+
+  Segment ids are 1..n for the sentences packed in a row and 0 for padding, so
+  one rule covers padding masks and packed rows: attend only within your own
+  segment, never to padding. ``causal`` adds the decoder's mask of future
+  positions (§3.2.3).
+  """
+  mask = (query_segments[:, :, None] == key_segments[:, None, :])
+  mask &= (key_segments[:, None, :] != 0)
+  if causal:
+    q_len, k_len = query_segments.shape[1], key_segments.shape[1]
+    mask &= jnp.tril(jnp.ones((q_len, k_len), bool))
+  return mask[:, None, :, :]
+
+
+def shift_right(targets, segments):
+  """Decoder inputs: targets shifted right, BOS at every segment's start."""
+  prev_ids = jnp.pad(targets, ((0, 0), (1, 0)))[:, :-1]
+  prev_segments = jnp.pad(segments, ((0, 0), (1, 0)))[:, :-1]
+  return jnp.where(segments != prev_segments, tokens.BOS_ID, prev_ids)
+
+
+def _segments_and_positions(ids, segments, positions):
+  if segments is None:
+    segments = (ids != tokens.PAD_ID).astype(jnp.int32)
+  if positions is None:
+    positions = jnp.broadcast_to(jnp.arange(ids.shape[1]), ids.shape)
+  return segments, positions
 
 
 # ----------------------------------------------------------------------------
@@ -388,384 +534,68 @@ class FeedForward(nnx.Module):
 
 
 # ----------------------------------------------------------------------------
-# Encoder and decoder layers (§3.1)
+# Embeddings (§3.4)
 # ----------------------------------------------------------------------------
 
-def layer_norm(d_model, *, epsilon, dtype, param_dtype, rngs):
-  """LayerNorm over d_model, its scale and bias on the "embed" logical axis."""
-  return nnx.LayerNorm(
-      d_model, epsilon=epsilon, dtype=dtype, param_dtype=param_dtype,
-      scale_init=nnx.with_partitioning(_ones, ("embed",), eager_sharding=False),
-      bias_init=nnx.with_partitioning(_zeros, ("embed",), eager_sharding=False),
-      rngs=rngs)
+class Embedding(nnx.Module):
+  """Token embedding, multiplied by sqrt(d_model) (§3.4).
 
-
-class SublayerConnection(nnx.Module):
-  """The residual connection around each sub-layer, followed by LayerNorm.
-
-  post (the paper, §3.1): LayerNorm(x + Dropout(Sublayer(x))).
-  pre (Deviation from the paper, model.norm_position="pre"):
-      x + Dropout(Sublayer(LayerNorm(x))).
+  ``attend`` is the pre-softmax linear transformation when the weights are
+  tied: logits = x E^T.
   """
 
-  def __init__(self, d_model, *, norm_position, dropout_rate, epsilon, dtype,
-               param_dtype, rngs):
-    self.pre_norm = norm_position == "pre"
-    self.norm = layer_norm(d_model, epsilon=epsilon, dtype=dtype, param_dtype=param_dtype,
-                           rngs=rngs)
-    self.dropout = nnx.Dropout(dropout_rate, rngs=rngs)  # §5.4, before the add
-
-  def sublayer_input(self, x):
-    return self.norm(x) if self.pre_norm else x
-
-  def __call__(self, x, y):
-    """x: the sub-layer input, y: its output Sublayer(...)."""
-    if self.pre_norm:
-      return x + self.dropout(y)
-    return self.norm(x + self.dropout(y))
-
-
-def _sublayer_connection(cfg, dtype, param_dtype, rngs):
-  return SublayerConnection(cfg.d_model, norm_position=cfg.norm_position,
-                            dropout_rate=cfg.dropout_rate, epsilon=cfg.layer_norm_epsilon,
-                            dtype=dtype, param_dtype=param_dtype, rngs=rngs)
-
-
-def _attention(cfg, dtype, param_dtype, rngs, platform):
-  return MultiHeadAttention(
-      cfg.d_model, cfg.num_heads, cfg.d_k, cfg.d_v,
-      attention_dropout_rate=cfg.attention_dropout_rate,
-      fused_implementation=fused_attention_implementation(cfg, platform),
-      fallback=cfg.attention_impl == "auto", dtype=dtype, param_dtype=param_dtype,
-      rngs=rngs)
-
-
-def _feed_forward(cfg, dtype, param_dtype, rngs):
-  return FeedForward(cfg.d_model, cfg.d_ff, activation=cfg.activation,
-                     ffn_dropout_rate=cfg.ffn_dropout_rate, dtype=dtype,
-                     param_dtype=param_dtype, rngs=rngs)
-
-
-class EncoderLayer(nnx.Module):
-  """Self-attention, then the feed-forward network (§3.1)."""
-
-  def __init__(self, cfg, *, dtype, param_dtype, rngs, platform=None):
-    self.self_attention = _attention(cfg, dtype, param_dtype, rngs, platform)
-    self.residual_1 = _sublayer_connection(cfg, dtype, param_dtype, rngs)
-    self.feed_forward = _feed_forward(cfg, dtype, param_dtype, rngs)
-    self.residual_2 = _sublayer_connection(cfg, dtype, param_dtype, rngs)
-
-  def __call__(self, x, mask, return_weights=False):
-    h = self.residual_1.sublayer_input(x)
-    y, weights = self.self_attention(h, h, mask, return_weights)
-    x = self.residual_1(x, y)
-    x = self.residual_2(x, self.feed_forward(self.residual_2.sublayer_input(x)))
-    return sharding_lib.constrain(x, _BTD), weights
-
-
-class DecoderLayer(nnx.Module):
-  """Masked self-attention, encoder-decoder attention, feed-forward (§3.1)."""
-
-  def __init__(self, cfg, *, dtype, param_dtype, rngs, platform=None):
-    self.self_attention = _attention(cfg, dtype, param_dtype, rngs, platform)
-    self.residual_1 = _sublayer_connection(cfg, dtype, param_dtype, rngs)
-    self.cross_attention = _attention(cfg, dtype, param_dtype, rngs, platform)
-    self.residual_2 = _sublayer_connection(cfg, dtype, param_dtype, rngs)
-    self.feed_forward = _feed_forward(cfg, dtype, param_dtype, rngs)
-    self.residual_3 = _sublayer_connection(cfg, dtype, param_dtype, rngs)
-
-  def __call__(self, x, self_kv, self_mask, cross_kv, cross_mask,
-               return_weights=False):
-    """self_kv: (K, V) of the new positions -> the (K, V) to attend over
-    (the identity in training; decoding writes them into its cache).
-    cross_kv: the projected (K, V) of the encoder output."""
-    h = self.residual_1.sublayer_input(x)
-    k, v = self_kv(*self.self_attention.project_kv(h))
-    y, self_weights = self.self_attention.attend(h, k, v, self_mask, return_weights)
-    x = self.residual_1(x, y)
-    h = self.residual_2.sublayer_input(x)
-    y, cross_weights = self.cross_attention.attend(h, *cross_kv, cross_mask,
-                                                   return_weights)
-    x = self.residual_2(x, y)
-    x = self.residual_3(x, self.feed_forward(self.residual_3.sublayer_input(x)))
-    return sharding_lib.constrain(x, _BTD), self_weights, cross_weights
-
-
-# ----------------------------------------------------------------------------
-# Masks (§3.2.3) and packed rows
-# ----------------------------------------------------------------------------
-
-def attention_mask(query_segments, key_segments, causal=False):
-  """True where a query may attend to a key: (B, 1, Q, M).
-
-  Segment ids are 1..n for the sentences packed in a row and 0 for padding, so
-  one rule covers padding masks and packed rows: attend only within your own
-  segment, never to padding. ``causal`` adds the decoder's mask of future
-  positions (§3.2.3).
-  """
-  mask = (query_segments[:, :, None] == key_segments[:, None, :])
-  mask &= (key_segments[:, None, :] != 0)
-  if causal:
-    q_len, k_len = query_segments.shape[1], key_segments.shape[1]
-    mask &= jnp.tril(jnp.ones((q_len, k_len), bool))
-  return mask[:, None, :, :]
-
-
-def shift_right(targets, segments):
-  """Decoder inputs: targets shifted right, BOS at every segment's start."""
-  prev_ids = jnp.pad(targets, ((0, 0), (1, 0)))[:, :-1]
-  prev_segments = jnp.pad(segments, ((0, 0), (1, 0)))[:, :-1]
-  return jnp.where(segments != prev_segments, tokens.BOS_ID, prev_ids)
-
-
-def _segments_and_positions(ids, segments, positions):
-  if segments is None:
-    segments = (ids != tokens.PAD_ID).astype(jnp.int32)
-  if positions is None:
-    positions = jnp.broadcast_to(jnp.arange(ids.shape[1]), ids.shape)
-  return segments, positions
-
-
-# ----------------------------------------------------------------------------
-# The Transformer (Figure 1)
-# ----------------------------------------------------------------------------
-
-class Transformer(nnx.Module):
-  """Encoder-decoder Transformer (§3, Figure 1).
-
-  Call it on a batch to get float32 logits (B, T, V) that predict ``targets``;
-  the decoder input is ``targets`` shifted right. For generation use
-  ``encode``, ``init_cache`` and ``decode_step``.
-  """
-
-  def __init__(self, cfg, *, rngs, platform=None):
-    """``platform``: the kind of device the model is compiled for ("cpu",
-    "gpu", "tpu"; default: JAX's default backend). It resolves
-    ``dtype="auto"`` and the fused attention kernel."""
-    platform = platform or jax.default_backend()
-    check_config(cfg, platform)
-    self.cfg = cfg
-    dtype, param_dtype = get_dtype(cfg.dtype, platform), DTYPES[cfg.param_dtype]
+  def __init__(self, vocab_size, d_model, *, dtype, param_dtype, rngs):
+    init = jax.nn.initializers.normal(stddev=d_model ** -0.5)
+    self.d_model = d_model
     self.dtype = dtype
-    embed = functools.partial(Embedding, cfg.vocab_size, cfg.d_model, dtype=dtype,
-                              param_dtype=param_dtype, rngs=rngs)
-    # Three-way weight tying (§3.4), each tie switchable.
-    self.target_embedding = embed()
-    # Deviation from the paper when False (model.share_source_target_embedding):
-    # a separate source embedding.
-    self.source_embedding = (self.target_embedding
-                             if cfg.share_source_target_embedding else embed())
-    if not cfg.share_output_embedding:
-      # Deviation from the paper: a separate pre-softmax projection.
-      self.output_projection = _param(rngs, _xavier(), (cfg.d_model, cfg.vocab_size),
-                                      ("embed", "vocab"), param_dtype)
-    if cfg.positional_encoding == "learned":
-      self.source_positions = LearnedPositionalEmbedding(
-          cfg.max_len, cfg.d_model, param_dtype=param_dtype, rngs=rngs)
-      self.target_positions = LearnedPositionalEmbedding(
-          cfg.max_len, cfg.d_model, param_dtype=param_dtype, rngs=rngs)
-    # §5.4: dropout on the sums of embeddings and positional encodings.
-    self.source_dropout = nnx.Dropout(cfg.dropout_rate, rngs=rngs)
-    self.target_dropout = nnx.Dropout(cfg.dropout_rate, rngs=rngs)
-    self.encoder_layers = nnx.List([
-        EncoderLayer(cfg, dtype=dtype, param_dtype=param_dtype, rngs=rngs, platform=platform)
-        for _ in range(cfg.num_layers)])
-    self.decoder_layers = nnx.List([
-        DecoderLayer(cfg, dtype=dtype, param_dtype=param_dtype, rngs=rngs, platform=platform)
-        for _ in range(cfg.num_layers)])
-    if cfg.norm_position == "pre":
-      # Deviation from the paper (model.norm_position="pre"): pre-LN stacks
-      # need a final LayerNorm on each stack's output.
-      norm = functools.partial(layer_norm, cfg.d_model, epsilon=cfg.layer_norm_epsilon,
-                               dtype=dtype, param_dtype=param_dtype, rngs=rngs)
-      self.encoder_norm = norm()
-      self.decoder_norm = norm()
+    self.embedding = _param(rngs, init, (vocab_size, d_model), ("vocab", "embed"),
+                            param_dtype)
 
-  # -- embeddings -------------------------------------------------------------
+  def __call__(self, ids):
+    # The whole rows: under FSDP the table's d_model is gathered (a parameter
+    # all-gather) rather than each row's shards looked up and resharded.
+    table = sharding_lib.constrain(self.embedding[...], ("vocab", None))  # (V, D)
+    x = jnp.take(table, ids, axis=0)  # (B, T, D)
+    return (x * math.sqrt(self.d_model)).astype(self.dtype)
 
-  def _embed(self, ids, positions, embedding, learned, dropout):
-    """Token embedding * sqrt(d_model) + positional encoding, then dropout."""
-    x = embedding(ids)  # (B, T, D)
-    if self.cfg.positional_encoding == "learned":
-      pe = learned(positions)
-    else:
-      pe = sinusoidal_encoding(positions, self.cfg.d_model)
-    return sharding_lib.constrain(dropout(x + pe.astype(self.dtype)), _BTD)  # (B, T, D)
+  def attend(self, x):
+    return matmul("BTD,VD->BTV", x, self.embedding[...], self.dtype)  # float32
 
-  def output_layer(self):
-    """The pre-softmax linear transformation (§3.4) as ``(w, project)``:
-    ``project(w, y)`` gives float32 logits (B, T, V) of y (B, T, D). Tied
-    (§3.4), w is the target embedding E (V, D) and logits = y E^T; untied, w
-    is ``output_projection`` (D, V). The training loss takes the two apart to
-    differentiate w a chunk of positions at a time (transformer/loss.py)."""
-    if self.cfg.share_output_embedding:
-      w, spec = self.target_embedding.embedding[...], "BTD,VD->BTV"
-    else:
-      w, spec = self.output_projection[...], "BTD,DV->BTV"
-    return w, lambda w, y: matmul(spec, y, w, self.dtype)
 
-  def _logits(self, y):
-    """The pre-softmax linear transformation, float32 logits (B, T, V)."""
-    w, project = self.output_layer()
-    return project(w, y)
+# ----------------------------------------------------------------------------
+# Positional encoding (§3.5)
+# ----------------------------------------------------------------------------
 
-  # -- encoder ----------------------------------------------------------------
+def sinusoidal_encoding(positions, d_model):
+  """PE(pos, 2i) = sin(pos / 10000^(2i/d_model)), PE(pos, 2i+1) = cos(...).
 
-  def encode(self, inputs, inputs_segmentation=None, inputs_position=None,
-             return_attention=False):
-    """Encoder stack: (B, S) ids -> (B, S, D) representations."""
-    segments, positions = _segments_and_positions(
-        inputs, inputs_segmentation, inputs_position)
-    x = self._embed(inputs, positions, self.source_embedding,
-                    getattr(self, "source_positions", None), self.source_dropout)
-    mask = attention_mask(segments, segments)  # (B, 1, S, S)
-    weights = []
-    for layer in self.encoder_layers:
-      x, w = layer(x, mask, return_attention)
-      weights.append(w)
-    if self.cfg.norm_position == "pre":
-      x = self.encoder_norm(x)
-    return (x, weights) if return_attention else x
+  Sin and cos are interleaved by dimension, exactly as §3.5 writes them.
 
-  # -- decoder (teacher forcing) ----------------------------------------------
+  Args:
+    positions: integer positions, any shape (...).
+  Returns:
+    float32 array (..., d_model).
+  """
+  i = jnp.arange(d_model // 2, dtype=jnp.float32)
+  inv_freq = 1.0 / (10000.0 ** (2.0 * i / d_model))  # 1 / 10000^(2i/d_model)
+  angles = positions[..., None].astype(jnp.float32) * inv_freq  # (..., D/2)
+  pe = jnp.stack([jnp.sin(angles), jnp.cos(angles)], axis=-1)  # (..., D/2, 2)
+  return pe.reshape(*positions.shape, d_model)  # dims 2i = sin, 2i+1 = cos
 
-  def decode(self, encoded, inputs_segmentation, targets, targets_segmentation=None,
-             targets_position=None, return_attention=False, return_hidden=False):
-    """Decoder stack over the whole (shifted) target: float32 (B, T, V), or
-    with ``return_hidden`` its output (B, T, D) before the projection."""
-    segments, positions = _segments_and_positions(
-        targets, targets_segmentation, targets_position)
-    decoder_inputs = shift_right(targets, segments)
-    y = self._embed(decoder_inputs, positions, self.target_embedding,
-                    getattr(self, "target_positions", None), self.target_dropout)
-    self_mask = attention_mask(segments, segments, causal=True)  # (B, 1, T, T)
-    cross_mask = attention_mask(segments, inputs_segmentation)  # (B, 1, T, S)
-    self_weights, cross_weights = [], []
-    for layer in self.decoder_layers:
-      cross_kv = layer.cross_attention.project_kv(encoded)
-      y, ws, wc = layer(y, lambda k, v: (k, v), self_mask, cross_kv,
-                        cross_mask, return_attention)
-      self_weights.append(ws)
-      cross_weights.append(wc)
-    if self.cfg.norm_position == "pre":
-      y = self.decoder_norm(y)
-    out = y if return_hidden else self._logits(y)  # (B, T, D) or (B, T, V)
-    return (out, self_weights, cross_weights) if return_attention else out
 
-  def __call__(self, inputs, targets, inputs_segmentation=None,
-               targets_segmentation=None, inputs_position=None,
-               targets_position=None, return_attention=False, return_hidden=False):
-    """Teacher-forced forward pass: float32 logits (B, T, V) for ``targets``.
+class LearnedPositionalEmbedding(nnx.Module):
+  """Learned positional embeddings, Table 3 row (E)."""
 
-    With ``return_attention``, also returns a dict of per-layer attention
-    weights (B, H, Q, M): "encoder_self", "decoder_self", "encoder_decoder".
-    With ``return_hidden``, the decoder's output (B, T, D) takes the logits'
-    place: the input of ``output_layer`` (the training loss's path).
-    """
-    inputs_segmentation, inputs_position = _segments_and_positions(
-        inputs, inputs_segmentation, inputs_position)
-    encoded = self.encode(inputs, inputs_segmentation, inputs_position,
-                          return_attention)
-    if return_attention:
-      encoded, encoder_weights = encoded
-    out = self.decode(encoded, inputs_segmentation, targets, targets_segmentation,
-                      targets_position, return_attention, return_hidden)
-    if not return_attention:
-      return out
-    logits, self_weights, cross_weights = out
-    return logits, {"encoder_self": encoder_weights, "decoder_self": self_weights,
-                    "encoder_decoder": cross_weights}
+  def __init__(self, max_len, d_model, *, param_dtype, rngs):
+    # Deviation from the paper only when selected (model.positional_encoding).
+    # N(0, 1/2) per dimension: the mean square of the sinusoids it replaces.
+    init = jax.nn.initializers.normal(stddev=math.sqrt(0.5))
+    self.embedding = _param(rngs, init, (max_len, d_model), (None, "embed"),
+                            param_dtype)
 
-  # -- incremental decoding with a key/value cache ----------------------------
+  def __call__(self, positions):
+    return jnp.take(self.embedding[...], positions, axis=0)
 
-  def init_cache(self, encoded, inputs, max_length, beam_size=1):
-    """A cache for ``decode_step``, for ``beam_size`` hypotheses per sentence.
-
-    The decoder self-attention keys and values sit in beam_size slots per
-    sentence and position: at step t, the hypothesis in row j of its sentence
-    writes the key and value of its new token to slot (t, j), entry
-    t * beam_size + j of the cache's slot axis. A hypothesis's prefix is a
-    path through these slots, and its row of ``origin`` records which slot
-    holds each of its positions. When beam search reorders the
-    hypotheses it moves only ``origin`` (L integers per hypothesis), never the
-    keys and values, so a step's cost does not grow with the memory it would
-    take to copy the cache. The encoder-decoder keys and values are computed
-    once here, per sentence.
-
-    Returns:
-      {"origin": (B, L) int32, per hypothesis (beam search tiles it to
-       B * beams rows, row b * beams + j, and reorders it with the beams),
-       "shared": per sentence, never reordered (see transformer/decode.py):
-         {"encoder_mask": (B, S) bool,
-          "layers": [{"self_k_t": (B, H, K, L * beams), "self_v": (B, H, L * beams, J),
-                      "cross_k_t": (B, H, K, S), "cross_v": (B, H, S, J)}, ...]}}
-    """
-    batch = encoded.shape[0]
-    layers = []
-    for layer in self.decoder_layers:
-      cross_k, cross_v = layer.cross_attention.project_kv(encoded)
-      heads, _, d_k = cross_k.shape[1:]
-      d_v = cross_v.shape[3]
-      slots = max_length * beam_size
-      layers.append({
-          # Keys are stored transposed, (..., K, slots), so that Q K^T reads
-          # them as they lie instead of transposing the cache every step.
-          "self_k_t": jnp.zeros((batch, heads, d_k, slots), self.dtype),
-          "self_v": jnp.zeros((batch, heads, slots, d_v), self.dtype),
-          "cross_k_t": cross_k.swapaxes(2, 3),
-          "cross_v": cross_v,
-      })
-    return {"origin": jnp.zeros((batch, max_length), jnp.int32),
-            "shared": {"encoder_mask": inputs != tokens.PAD_ID, "layers": layers}}
-
-  def decode_step(self, tokens_in, cache, step):
-    """One decoder position for every hypothesis: float32 logits (B * beams, V).
-
-    ``tokens_in`` (B * beams,) holds each hypothesis's previous token, row
-    b * beams + j for hypothesis j of sentence b (beams is init_cache's
-    beam_size; 1 for greedy decoding). ``step`` is the position being
-    predicted (0 for the first token, whose input is BOS). A sentence's
-    hypotheses run as the queries of one decoder pass. Equal, to float
-    tolerance, to the full forward pass's logits at that position.
-    """
-    shared = cache["shared"]
-    max_length = cache["origin"].shape[1]
-    beams = shared["layers"][0]["self_v"].shape[2] // max_length
-    batch = tokens_in.shape[0] // beams
-    # This step's key and value go to each hypothesis's own slot.
-    slot = jnp.arange(batch * beams, dtype=jnp.int32) % beams
-    origin = jax.lax.dynamic_update_index_in_dim(cache["origin"], slot, step, 1)
-    # Hypothesis q may attend to slot (t, j) when its position t is in slot j
-    # and t <= step: (B, 1, beams, L * beams), keys ordered t * beams + j.
-    on_path = (origin.reshape(batch, beams, max_length, 1)
-               == jnp.arange(beams))  # (B, q, L, j)
-    self_mask = (on_path & (jnp.arange(max_length) <= step)[:, None]).reshape(
-        batch, 1, beams, max_length * beams)
-    cross_mask = shared["encoder_mask"][:, None, None, :]  # (B, 1, 1, S)
-    positions = jnp.full((batch, beams), step, jnp.int32)
-    y = self._embed(tokens_in.reshape(batch, beams), positions, self.target_embedding,
-                    getattr(self, "target_positions", None),
-                    self.target_dropout)  # (B, beams, D)
-    new_layers = []
-    for layer, c in zip(self.decoder_layers, shared["layers"], strict=True):
-      new_c = dict(c)
-
-      def self_kv(k, v, c=c, new_c=new_c):
-        # k (B, H, beams, K), v (B, H, beams, J): hypothesis j's new key and
-        # value go to slot (step, j); attention then reads all the slots.
-        new_c["self_k_t"] = jax.lax.dynamic_update_slice_in_dim(
-            c["self_k_t"], k.swapaxes(2, 3), step * beams, 3)
-        new_c["self_v"] = jax.lax.dynamic_update_slice_in_dim(c["self_v"], v, step * beams, 2)
-        return new_c["self_k_t"].swapaxes(2, 3), new_c["self_v"]
-
-      cross_kv = (c["cross_k_t"].swapaxes(2, 3), c["cross_v"])
-      y, _, _ = layer(y, self_kv, self_mask, cross_kv, cross_mask)
-      new_layers.append(new_c)
-    if self.cfg.norm_position == "pre":
-      y = self.decoder_norm(y)
-    logits = self._logits(y).reshape(batch * beams, -1)  # (B * beams, V)
-    new_shared = {"encoder_mask": shared["encoder_mask"], "layers": new_layers}
-    return logits, {"origin": origin, "shared": new_shared}
 
 
 def build_model(model_config, *, seed: int = 0, platform: str | None = None) -> Transformer:

@@ -71,9 +71,8 @@ from jax.sharding import NamedSharding, PartitionSpec  # noqa: E402
 
 from transformer import data as data_lib  # noqa: E402
 from transformer import decode as decode_lib  # noqa: E402
-from transformer import model as model_lib  # noqa: E402
+from transformer import precision, tokens  # noqa: E402
 from transformer import sharding as sharding_lib  # noqa: E402
-from transformer import tokens  # noqa: E402
 from transformer import train as train_lib  # noqa: E402
 
 GiB = 2**30
@@ -586,7 +585,7 @@ def make_plan(config: ml_collections.ConfigDict, target_name: str, num_devices: 
       "target": target_name, "device": target.name, "devices": num_devices,
       "topology": topology, "mesh": dict(mesh.shape), "dtype": config.model.dtype,
       "attention_impl": config.model.attention_impl,
-      "attention": model_lib.fused_attention_implementation(
+      "attention": precision.fused_attention_implementation(
           config.model, _platform(target)) or "einsum",
       "fsdp": bool(config.train.fsdp),
       "batch": {"batch_tokens": config.data.batch_tokens, "rows": train["rows"],

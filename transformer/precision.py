@@ -1,4 +1,5 @@
-"""Compute precision: which dtype a run computes in, and the matmul that uses it.
+"""How the model's arithmetic runs on a device: the compute dtype, the
+mixed-precision matmul, and the kernel that computes attention.
 
 The parameters and the optimizer state are ``model.param_dtype`` (float32);
 activations and matmul operands are the compute dtype, ``model.dtype``:
@@ -10,9 +11,13 @@ activations and matmul operands are the compute dtype, ``model.dtype``:
   compute dtype, float32 accumulation and output (mixed precision), and a
   gradient of the same form.
 
-The model (transformer/model.py) only calls ``matmul`` with the dtype it was
-built for; the policy lives here and is resolved once, where the config is
-(``train.resolve_config``; decoding's own, ``evaluate.decode_dtype``).
+* ``decode_dtype`` is decoding's own compute dtype (``config.decode.dtype``).
+* ``fused_attention_implementation`` picks what computes Eq. (1): cuDNN's
+  fused kernel, XLA's attention, or the model's einsums.
+
+The model (transformer/model.py) only calls ``matmul`` with the dtype and
+kernel it was built for; the policy lives here and is resolved once, where the
+config is (``train.resolve_config``, checked by ``checks.check_config``).
 """
 
 import functools
@@ -68,6 +73,84 @@ def dtype_name(name, platform=None):
 def get_dtype(name, platform=None):
   """The compute dtype for ``config.model.dtype`` ("auto", "float32", ...)."""
   return DTYPES[dtype_name(name, platform)]
+
+
+def decode_dtype(decode_config, model_config, platform: str | None = None) -> str:
+  """The compute dtype decoding runs in, from ``config.decode.dtype``.
+
+  "auto" is float32 on a CPU and the model's compute dtype (``model.dtype``)
+  elsewhere. On a CPU a decoding step multiplies a few hundred rows at a time,
+  where bfloat16 does not pay even with bfloat16 instructions: beam-4
+  decoding of Multi30k val took 1.2x as long in bfloat16 as in float32 on an
+  AMD EPYC with AVX512-BF16 (docs/benchmarks.md). "model": ``model.dtype`` as
+  trained. Parameters are the same either way.
+  """
+  name = decode_config.get("dtype", "auto")
+  cpu = (platform or jax.default_backend()) == "cpu"
+  if name == "model" or (name == "auto" and not cpu):
+    name = model_config.dtype
+  elif name == "auto":
+    name = "float32"
+  try:
+    return dtype_name(name, platform)
+  except ValueError as e:
+    raise ValueError(str(e).replace("config.model.dtype", "config.decode.dtype")) from None
+
+
+# ----------------------------------------------------------------------------
+# The attention kernel
+# ----------------------------------------------------------------------------
+
+def fused_attention_implementation(cfg, platform=None):
+  """What computes Eq. (1) for ``config.model.attention_impl`` on ``platform``:
+  "cudnn" (cuDNN's fused kernel, GPU), "xla" (``jax.nn.dot_product_attention``
+  by XLA) or None (the model's einsums, ``scaled_dot_product_attention``).
+
+  "auto" is cuDNN on a GPU where the model allows it (see
+  ``check_fused_attention``), the einsums elsewhere: the same function, with
+  the (B, H, Q, M) weights never stored on a GPU, which makes the base train
+  step move about a fifth fewer bytes on an H100 (``python -m transformer.plan``)."""
+  gpu = (platform or jax.default_backend()) == "gpu"
+  if cfg.attention_impl == "dot_product_attention":
+    return "cudnn" if gpu else "xla"
+  if cfg.attention_impl == "auto" and gpu:
+    try:
+      check_fused_attention(cfg, platform)
+    except ValueError:
+      return None
+    return "cudnn"
+  return None
+
+
+def check_fused_attention(cfg, platform=None):
+  """Raises a ``ValueError`` for what ``attention_impl="dot_product_attention"``
+  cannot take. On a GPU it is cuDNN's fused kernel (``model.fused_attention``):
+  a 16-bit compute dtype, and a head size that is a multiple of 8, at most 256
+  (at most 128 before Hopper: cuDNN says so itself when it traces, and
+  ``fused_attention`` passes it on)."""
+  fix = "or use --config.model.attention_impl=xla"
+  if cfg.d_k != cfg.d_v:
+    raise ValueError(
+        "config.model.attention_impl='dot_product_attention' needs d_k == d_v "
+        f"(got {cfg.d_k} and {cfg.d_v}); {fix}.")
+  if cfg.attention_dropout_rate > 0:
+    raise ValueError(
+        "config.model.attention_impl='dot_product_attention' has no attention "
+        f"dropout (config.model.attention_dropout_rate={cfg.attention_dropout_rate}); "
+        f"set --config.model.attention_dropout_rate=0, {fix}.")
+  if (platform or jax.default_backend()) != "gpu":
+    return
+  dtype = dtype_name(cfg.dtype, platform)
+  if dtype not in ("bfloat16", "float16"):
+    raise ValueError(
+        "config.model.attention_impl='dot_product_attention' is cuDNN's fused "
+        f"attention on a GPU, which takes bfloat16 or float16, not {dtype} "
+        f"(config.model.dtype={cfg.dtype!r}); set --config.model.dtype=bfloat16, {fix}.")
+  if cfg.d_k % 8 or cfg.d_k > 256:
+    raise ValueError(
+        "config.model.attention_impl='dot_product_attention' is cuDNN's fused "
+        "attention on a GPU, which needs a head size that is a multiple of 8, at "
+        f"most 256 (config.model.d_k = d_v = {cfg.d_k}); change d_k and d_v, {fix}.")
 
 
 # ----------------------------------------------------------------------------

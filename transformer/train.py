@@ -81,7 +81,7 @@ def resolve_config(config: ml_collections.ConfigDict, *, num_devices: int | None
   CPU with a bfloat16 matrix engine, float32 on other CPUs (mixed precision:
   params and Adam state stay ``model.param_dtype``). ``platform``: the kind
   of device the run compiles for (default: JAX's default backend)."""
-  checks.check_config(config, num_devices=num_devices)
+  checks.check_config(config, num_devices=num_devices, platform=platform)
   config = ml_collections.ConfigDict(config.to_dict())
   # Resolves "auto".
   config.model.dtype = precision.dtype_name(config.model.dtype, platform)
@@ -489,7 +489,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   writer.info("Model: %s parameters (%s); compute dtype %s (model.dtype=%s); decoding "
               "in %s (decode.dtype=%s).", f"{num_params:,}", config.model.param_dtype,
               config.model.dtype, requested_dtype,
-              evaluate_lib.decode_dtype(config.decode, config.model), config.decode.dtype)
+              precision.decode_dtype(config.decode, config.model), config.decode.dtype)
 
   # -- checkpoints and resume ---------------------------------------------------
   checkpointer = checkpoint_lib.Checkpointer(
