@@ -123,6 +123,9 @@ def main(argv):
                    if v is not None and str(e).startswith(f"config.decode.{f}=")), None)
       raise checks.ConfigError(f"--{flag}: {e}" if flag else str(e)) from e
     d = config.decode  # Decoding and averaging settings, flags included: from here only.
+    # An asked-for number of checkpoints must be there; the config's own
+    # decode.average_last averages the ones kept (checkpoint.select_steps).
+    exact_average = _AVERAGE_LAST.value is not None or _STEP.value is not None
     translate = _TRANSLATE.value or (_SOURCE.value and not _REFERENCE.value)
     if _PLOT.value is not None and not _SENTENCE.value:
       raise ValueError("--plot_attention needs --sentence=\"...\" to translate.")
@@ -188,8 +191,9 @@ def main(argv):
 
     if _PLOT.value is not None or translate:
       tokenizer = evaluate.load_run_tokenizer(config, workdir)
-      model, steps = evaluate.restore_model(config.model, workdir, average_last=d.average_last,
-                                            step=_STEP.value, params_path=_PARAMS.value)
+      model, steps = checkpoint.restore_model(
+          config.model, workdir, average_last=d.average_last, step=_STEP.value,
+          params_path=_PARAMS.value, exact=exact_average)
       if _PLOT.value is not None:
         translation = evaluate.write_attention_plot(
             model, tokenizer, _SENTENCE.value, _PLOT.value, d)
@@ -209,7 +213,7 @@ def main(argv):
     report = evaluate.evaluate(
         config, workdir, split=_SPLIT.value, source=_SOURCE.value, reference=_REFERENCE.value,
         name=_NAME.value, step=_STEP.value, save_averaged=_SAVE_AVERAGED.value,
-        params_path=_PARAMS.value)
+        params_path=_PARAMS.value, exact_average=exact_average)
     print(evaluate.summary(report))
   except checks.ConfigError as e:  # A config value or config.json: like a flag error.
     checks.exit_with_error(e, 2)

@@ -41,15 +41,15 @@ def main(argv):
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
   import jax  # After flag parsing: JAX starts here.
 
-  from transformer import train
+  from transformer import multihost, train
 
   try:
-    train.initialize_distributed(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value)
+    multihost.initialize(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value)
     final = train.train_and_evaluate(_CONFIG.value, _WORKDIR.value)
   except checks.ConfigError as e:  # A config value or config.json: like a flag error.
     checks.exit_with_error(e, 2)
   except (OSError, ValueError, train.NonFiniteLossError,
-          train.OtherProcessFailedError) as e:
+          multihost.OtherProcessFailedError) as e:
     # A user's mistake (data, workdir, checkpoints), the machine (a full disk,
     # a permission) or a diverged run: one message.
     checks.exit_with_error(e, 1)

@@ -36,7 +36,7 @@ import numpy as np
 from absl import app, flags
 
 from transformer import bleu as bleu_lib
-from transformer import data, precision
+from transformer import checkpoint, data, precision
 from transformer import evaluate as evaluate_lib
 from transformer import export as export_lib
 
@@ -70,8 +70,8 @@ def run_benchmark(config, workdir: str, *, split: str | None = None,
   sources, references = data.load_split_text(config.data, split, workdir=workdir)
   sources, references = list(sources), list(references)
   tokenizer = evaluate_lib.load_run_tokenizer(config, workdir)
-  model, steps = evaluate_lib.restore_model(config.model, workdir,
-                                            average_last=config.decode.average_last)
+  model, steps = checkpoint.restore_model(config.model, workdir,
+                                          average_last=config.decode.average_last, exact=False)
   translate_fns = {}  # name -> (engine, computes in, translate_fn)
   for name in dtypes:
     decode_config = config.decode.copy_and_resolve_references()

@@ -72,14 +72,15 @@ def copy_translate(inputs):
 
 
 def test_averaging_gives_the_elementwise_mean(run):
-  model, steps = ev.restore_model(run["config"].model, run["workdir"], average_last=2)
+  model, steps = checkpoint_lib.restore_model(run["config"].model, run["workdir"], average_last=2)
   assert steps == [2, 3]
   got = nnx.to_pure_dict(nnx.state(model, nnx.Param))
   want = jax.tree.map(lambda a, b: (np.asarray(a) + np.asarray(b)) / 2,
                       run["params"][2], run["params"][3])
   jax.tree.map(lambda g, w: np.testing.assert_allclose(g, w, rtol=1e-6, atol=1e-7), got, want)
   # One checkpoint: exactly its parameters; --step picks an earlier one.
-  model, steps = ev.restore_model(run["config"].model, run["workdir"], average_last=1, step=2)
+  model, steps = checkpoint_lib.restore_model(run["config"].model, run["workdir"],
+                                              average_last=1, step=2)
   assert steps == [2]
   got = nnx.to_pure_dict(nnx.state(model, nnx.Param))
   jax.tree.map(np.testing.assert_array_equal, got, run["params"][2])
@@ -87,14 +88,14 @@ def test_averaging_gives_the_elementwise_mean(run):
 
 def test_average_params_of_three_trees():
   trees = [{"w": np.full((2,), v, np.float32)} for v in (1.0, 2.0, 6.0)]
-  np.testing.assert_allclose(ev.average_params(trees)["w"], [3.0, 3.0])
+  np.testing.assert_allclose(checkpoint_lib.average_params(trees)["w"], [3.0, 3.0])
 
 
 def test_saved_averaged_parameters_restore_identically(run, tmp_path):
-  model, steps = ev.restore_model(run["config"].model, run["workdir"], average_last=3)
+  model, steps = checkpoint_lib.restore_model(run["config"].model, run["workdir"], average_last=3)
   params = nnx.to_pure_dict(nnx.state(model, nnx.Param))
   checkpoint_lib.save_params(params, str(tmp_path / "avg"), steps)
-  again, again_steps = ev.restore_model(run["config"].model, run["workdir"],
+  again, again_steps = checkpoint_lib.restore_model(run["config"].model, run["workdir"],
                                         params_path=str(tmp_path / "avg"))
   assert again_steps == [1, 2, 3]
   jax.tree.map(np.testing.assert_array_equal,
@@ -107,15 +108,15 @@ def test_clear_errors_for_workdir_checkpoints_and_averaging(run, tmp_path):
   with pytest.raises(FileNotFoundError, match="No config.json"):
     ev.load_run_config(str(tmp_path))
   with pytest.raises(FileNotFoundError, match="No checkpoint in"):
-    ev.select_steps(str(tmp_path), 1)
+    checkpoint_lib.select_steps(str(tmp_path), 1)
   with pytest.raises(ValueError, match=r"average the last 5 checkpoints but .* only 3"):
-    ev.select_steps(run["workdir"], 5)
+    checkpoint_lib.select_steps(run["workdir"], 5)
   with pytest.raises(ValueError, match="No checkpoint at step 7"):
-    ev.select_steps(run["workdir"], 1, step=7)
+    checkpoint_lib.select_steps(run["workdir"], 1, step=7)
   config = tiny_config(run["data_dir"])
   config.model.d_model = 32
   with pytest.raises(ValueError, match="do not fit the model config"):
-    ev.restore_model(config.model, run["workdir"], average_last=1)
+    checkpoint_lib.restore_model(config.model, run["workdir"], average_last=1)
 
 
 def test_tokenizer_that_does_not_match_the_run_is_refused(run, tmp_path):
@@ -192,7 +193,7 @@ def test_evaluate_source_and_reference_files_with_the_averaged_model(run, tmp_pa
   with open(report["hypotheses"], encoding="utf-8") as f:
     assert len(f.read().splitlines()) == 3
   # Each line is what the model gives that sentence alone.
-  model, _ = ev.restore_model(run["config"].model, run["workdir"], average_last=2)
+  model, _ = checkpoint_lib.restore_model(run["config"].model, run["workdir"], average_last=2)
   fn = ev.make_translate_fn(model, config.decode)
   alone = ev.translate_sentences(fn, run["tokenizer"], ["He is happy."])
   with open(report["hypotheses"], encoding="utf-8") as f:
@@ -249,10 +250,10 @@ def test_decoding_dtype_auto_is_float32_on_a_cpu_and_the_models_elsewhere():
 def test_a_bfloat16_model_decodes_in_the_decode_dtype(run):
   workdir, config = run["workdir"], run["config"].copy_and_resolve_references()
   config.model.dtype = "bfloat16"
-  model, _ = ev.restore_model(config.model, workdir, average_last=1)
+  model, _ = checkpoint_lib.restore_model(config.model, workdir, average_last=1)
   sources = [np.array([5, 6, 7, 8, EOS_ID]), np.array([9, 10, EOS_ID])]
   config.model.dtype = "float32"
-  model32, _ = ev.restore_model(config.model, workdir, average_last=1)
+  model32, _ = checkpoint_lib.restore_model(config.model, workdir, average_last=1)
   want = [ids.tolist() for _, ids in ev.translate_ids(
       ev.make_translate_fn(model32, config.decode), sources, batch_size=8)]
   config.decode.dtype = "auto"  # float32 on this CPU.
@@ -334,7 +335,7 @@ def test_translate_mode_warns_about_empty_translations(run, caplog):
 
 @pytest.mark.slow
 def test_attention_plot_is_a_valid_png(run, tmp_path):
-  model, _ = ev.restore_model(run["config"].model, run["workdir"], average_last=1)
+  model, _ = checkpoint_lib.restore_model(run["config"].model, run["workdir"], average_last=1)
   path = str(tmp_path / "attention.png")
   ev.write_attention_plot(model, run["tokenizer"], "The dog sees the car.", path,
                           run["config"].decode, beam_size=2)
@@ -345,7 +346,7 @@ def test_attention_plot_is_a_valid_png(run, tmp_path):
 
 @pytest.mark.slow
 def test_attention_weights_are_distributions(run):
-  model, _ = ev.restore_model(run["config"].model, run["workdir"], average_last=1)
+  model, _ = checkpoint_lib.restore_model(run["config"].model, run["workdir"], average_last=1)
   translation, attention, src, tgt, dec_in = ev.attention_for_sentence(
       model, run["tokenizer"], "The dog sees the car.", run["config"].decode, beam_size=1)
   assert src[-1] == "</s>" and tgt[-1] == "</s>" and dec_in[0] == "<s>"

@@ -213,7 +213,7 @@ def test_exported_run_scores_and_greedy_equal_evaluate_py(run, tmp_path):
   metadata = _export(run, tmp_path / "ct2")
   assert metadata["checkpoint_steps"] == [20, 30]  # decode.average_last=2, as evaluate.py.
   config, _ = checkpoint_lib.with_default_fields(ev.load_run_config(run))
-  model, steps = ev.restore_model(config.model, run, average_last=2)
+  model, steps = checkpoint_lib.restore_model(config.model, run, average_last=2)
   assert steps == [20, 30]
   tokenizer = ev.load_run_tokenizer(config, run)
   from transformer import data

@@ -28,24 +28,27 @@ apart from a run (``evaluate.py --save_averaged``) are a folder ``P``::
   P/steps.json                     {"checkpoint_steps": [...]}: where they come from
 
 written by ``save_params`` and read by ``load_params``. Orbax's own log lines
-that say nothing to a user are filtered here too (``quiet_orbax_logs``).
+that say nothing to a user are filtered by transformer/orbax_logs.py.
 """
 
 import contextlib
 import json
-import logging as py_logging
 import os
 import re
 import shutil
-import sys
 import time
+from collections.abc import Iterable
 
 import jax
+import jax.numpy as jnp
 import ml_collections
-import numpy as np
 import orbax.checkpoint as ocp
 from absl import logging
+from flax import nnx
 from jax.experimental import multihost_utils
+
+from transformer import model as model_lib
+from transformer import multihost, orbax_logs
 
 CONFIG_FILE = "config.json"
 CHECKPOINT_DIR = "checkpoints"
@@ -128,129 +131,6 @@ def config_differences(old: ml_collections.ConfigDict, new: ml_collections.Confi
 
 
 # ---------------------------------------------------------------------------
-# Orbax's logs: what is dropped, and why (the one place that filters them).
-# ---------------------------------------------------------------------------
-
-
-class _OrbaxInfoFilter(py_logging.Filter):
-  """Orbax logs each step of every save at INFO level; keep its warnings."""
-
-  def filter(self, record):
-    return record.levelno >= py_logging.WARNING or "/orbax/" not in record.pathname
-
-
-# A storage failure as TensorStore words it (a ValueError, not an OSError):
-# '... Failed to write 1796592 bytes to file 4: No space left on device
-# [os_error_code='28']'.
-_OS_ERROR = re.compile(r"([^:\]]+?)\s*\[os_error_code='?(\d+)'?\]")
-
-
-def _storage_error(e: BaseException | None) -> BaseException | None:
-  """The OSError in ``e``'s chain of causes, or TensorStore's error naming an
-  os_error_code; None when the failure is not the storage's."""
-  seen = set()
-  while e is not None and id(e) not in seen:
-    seen.add(id(e))
-    if isinstance(e, OSError) or _OS_ERROR.search(str(e)):
-      return e
-    e = e.__cause__ or e.__context__
-  return None
-
-
-class _OrbaxFailedSaveFilter(py_logging.Filter):
-  """A write that fails in Orbax's background save (a full disk) is logged
-  by each of its threads at ERROR level with the whole traceback; the same
-  failure is raised at the next save or at close, where it becomes one
-  error line (``Checkpointer._failed_save_is_one_error``). Drop those."""
-
-  def filter(self, record):
-    if record.levelno < py_logging.ERROR or "/orbax/" not in record.pathname:
-      return True
-    error = record.exc_info[1] if record.exc_info else None
-    return not (_storage_error(error) or _OS_ERROR.search(record.getMessage()))
-
-
-def quiet_orbax_logs():
-  """Drops Orbax's INFO lines (one per step of every save) and its tracebacks
-  of a failed background save from absl's log; its warnings stay. Training
-  calls it once."""
-  absl_logger = logging.get_absl_logger()
-  for kind in (_OrbaxInfoFilter, _OrbaxFailedSaveFilter):
-    if not any(isinstance(f, kind) for f in absl_logger.filters):
-      absl_logger.addFilter(kind())
-
-
-class _DropMissingMetadata(py_logging.Filter):
-  def filter(self, record):
-    return "Metadata file does not exist" not in record.getMessage()
-
-
-@contextlib.contextmanager
-def _quiet_missing_step_metadata():
-  """Silences Orbax's warning that a single item of a step has no step
-  metadata file: it lives one folder up, and the item reads fine without it."""
-  logger, drop = py_logging.getLogger("absl"), _DropMissingMetadata()
-  logger.addFilter(drop)
-  try:
-    yield
-  finally:
-    logger.removeFilter(drop)
-
-
-def _is_closed_loop_report(unraisable) -> bool:
-  """A read of a failed restore that ends after Orbax closed its event loop:
-  "Event loop is closed", or an Orbax coroutine finalized with its error."""
-  if (isinstance(unraisable.exc_value, RuntimeError)
-      and "Event loop is closed" in str(unraisable.exc_value)):
-    return True
-  code = getattr(unraisable.object, "cr_code", None)
-  return code is not None and f"{os.sep}orbax{os.sep}" in code.co_filename
-
-
-def _from_orbax(traceback) -> bool:
-  while traceback is not None:
-    if f"{os.sep}orbax{os.sep}" in traceback.tb_frame.f_code.co_filename:
-      return True
-    traceback = traceback.tb_next
-  return False
-
-
-class _DropOrbaxOrphanTasks(py_logging.Filter):
-  """asyncio's "Task exception was never retrieved" for an Orbax read of a
-  failed restore, logged when the task is collected (with its traceback), and
-  "Future exception was never retrieved" for a TensorStore read of the same
-  checkpoint (set from C++: no traceback, its message names the OCDBT file)."""
-
-  def filter(self, record):
-    if "exception was never retrieved" not in record.getMessage() or not record.exc_info:
-      return True
-    _, error, traceback = record.exc_info
-    from_tensorstore = traceback is None and "OCDBT database" in str(error)
-    return not (_from_orbax(traceback) or from_tensorstore)
-
-
-def _drop_closed_loop_reports():
-  """When a restore fails, Orbax closes its event loop while TensorStore reads
-  of the same checkpoint are still finishing; each then reports "Event loop is
-  closed" as an unraisable exception (a traceback on stderr, dozens per
-  checkpoint), and unfinished Orbax reads report their errors when they are
-  collected (as unraisable coroutines, or through asyncio's logger as tasks
-  whose exception was never retrieved). They are harmless, and the failure itself is reported once
-  (``CheckpointError`` or a warning naming the step): drop just those."""
-  previous = sys.unraisablehook
-  if getattr(previous, "drops_closed_loop_reports", False):
-    return
-
-  def hook(unraisable):
-    if not _is_closed_loop_report(unraisable):
-      previous(unraisable)
-
-  hook.drops_closed_loop_reports = True
-  sys.unraisablehook = hook
-  py_logging.getLogger("asyncio").addFilter(_DropOrbaxOrphanTasks())
-
-
-# ---------------------------------------------------------------------------
 # Reading checkpoints (evaluation, averaging).
 # ---------------------------------------------------------------------------
 
@@ -293,8 +173,8 @@ def restore_params(workdir: str, step: int, target=None):
         f"No complete checkpoint for step {step} in {checkpoint_dir(workdir)}; "
         f"available steps: {steps or 'none'}.")
   path = os.path.join(checkpoint_dir(workdir), str(step), "params")
-  _drop_closed_loop_reports()
-  with ocp.StandardCheckpointer() as checkpointer, _quiet_missing_step_metadata():
+  orbax_logs.drop_closed_loop_reports()
+  with ocp.StandardCheckpointer() as checkpointer, orbax_logs.quiet_missing_step_metadata():
     try:
       if target is None:
         metadata = checkpointer.metadata(path).item_metadata
@@ -312,7 +192,7 @@ def restore_params(workdir: str, step: int, target=None):
 def _reason(e: BaseException) -> str:
   """The first line of an Orbax/TensorStore error, without TensorStore's spec
   dump: short enough for a log line."""
-  os_error = _OS_ERROR.search(str(e))
+  os_error = orbax_logs.OS_ERROR.search(str(e))
   if os_error and not isinstance(e, OSError):  # TensorStore's: the OS's words.
     return f"{os_error.group(1).strip()} (os error {os_error.group(2)})"
   lines = [line.strip() for line in str(e).splitlines() if line.strip()]
@@ -327,6 +207,147 @@ def _abstract(x):
   if isinstance(x, jax.ShapeDtypeStruct):
     return x
   return jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=getattr(x, "sharding", None))
+
+
+# ---------------------------------------------------------------------------
+# The model of a run: checkpoints chosen, averaged and restored.
+# ---------------------------------------------------------------------------
+
+
+def select_steps(workdir: str, average_last: int, step: int | None = None, *,
+                 exact: bool = True) -> list[int]:
+  """The checkpoint steps to average: the last ``average_last`` complete ones,
+  up to ``step`` (default: the latest).
+
+  The one averaging policy (§6.1 averages the last 5 checkpoints, 20 for the
+  big model): when fewer than ``average_last`` are kept, an asked-for number
+  (``exact``: ``evaluate.py --average_last=N``, ``--step``) is an error naming
+  how many there are, and the config's own ``decode.average_last`` (training's
+  final evaluation, ``evaluate.py`` without the flag, the export) averages the
+  ones kept, with a warning naming them: both give the same model.
+  """
+  if average_last < 1:
+    raise ValueError(f"average_last must be >= 1, got {average_last}.")
+  steps = list_steps(workdir)
+  if not steps:
+    raise FileNotFoundError(
+        f"No checkpoint in {checkpoint_dir(workdir)}: train first "
+        f"(python train.py --config=... --workdir={workdir}).")
+  if step is not None:
+    if step not in steps:
+      raise ValueError(f"No checkpoint at step {step}; available steps: {steps}.")
+    steps = [s for s in steps if s <= step]
+  if average_last > len(steps):
+    if exact:
+      raise ValueError(
+          f"Asked to average the last {average_last} checkpoints but {workdir} has "
+          f"only {len(steps)} (steps {steps}); use --average_last={len(steps)} or "
+          "fewer (train.keep_checkpoints sets how many are kept).")
+    logging.warning("decode.average_last=%d but only %d checkpoints (steps %s) are kept; "
+                    "averaging those (train.keep_checkpoints sets how many are kept).",
+                    average_last, len(steps), steps)
+  return steps[-average_last:]
+
+
+def _flat(tree) -> dict:
+  """{"a/b/0": leaf}: paths as strings (checkpoints store list indices as str)."""
+  def name(path):
+    return "/".join(str(getattr(k, "key", getattr(k, "idx", k))) for k in path)
+  return {name(p): x for p, x in jax.tree_util.tree_flatten_with_path(tree)[0]}
+
+
+def _fit(params, abstract, what: str):
+  """``params`` in the structure of ``abstract``, or a clear error."""
+  have, want = _flat(params), _flat(abstract)
+  bad = []
+  for key in sorted(have.keys() | want.keys()):
+    a, b = have.get(key), want.get(key)
+    if a is None or b is None or tuple(a.shape) != tuple(b.shape):
+      bad.append(f"{key}: {what} {None if a is None else tuple(a.shape)}, "
+                 f"config {None if b is None else tuple(b.shape)}")
+  if bad:
+    raise ValueError(
+        f"The parameters of {what} do not fit the model config (was a --config.model "
+        f"field changed?): " + "; ".join(bad[:4]) + (" ..." if len(bad) > 4 else ""))
+  leaves = [have[k] for k in _flat(abstract)]
+  return jax.tree_util.tree_unflatten(jax.tree_util.tree_structure(abstract), leaves)
+
+
+def average_params(param_trees: Iterable) -> dict:
+  """Elementwise mean of parameter trees, accumulated in float32."""
+  total, count, dtypes = None, 0, None
+  for params in param_trees:
+    if total is None:
+      dtypes = jax.tree.map(lambda x: x.dtype, params)
+      total = jax.tree.map(lambda x: jnp.asarray(x, jnp.float32), params)
+    else:
+      total = jax.tree.map(lambda t, x: t + jnp.asarray(x, jnp.float32), total, params)
+    count += 1
+  if total is None:
+    raise ValueError("average_params needs at least one parameter tree.")
+  return jax.tree.map(lambda t, d: (t / count).astype(d), total, dtypes)
+
+
+def restore_model(model_config, workdir: str, *, average_last: int = 1,
+                  step: int | None = None, params_path: str | None = None,
+                  exact: bool = True):
+  """The model with the mean parameters of the last ``average_last`` checkpoints.
+
+  Args:
+    model_config: the run's ``config.model`` section (must match the checkpoints).
+    workdir: the run's workdir.
+    average_last: how many of the latest checkpoints to average.
+    step: the latest step to use (default: the latest checkpoint).
+    params_path: restore parameters saved by ``save_params`` instead.
+    exact: fewer checkpoints than ``average_last`` is an error (see
+      ``select_steps``, the averaging policy); else the ones kept, with a warning.
+
+  Returns:
+    (model, steps): an ``nnx.Module`` in eval mode and the averaged steps.
+  """
+  abstract = nnx.eval_shape(lambda: model_lib.build_model(model_config))
+  graphdef, abstract_params, _ = nnx.split(abstract, nnx.Param, ...)
+  abstract_params = nnx.to_pure_dict(abstract_params)
+  if params_path:
+    params, steps = load_params(params_path)
+  elif average_last == 1 and step is None:
+    params, steps = _restore_newest_intact(workdir, abstract_params)
+  else:
+    # Averaging (or an asked-for step) uses exactly these checkpoints: a
+    # damaged one is an error naming its step (CheckpointError).
+    steps = select_steps(workdir, average_last, step, exact=exact)
+    params = average_params(
+        _fit(restore_params(workdir, s), abstract_params, f"checkpoint {s}")
+        for s in steps)
+  params = _fit(params, abstract_params, params_path or "the average")
+
+  def rest_fn():
+    return nnx.split(model_lib.build_model(model_config), nnx.Param, ...)[2]
+
+  rest = jax.jit(rest_fn)()  # RNG streams only; XLA drops the unused params.
+  model = nnx.merge(graphdef, params, rest)
+  model.eval()
+  return model, steps
+
+
+def _restore_newest_intact(workdir: str, abstract_params):
+  """(params, [step]) of the newest checkpoint whose parameters restore whole;
+  damaged newer ones are skipped with a warning naming the step and reason."""
+  select_steps(workdir, 1)  # Names a workdir without checkpoints.
+  failures = []
+  for s in reversed(list_steps(workdir)):
+    try:
+      params = restore_params(workdir, s)
+    except CheckpointError as e:
+      logging.warning("%s Trying the checkpoint before it.", e)
+      failures.append(str(e))
+      continue
+    if failures:
+      logging.warning("Evaluating step %d, the newest intact checkpoint.", s)
+    return _fit(params, abstract_params, f"checkpoint {s}"), [s]
+  raise CheckpointError(
+      f"No checkpoint in {checkpoint_dir(workdir)} can be restored. "
+      + " ".join(failures))
 
 
 # ---------------------------------------------------------------------------
@@ -359,19 +380,6 @@ def load_params(path: str):
 # ---------------------------------------------------------------------------
 # Saving and resuming during training.
 # ---------------------------------------------------------------------------
-
-
-def _allgather_json(obj) -> list:
-  """Every process's JSON-serializable ``obj``, in process order."""
-  if jax.process_count() == 1:
-    return [obj]
-  data = np.frombuffer(json.dumps(obj).encode("utf-8"), np.uint8)
-  lengths = multihost_utils.process_allgather(np.array([data.size], np.int32))
-  padded = np.zeros(int(np.max(lengths)), np.uint8)
-  padded[:data.size] = data
-  gathered = multihost_utils.process_allgather(padded)
-  return [json.loads(bytes(row[:int(n)]).decode("utf-8"))
-          for row, n in zip(np.asarray(gathered), np.asarray(lengths).reshape(-1), strict=True)]
 
 
 class Checkpointer:
@@ -412,7 +420,7 @@ class Checkpointer:
     this process's data-iterator state (any JSON-serializable object)."""
     if self.manager.latest_step() == step:
       return  # Already saved (e.g. a final save right after a periodic one).
-    data_states = _allgather_json(data_state)
+    data_states = multihost.allgather_json(data_state)
     with self._failed_save_is_one_error(step):
       self.manager.save(step, args=ocp.args.Composite(
           params=ocp.args.StandardSave(state["params"]),
@@ -431,7 +439,7 @@ class Checkpointer:
       yield
     except Exception as e:  # Orbax wraps the OSError of its writer threads.
       self._remove_temporary_folders()
-      cause = _storage_error(e)
+      cause = orbax_logs.storage_error(e)
       if cause is None:
         raise
       # A background save fails at the next save or at close: name its own step.
@@ -465,17 +473,17 @@ class Checkpointer:
     restores, ``CheckpointError`` lists them all and nothing is moved.
     """
     damaged = []
-    _drop_closed_loop_reports()
+    orbax_logs.drop_closed_loop_reports()
     for step in sorted(self.manager.all_steps(), reverse=True):
       try:
-        with _quiet_missing_step_metadata():
+        with orbax_logs.quiet_missing_step_metadata():
           restored = self._restore(step, abstract_state, accept_data_state)
         reason = None
       except _WrongProcessCountError:
         raise
       except Exception as e:  # Orbax/TensorStore raise many kinds for a damaged file.
         restored, reason = None, _reason(e)
-      if not _agree_all(reason is None):
+      if multihost.agree(reason is not None)[0]:
         reason = reason or "another process could not restore it"
         logging.warning("The checkpoint at step %d (%s) cannot be restored: %s. Trying "
                         "the one before it.", step,
@@ -551,9 +559,3 @@ class _WrongProcessCountError(ValueError):
   """A checkpoint of another number of processes: not damage, a wrong command."""
 
 
-def _agree_all(ok: bool) -> bool:
-  """True on every process when ``ok`` is true on all of them."""
-  if jax.process_count() == 1:
-    return ok
-  flags = multihost_utils.process_allgather(np.array([int(ok)], np.int32))
-  return bool(np.min(flags))

@@ -1,17 +1,16 @@
-"""Evaluation of a trained run: checkpoint averaging, beam search, BLEU (§6.1).
+"""Evaluation of a trained run: beam search and BLEU (§6.1).
 
 Used by the root ``evaluate.py``; every piece is importable:
 
   config = load_run_config(workdir)                       # DIR/config.json
-  model, steps = restore_model(config.model, workdir, average_last=5)
+  model, steps = checkpoint.restore_model(config.model, workdir, average_last=5)
   tokenizer = load_run_tokenizer(config, workdir)
   translate_fn = make_translate_fn(model, config.decode)   # beam 4, alpha 0.6
   hyps = translate_sentences(translate_fn, tokenizer, sources)
   report = evaluate(config, workdir, split="test")       # DIR/eval/test.avg5.json
 
-Checkpoint averaging (§6.1: "averaging the last 5 checkpoints, which were
-written at 10-minute intervals"; 20 for the big model) is the elementwise mean
-of the parameters of the last N complete checkpoints.
+Checkpoints are chosen, restored and averaged by transformer/checkpoint.py
+(``restore_model``); this module translates and scores.
 
 Sentences are decoded in batches of ``decode.batch_size`` sorted by source
 length (less padding, fewer steps per batch), and put back in input order.
@@ -55,125 +54,6 @@ def load_run_config(workdir: str) -> ml_collections.ConfigDict:
   """The config the run was trained with (DIR/config.json), unlocked."""
   check_workdir(workdir)
   return checkpoint_lib.load_config(workdir)
-
-
-def select_steps(workdir: str, average_last: int, step: int | None = None) -> list[int]:
-  """The checkpoint steps to average: the last ``average_last`` (up to ``step``)."""
-  if average_last < 1:
-    raise ValueError(f"average_last must be >= 1, got {average_last}.")
-  steps = checkpoint_lib.list_steps(workdir)
-  if not steps:
-    raise FileNotFoundError(
-        f"No checkpoint in {checkpoint_lib.checkpoint_dir(workdir)}: train first "
-        f"(python train.py --config=... --workdir={workdir}).")
-  if step is not None:
-    if step not in steps:
-      raise ValueError(f"No checkpoint at step {step}; available steps: {steps}.")
-    steps = [s for s in steps if s <= step]
-  if average_last > len(steps):
-    raise ValueError(
-        f"Asked to average the last {average_last} checkpoints but {workdir} has "
-        f"only {len(steps)} (steps {steps}); use --average_last={len(steps)} or "
-        "fewer (train.keep_checkpoints sets how many are kept).")
-  return steps[-average_last:]
-
-
-def _flat(tree) -> dict:
-  """{"a/b/0": leaf}: paths as strings (checkpoints store list indices as str)."""
-  def name(path):
-    return "/".join(str(getattr(k, "key", getattr(k, "idx", k))) for k in path)
-  return {name(p): x for p, x in jax.tree_util.tree_flatten_with_path(tree)[0]}
-
-
-def _fit(params, abstract, what: str):
-  """``params`` in the structure of ``abstract``, or a clear error."""
-  have, want = _flat(params), _flat(abstract)
-  bad = []
-  for key in sorted(have.keys() | want.keys()):
-    a, b = have.get(key), want.get(key)
-    if a is None or b is None or tuple(a.shape) != tuple(b.shape):
-      bad.append(f"{key}: {what} {None if a is None else tuple(a.shape)}, "
-                 f"config {None if b is None else tuple(b.shape)}")
-  if bad:
-    raise ValueError(
-        f"The parameters of {what} do not fit the model config (was a --config.model "
-        f"field changed?): " + "; ".join(bad[:4]) + (" ..." if len(bad) > 4 else ""))
-  leaves = [have[k] for k in _flat(abstract)]
-  return jax.tree_util.tree_unflatten(jax.tree_util.tree_structure(abstract), leaves)
-
-
-def average_params(param_trees: Iterable) -> dict:
-  """Elementwise mean of parameter trees, accumulated in float32."""
-  total, count, dtypes = None, 0, None
-  for params in param_trees:
-    if total is None:
-      dtypes = jax.tree.map(lambda x: x.dtype, params)
-      total = jax.tree.map(lambda x: jnp.asarray(x, jnp.float32), params)
-    else:
-      total = jax.tree.map(lambda t, x: t + jnp.asarray(x, jnp.float32), total, params)
-    count += 1
-  if total is None:
-    raise ValueError("average_params needs at least one parameter tree.")
-  return jax.tree.map(lambda t, d: (t / count).astype(d), total, dtypes)
-
-
-def restore_model(model_config, workdir: str, *, average_last: int = 1,
-                  step: int | None = None, params_path: str | None = None):
-  """The model with the mean parameters of the last ``average_last`` checkpoints.
-
-  Args:
-    model_config: the run's ``config.model`` section (must match the checkpoints).
-    workdir: the run's workdir.
-    average_last: how many of the latest checkpoints to average.
-    step: the latest step to use (default: the latest checkpoint).
-    params_path: restore parameters saved by ``checkpoint.save_params`` instead.
-
-  Returns:
-    (model, steps): an ``nnx.Module`` in eval mode and the averaged steps.
-  """
-  abstract = nnx.eval_shape(lambda: model_lib.build_model(model_config))
-  graphdef, abstract_params, _ = nnx.split(abstract, nnx.Param, ...)
-  abstract_params = nnx.to_pure_dict(abstract_params)
-  if params_path:
-    params, steps = checkpoint_lib.load_params(params_path)
-  elif average_last == 1 and step is None:
-    params, steps = _restore_newest_intact(workdir, abstract_params)
-  else:
-    # Averaging (or an asked-for step) uses exactly these checkpoints: a
-    # damaged one is an error naming its step (CheckpointError).
-    steps = select_steps(workdir, average_last, step)
-    params = average_params(
-        _fit(checkpoint_lib.restore_params(workdir, s), abstract_params, f"checkpoint {s}")
-        for s in steps)
-  params = _fit(params, abstract_params, params_path or "the average")
-
-  def rest_fn():
-    return nnx.split(model_lib.build_model(model_config), nnx.Param, ...)[2]
-
-  rest = jax.jit(rest_fn)()  # RNG streams only; XLA drops the unused params.
-  model = nnx.merge(graphdef, params, rest)
-  model.eval()
-  return model, steps
-
-
-def _restore_newest_intact(workdir: str, abstract_params):
-  """(params, [step]) of the newest checkpoint whose parameters restore whole;
-  damaged newer ones are skipped with a warning naming the step and reason."""
-  select_steps(workdir, 1)  # Names a workdir without checkpoints.
-  failures = []
-  for s in reversed(checkpoint_lib.list_steps(workdir)):
-    try:
-      params = checkpoint_lib.restore_params(workdir, s)
-    except checkpoint_lib.CheckpointError as e:
-      logging.warning("%s Trying the checkpoint before it.", e)
-      failures.append(str(e))
-      continue
-    if failures:
-      logging.warning("Evaluating step %d, the newest intact checkpoint.", s)
-    return _fit(params, abstract_params, f"checkpoint {s}"), [s]
-  raise checkpoint_lib.CheckpointError(
-      f"No checkpoint in {checkpoint_lib.checkpoint_dir(workdir)} can be restored. "
-      + " ".join(failures))
 
 
 def load_run_tokenizer(config, workdir: str):
@@ -348,8 +228,8 @@ def evaluate(config, workdir: str, *, split: str | None = None, source: str | No
              reference: str | None = None, name: str | None = None,
              step: int | None = None,
              save_averaged: bool = False, params_path: str | None = None,
-             translate_fn: TranslateFn | None = None, model=None, steps=None,
-             engine: dict | None = None) -> dict:
+             exact_average: bool = False, translate_fn: TranslateFn | None = None,
+             model=None, steps=None, engine: dict | None = None) -> dict:
   """Translates a split (or a source file) and writes BLEU reports.
 
   Writes ``DIR/eval/<name>.hyp.txt`` (detokenized hypotheses, one per line, in
@@ -357,8 +237,10 @@ def evaluate(config, workdir: str, *, split: str | None = None, source: str | No
   the split or the source file's name, with ``.avg<N>`` when N > 1
   checkpoints are averaged.
 
-  The search and the checkpoint averaging are ``config.decode``'s; the split
-  left None is ``config.data.test_split``. The report counts the empty
+  The search and the checkpoint averaging are ``config.decode``'s (the
+  checkpoints as ``checkpoint.select_steps`` chooses them; ``exact_average``
+  for an asked-for ``--average_last``); the split left None is
+  ``config.data.test_split``. The report counts the empty
   hypotheses (``empty_outputs``) and gives sacreBLEU with ``-lc``
   (``bleu_lowercase``, the figure Multi30k papers print) beside the cased one.
   ``decode_seconds`` is the wall time of translating (tokenization, decoding
@@ -386,8 +268,9 @@ def evaluate(config, workdir: str, *, split: str | None = None, source: str | No
   tokenizer = load_run_tokenizer(config, workdir)
   if translate_fn is None:
     if model is None:
-      model, steps = restore_model(config.model, workdir, average_last=d.average_last, step=step,
-                                   params_path=params_path)
+      model, steps = checkpoint_lib.restore_model(
+          config.model, workdir, average_last=d.average_last, step=step,
+          params_path=params_path, exact=exact_average)
     translate_fn = make_translate_fn(model, d)
   steps = list(steps or [])
   if name is None:

@@ -43,6 +43,7 @@ import tempfile
 
 import numpy as np
 
+from transformer import checkpoint as checkpoint_lib
 from transformer import checks
 from transformer.tokens import BOS_ID, EOS_ID, PAD_ID, UNK_ID
 
@@ -321,14 +322,15 @@ def export(workdir: str, out: str, *, average_last: int | None = None,
     raise ExportError(f"Unknown --quantization={quantization!r}; choose one of "
                       f"{', '.join(QUANTIZATIONS)}.")
   if config is None:
-    from transformer import checkpoint as checkpoint_lib
-
     config, _ = checkpoint_lib.with_default_fields(evaluate_lib.load_run_config(workdir))
   check_exportable(config.model)
   out = _check_out(out, overwrite)
+  # An asked-for --average_last must be met; the config's is the ones kept
+  # (checkpoint.select_steps, the one averaging policy).
+  exact = average_last is not None or step is not None
   average_last = config.decode.average_last if average_last is None else average_last
-  model, steps = evaluate_lib.restore_model(config.model, workdir, average_last=average_last,
-                                            step=step)
+  model, steps = checkpoint_lib.restore_model(config.model, workdir, average_last=average_last,
+                                              step=step, exact=exact)
   tokenizer = evaluate_lib.load_run_tokenizer(config, workdir)
 
   m = config.model

@@ -34,11 +34,10 @@ import numpy as np
 import optax
 from absl import logging
 from flax import nnx
-from jax.experimental import multihost_utils
 
 from transformer import bleu as bleu_lib
 from transformer import checkpoint as checkpoint_lib
-from transformer import checks, optim, precision
+from transformer import checks, multihost, optim, orbax_logs, precision
 from transformer import data as data_lib
 from transformer import evaluate as evaluate_lib
 from transformer import loss as loss_lib
@@ -52,26 +51,6 @@ BATCH_KEYS = data_lib.FEATURES
 # ---------------------------------------------------------------------------
 # Config and processes.
 # ---------------------------------------------------------------------------
-
-
-def initialize_distributed(coordinator_address: str = "", num_processes: int = 1,
-                           process_id: int = 0):
-  """Joins a multi-process run (``jax.distributed.initialize``) when it spans
-  several processes; a no-op for a single process.
-
-  On CPU the processes exchange data with gloo collectives.
-  """
-  if num_processes <= 1:
-    return
-  if not coordinator_address:
-    raise ValueError(
-        f"A run over {num_processes} processes needs a coordinator address "
-        "(--coordinator_address=HOST:PORT or $JAX_COORDINATOR_ADDRESS).")
-  if not 0 <= process_id < num_processes:
-    raise ValueError(f"process id {process_id} is not in [0, {num_processes}).")
-  jax.config.update("jax_cpu_collectives_implementation", "gloo")
-  jax.distributed.initialize(coordinator_address=coordinator_address,
-                             num_processes=num_processes, process_id=process_id)
 
 
 def resolve_config(config: ml_collections.ConfigDict, *, num_devices: int | None = None,
@@ -396,42 +375,8 @@ class _StopSignal:
       signal.signal(sig, handler)
 
 
-def _agree(*flags: bool) -> list[bool]:
-  """The same decisions on every process: a flag is set if any process set it."""
-  values = np.array([bool(f) for f in flags], np.int32)
-  if jax.process_count() > 1:
-    values = np.max(multihost_utils.process_allgather(values), axis=0)
-  return [bool(v) for v in values]
-
-
 class NonFiniteLossError(FloatingPointError):
   pass
-
-
-class OtherProcessFailedError(RuntimeError):
-  """Process 0 of a multi-host run failed; the error is in its log."""
-
-
-def _primary_first(fn: Callable, what: str):
-  """Runs ``fn`` on process 0, then on the other processes.
-
-  Process 0 tells the others whether it succeeded, so that when it fails
-  (a missing data file, say) they stop at once with an error that points to
-  its log, instead of waiting at a barrier until the coordination timeout.
-  """
-  if jax.process_count() == 1:
-    return fn()
-  if jax.process_index() == 0:
-    try:
-      result = fn()
-    except BaseException:
-      multihost_utils.broadcast_one_to_all(np.int32(1))
-      raise
-    multihost_utils.broadcast_one_to_all(np.int32(0))
-    return result
-  if int(multihost_utils.broadcast_one_to_all(np.int32(0))):
-    raise OtherProcessFailedError(f"Process 0 failed while {what}; its log has the error.")
-  return fn()
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
@@ -441,7 +386,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   """
 
   # -- config and workdir ---------------------------------------------------
-  checkpoint_lib.quiet_orbax_logs()
+  orbax_logs.quiet()
   requested_dtype = config.model.dtype
   # Every field, the workdir and the saved run, before any work.
   config = resolve_config(config, num_devices=jax.device_count())
@@ -468,7 +413,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   # -- input ----------------------------------------------------------------
   # Process 0 prepares the corpus and the tokenizer; the others then reuse them.
   # load_tokenizer refuses a tokenizer whose size is not model.vocab_size.
-  tokenizer = _primary_first(
+  tokenizer = multihost.primary_first(
       lambda: data_lib.load_tokenizer(config.data, workdir, vocab_size=config.model.vocab_size),
       "preparing the corpus and the tokenizer")
   rules = sharding_lib.logical_axis_rules(t)
@@ -565,7 +510,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
 
         is_log = step % t.log_every_steps == 0 or step == t.num_steps
         is_eval = t.eval_every_steps > 0 and step % t.eval_every_steps == 0
-        save_due, signalled = _agree(checkpointer.due(step) or step == t.num_steps,
+        save_due, signalled = multihost.agree(checkpointer.due(step) or step == t.num_steps,
                                      stop.received is not None)
         if not (is_log or is_eval or save_due or signalled):
           continue
@@ -640,20 +585,17 @@ def evaluate_test(setup, params, config, workdir, step) -> dict:
   ``transformer.evaluate`` (the code path of evaluate.py); returns test/* values.
 
   With ``decode.average_last`` = N > 1 the model is the mean of the last N
-  checkpoints up to ``step`` (§6.1), as ``evaluate.py --average_last=N`` would
-  give; fewer when fewer are kept (with a warning).
+  checkpoints up to ``step`` (§6.1), chosen as ``evaluate.py`` without
+  ``--average_last`` chooses them (``checkpoint.select_steps``: the ones kept,
+  with a warning, when fewer than N are), so both give the same model.
   """
   model, steps = make_model(setup, params), [step]
-  wanted = config.decode.average_last
-  if wanted > 1:
-    saved = [s for s in checkpoint_lib.list_steps(workdir) if s <= step]
-    if len(saved) < wanted:
-      logging.warning("decode.average_last=%d but only %d checkpoints (steps %s) are kept; "
-                      "averaging those (train.keep_checkpoints sets how many are kept).",
-                      wanted, len(saved), saved)
-    if len(saved) > 1:
-      model, steps = evaluate_lib.restore_model(
-          config.model, workdir, average_last=min(wanted, len(saved)), step=step)
+  if config.decode.average_last > 1:
+    steps = checkpoint_lib.select_steps(workdir, config.decode.average_last, step,
+                                        exact=False)
+    if len(steps) > 1:
+      model, steps = checkpoint_lib.restore_model(
+          config.model, workdir, average_last=len(steps), step=step)
   report = evaluate_lib.evaluate(config, workdir, split=config.data.test_split,
                                  name=config.data.test_split, model=model, steps=steps)
   return {"test/bleu": report["bleu"], "test/bleu_tokenized": report["bleu_tokenized"],
