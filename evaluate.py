@@ -27,22 +27,22 @@ from ml_collections import config_flags
 from transformer import checkpoint, checks
 
 
-def _workdir_arg() -> str | None:
-  for i, arg in enumerate(sys.argv):
+def _workdir_arg(argv) -> str | None:
+  for i, arg in enumerate(argv):
     if arg.startswith("--workdir="):
       return arg.split("=", 1)[1]
-    if arg == "--workdir" and i + 1 < len(sys.argv):
-      return sys.argv[i + 1]
+    if arg == "--workdir" and i + 1 < len(argv):
+      return argv[i + 1]
   return None
 
 
-def _load_saved_config() -> ml_collections.ConfigDict:
+def _load_saved_config(argv) -> ml_collections.ConfigDict:
   """DIR/config.json of the --workdir on the command line, or a ConfigError.
 
   Fields added to the project after the run was trained (absent from its
   config.json) take today's defaults, so that older runs still evaluate.
   """
-  workdir = _workdir_arg()
+  workdir = _workdir_arg(argv)
   if not workdir:
     raise checks.ConfigError("--workdir is required: the directory of a train.py run.")
   config, added = checkpoint.with_default_fields(checkpoint.load_config(workdir))
@@ -52,72 +52,77 @@ def _load_saved_config() -> ml_collections.ConfigDict:
   return config
 
 
-def _saved_config() -> ml_collections.ConfigDict:
+def _saved_config(argv) -> ml_collections.ConfigDict:
   """The saved config for --config.* overrides; empty when it cannot be read
   (main() then names the problem, or parse_flags for an override)."""
   try:
-    return _load_saved_config()
+    return _load_saved_config(argv)
   except (OSError, ValueError):
     return ml_collections.ConfigDict()
 
 
-try:  # --config.* overrides are applied here, to the saved config.
-  _CONFIG = config_flags.DEFINE_config_dict(
-      "config", _saved_config(), "The run's config (DIR/config.json); override fields "
-      "with --config.section.field=value.")
-except Exception as e:  # A misspelt field, or a config.json that cannot be read.
-  checks.exit_for_flag_error(e, sys.argv, loaded_config=_load_saved_config)
-_WORKDIR = flags.DEFINE_string("workdir", None, "The train.py run to evaluate.")
-_SPLIT = flags.DEFINE_string("split", None, "Split to evaluate (default: data.test_split).")
-_SOURCE = flags.DEFINE_string("source", None, "Raw source text file, one sentence per line.")
-_REFERENCE = flags.DEFINE_string("reference", None, "Raw reference file, parallel to --source.")
-_NAME = flags.DEFINE_string("name", None, "Report name: DIR/eval/<name>.json (default: the "
-                            "split or source file name, plus .avg<N>).")
-_AVERAGE_LAST = flags.DEFINE_integer(
-    "average_last", None, "Average the last N checkpoints (default: decode.average_last; "
-    "the paper: 5 for base, 20 for big).")
-_STEP = flags.DEFINE_integer("step", None, "Use checkpoints up to this step (default: latest).")
-_BEAM_SIZE = flags.DEFINE_integer("beam_size", None, "Beam size (default: decode.beam_size; "
-                                  "1 is greedy).")
-_ALPHA = flags.DEFINE_float("alpha", None, "Length penalty alpha (default: decode.alpha).")
-_SAVE_AVERAGED = flags.DEFINE_bool(
-    "save_averaged", False, "Save the averaged parameters to DIR/eval/<name>.params.")
-_PARAMS = flags.DEFINE_string("params", None, "Evaluate parameters saved by --save_averaged.")
-_TRANSLATE = flags.DEFINE_bool(
-    "translate", False, "Translate stdin (or --source) to stdout, streaming; no BLEU.")
-_PLOT = flags.DEFINE_string("plot_attention", None, "Write attention grids of --sentence "
-                            "to this PNG.")
-_SENTENCE = flags.DEFINE_string("sentence", None, "The sentence for --plot_attention.")
-_ENGINE = flags.DEFINE_enum(
-    "engine", "jax", ["jax", "ctranslate2"], "Decode with this project's JAX search, or "
-    "with the run exported to CTranslate2 (--ctranslate2_model; beam search ranks "
-    "finished hypotheses differently, see transformer/export.py).")
-_CT2_MODEL = flags.DEFINE_string(
-    "ctranslate2_model", None, "For --engine=ctranslate2: the folder written by "
-    "python -m transformer.export --workdir=DIR --out=FOLDER.")
-_CT2_COMPUTE_TYPE = flags.DEFINE_string(
-    "ctranslate2_compute_type", "default", "For --engine=ctranslate2: CTranslate2's "
-    "compute type (default: as exported; int8, float32, ...).")
+def _define_flags(argv):
+  """The flags; ``--config`` is the saved config of the run named by argv's
+  ``--workdir``, with ``--config.*`` overrides applied to it."""
+  try:
+    config_flags.DEFINE_config_dict(
+        "config", _saved_config(argv), "The run's config (DIR/config.json); override "
+        "fields with --config.section.field=value.")
+  except Exception as e:  # A misspelt field, or a config.json that cannot be read.
+    checks.exit_for_flag_error(e, argv, loaded_config=lambda: _load_saved_config(argv))
+  flags.DEFINE_string("workdir", None, "The train.py run to evaluate.")
+  flags.DEFINE_string("split", None, "Split to evaluate (default: data.test_split).")
+  flags.DEFINE_string("source", None, "Raw source text file, one sentence per line.")
+  flags.DEFINE_string("reference", None, "Raw reference file, parallel to --source.")
+  flags.DEFINE_string("name", None, "Report name: DIR/eval/<name>.json (default: the "
+                      "split or source file name, plus .avg<N>).")
+  flags.DEFINE_integer(
+      "average_last", None, "Average the last N checkpoints (default: decode.average_last; "
+      "the paper: 5 for base, 20 for big).")
+  flags.DEFINE_integer("step", None, "Use checkpoints up to this step (default: latest).")
+  flags.DEFINE_integer("beam_size", None, "Beam size (default: decode.beam_size; "
+                       "1 is greedy).")
+  flags.DEFINE_float("alpha", None, "Length penalty alpha (default: decode.alpha).")
+  flags.DEFINE_bool(
+      "save_averaged", False, "Save the averaged parameters to DIR/eval/<name>.params.")
+  flags.DEFINE_string("params", None, "Evaluate parameters saved by --save_averaged.")
+  flags.DEFINE_bool(
+      "translate", False, "Translate stdin (or --source) to stdout, streaming; no BLEU.")
+  flags.DEFINE_string("plot_attention", None, "Write attention grids of --sentence "
+                      "to this PNG.")
+  flags.DEFINE_string("sentence", None, "The sentence for --plot_attention.")
+  flags.DEFINE_enum(
+      "engine", "jax", ["jax", "ctranslate2"], "Decode with this project's JAX search, or "
+      "with the run exported to CTranslate2 (--ctranslate2_model; beam search ranks "
+      "finished hypotheses differently, see transformer/export.py).")
+  flags.DEFINE_string(
+      "ctranslate2_model", None, "For --engine=ctranslate2: the folder written by "
+      "python -m transformer.export --workdir=DIR --out=FOLDER.")
+  flags.DEFINE_string(
+      "ctranslate2_compute_type", "default", "For --engine=ctranslate2: CTranslate2's "
+      "compute type (default: as exported; int8, float32, ...).")
 
 
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
-  from transformer import evaluate, train  # After flag parsing: JAX starts here.
+  from transformer import evaluate  # After flag parsing: JAX starts here.
 
-  workdir = _WORKDIR.value
+  f = flags.FLAGS
+
+  workdir = f.workdir
   try:
     evaluate.check_workdir(workdir)
     evaluate.load_run_config(workdir)  # Names a missing or malformed config.json.
     # Every field of the config, with this command's decoding flags in it.
-    config = ml_collections.ConfigDict(_CONFIG.value.to_dict())
-    flag_values = {"beam_size": _BEAM_SIZE.value, "alpha": _ALPHA.value,
-                   "average_last": _AVERAGE_LAST.value}
+    config = ml_collections.ConfigDict(f.config.to_dict())
+    flag_values = {"beam_size": f.beam_size, "alpha": f.alpha,
+                   "average_last": f.average_last}
     for field, value in flag_values.items():
       if value is not None:
         config.decode[field] = value
     try:
-      config = train.resolve_config(config)
+      config = checks.resolve_config(config)
     except checks.ConfigError as e:
       flag = next((f for f, v in flag_values.items()
                    if v is not None and str(e).startswith(f"config.decode.{f}=")), None)
@@ -125,45 +130,45 @@ def main(argv):
     d = config.decode  # Decoding and averaging settings, flags included: from here only.
     # An asked-for number of checkpoints must be there; the config's own
     # decode.average_last averages the ones kept (checkpoint.select_steps).
-    exact_average = _AVERAGE_LAST.value is not None or _STEP.value is not None
-    translate = _TRANSLATE.value or (_SOURCE.value and not _REFERENCE.value)
-    if _PLOT.value is not None and not _SENTENCE.value:
+    exact_average = f.average_last is not None or f.step is not None
+    translate = f.translate or (f.source and not f.reference)
+    if f.plot_attention is not None and not f.sentence:
       raise ValueError("--plot_attention needs --sentence=\"...\" to translate.")
-    if _STEP.value is not None and _STEP.value < 1:
-      raise ValueError(f"--step={_STEP.value} must be a checkpoint step (>= 1).")
-    if _SOURCE.value and not os.path.isfile(_SOURCE.value):
-      raise FileNotFoundError(f"Source file {_SOURCE.value!r} does not exist.")
-    if _SOURCE.value and os.path.getsize(_SOURCE.value) == 0:
-      raise ValueError(f"Source file {_SOURCE.value!r} is empty: nothing to translate.")
-    if _REFERENCE.value and not os.path.isfile(_REFERENCE.value):
-      raise FileNotFoundError(f"Reference file {_REFERENCE.value!r} does not exist.")
-    if _PARAMS.value and not os.path.isdir(_PARAMS.value):
-      raise FileNotFoundError(f"--params={_PARAMS.value!r} is not a folder written by "
+    if f.step is not None and f.step < 1:
+      raise ValueError(f"--step={f.step} must be a checkpoint step (>= 1).")
+    if f.source and not os.path.isfile(f.source):
+      raise FileNotFoundError(f"Source file {f.source!r} does not exist.")
+    if f.source and os.path.getsize(f.source) == 0:
+      raise ValueError(f"Source file {f.source!r} is empty: nothing to translate.")
+    if f.reference and not os.path.isfile(f.reference):
+      raise FileNotFoundError(f"Reference file {f.reference!r} does not exist.")
+    if f.params and not os.path.isdir(f.params):
+      raise FileNotFoundError(f"--params={f.params!r} is not a folder written by "
                               "--save_averaged.")
     # Where the results go must be writable before anything is decoded.
-    if _PLOT.value is not None:
-      checks.check_workdir(os.path.dirname(os.path.abspath(_PLOT.value)), create=False,
+    if f.plot_attention is not None:
+      checks.check_workdir(os.path.dirname(os.path.abspath(f.plot_attention)), create=False,
                            what="The folder of --plot_attention")
     elif not translate:
       checks.check_workdir(os.path.join(workdir, "eval"), create=True,
                            what="The evaluation folder")
 
-    ct2 = _ENGINE.value == "ctranslate2"
+    ct2 = f.engine == "ctranslate2"
     if ct2:
-      fixed = {"--plot_attention": _PLOT.value, "--save_averaged": _SAVE_AVERAGED.value or None,
-               "--params": _PARAMS.value, "--step": _STEP.value,
-               "--average_last": _AVERAGE_LAST.value}
+      fixed = {"--plot_attention": f.plot_attention, "--save_averaged": f.save_averaged or None,
+               "--params": f.params, "--step": f.step,
+               "--average_last": f.average_last}
       bad = [name for name, value in fixed.items() if value is not None]
       if bad:
         raise ValueError(
             f"{', '.join(bad)} cannot be used with --engine=ctranslate2: the exported "
             "model's checkpoints were chosen at export (python -m transformer.export "
             "--average_last/--step), and attention pictures come from the JAX model.")
-      if not _CT2_MODEL.value:
+      if not f.ctranslate2_model:
         raise ValueError(
             "--engine=ctranslate2 needs --ctranslate2_model=FOLDER, a model written by "
             f"python -m transformer.export --workdir={workdir} --out=FOLDER.")
-    elif _CT2_MODEL.value or _CT2_COMPUTE_TYPE.value != "default":
+    elif f.ctranslate2_model or f.ctranslate2_compute_type != "default":
       raise ValueError("--ctranslate2_model and --ctranslate2_compute_type need "
                        "--engine=ctranslate2.")
 
@@ -172,37 +177,37 @@ def main(argv):
 
       tokenizer = evaluate.load_run_tokenizer(config, workdir)
       translate_fn, metadata = export.load_translate_fn(
-          _CT2_MODEL.value, tokenizer, d, compute_type=_CT2_COMPUTE_TYPE.value)
+          f.ctranslate2_model, tokenizer, d, compute_type=f.ctranslate2_compute_type)
       if translate:
-        stream = open(_SOURCE.value, encoding="utf-8") if _SOURCE.value else sys.stdin
+        stream = open(f.source, encoding="utf-8") if f.source else sys.stdin
         with stream:
           evaluate.translate_stream(translate_fn, tokenizer, stream, sys.stdout,
                                     batch_size=d.batch_size)
         return
       report = evaluate.evaluate(
-          config, workdir, split=_SPLIT.value, source=_SOURCE.value,
-          reference=_REFERENCE.value, name=_NAME.value, translate_fn=translate_fn,
+          config, workdir, split=f.split, source=f.source,
+          reference=f.reference, name=f.name, translate_fn=translate_fn,
           steps=metadata["checkpoint_steps"],
           engine={"engine": "ctranslate2", "dtype": translate_fn.compute_type,
-                  "ctranslate2_model": os.path.abspath(_CT2_MODEL.value),
+                  "ctranslate2_model": os.path.abspath(f.ctranslate2_model),
                   "quantization": metadata["quantization"]})
       print(evaluate.summary(report))
       return
 
-    if _PLOT.value is not None or translate:
+    if f.plot_attention is not None or translate:
       tokenizer = evaluate.load_run_tokenizer(config, workdir)
       model, steps = checkpoint.restore_model(
-          config.model, workdir, average_last=d.average_last, step=_STEP.value,
-          params_path=_PARAMS.value, exact=exact_average)
-      if _PLOT.value is not None:
+          config.model, workdir, average_last=d.average_last, step=f.step,
+          params_path=f.params, exact=exact_average)
+      if f.plot_attention is not None:
         translation = evaluate.write_attention_plot(
-            model, tokenizer, _SENTENCE.value, _PLOT.value, d)
+            model, tokenizer, f.sentence, f.plot_attention, d)
         print(translation)
-        print(f"Attention grids written to {_PLOT.value}", file=sys.stderr)
+        print(f"Attention grids written to {f.plot_attention}", file=sys.stderr)
         return
       translate_fn = evaluate.make_translate_fn(model, d)
-      if _SOURCE.value:
-        with open(_SOURCE.value, encoding="utf-8") as lines:
+      if f.source:
+        with open(f.source, encoding="utf-8") as lines:
           evaluate.translate_stream(translate_fn, tokenizer, lines, sys.stdout,
                                     batch_size=d.batch_size)
       else:
@@ -211,9 +216,9 @@ def main(argv):
       return
 
     report = evaluate.evaluate(
-        config, workdir, split=_SPLIT.value, source=_SOURCE.value, reference=_REFERENCE.value,
-        name=_NAME.value, step=_STEP.value, save_averaged=_SAVE_AVERAGED.value,
-        params_path=_PARAMS.value, exact_average=exact_average)
+        config, workdir, split=f.split, source=f.source, reference=f.reference,
+        name=f.name, step=f.step, save_averaged=f.save_averaged,
+        params_path=f.params, exact_average=exact_average)
     print(evaluate.summary(report))
   except checks.ConfigError as e:  # A config value or config.json: like a flag error.
     checks.exit_with_error(e, 2)
@@ -222,8 +227,9 @@ def main(argv):
 
 
 if __name__ == "__main__":
+  _define_flags(sys.argv)
   flags.mark_flags_as_required(["workdir"])
   # Flag errors (a misspelt field, a wrong type, a malformed DIR/config.json):
   # one "error:" line and exit code 2.
   app.run(main, flags_parser=lambda argv: checks.parse_flags(
-      argv, loaded_config=_load_saved_config))
+      argv, loaded_config=lambda: _load_saved_config(argv)))

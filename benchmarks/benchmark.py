@@ -19,7 +19,7 @@ What it measures (random weights; speed does not depend on them):
   target tokens, all real. FLOPs per step = 3 x the summary's forward FLOPs
   per target token x target tokens (backward = 2 x forward).
 * decoding: ``decode_sentences`` sentences of ``seq_len`` source tokens,
-  exactly ``decode_steps`` output tokens each (decode.py's search with
+  exactly ``decode_steps`` output tokens each (search.py's search with
   min_length at the length limit: EOS only comes last, so no sentence stops
   early), greedy and beam 4, each with the key/value cache (the jitted
   function translate_batch runs) and with full recomputation of the decoder
@@ -50,8 +50,8 @@ from absl import app, flags
 from flax import nnx
 from ml_collections import config_flags
 
-from transformer import decode as decode_lib
 from transformer import precision, tokens
+from transformer import search as search_lib
 from transformer import sharding as sharding_lib
 from transformer import summary as summary_lib
 from transformer import train as train_lib
@@ -200,12 +200,12 @@ def train_figures(trainer, cfg, batch_size, length, peak, spec, repeats):
 
 @nnx.jit(static_argnames=("beam_size", "steps", "cached"))
 def _decode_fixed(model, inputs, *, beam_size, steps, cached):
-  """Decodes exactly ``steps`` tokens per sentence with decode.py's search:
+  """Decodes exactly ``steps`` tokens per sentence with search.py's search:
   min_length is the length limit, so EOS comes only at the limit."""
   limits = jnp.full((inputs.shape[0],), steps, jnp.int32)
   alpha, min_length = jnp.float32(0.6), jnp.int32(steps)
   if cached:  # What translate_batch runs.
-    seqs, _ = decode_lib.decode_padded(model, inputs, limits, alpha, min_length,
+    seqs, _ = search_lib.decode_padded(model, inputs, limits, alpha, min_length,
                                        beam_size=beam_size, max_length=steps)
     return seqs
   # Full recomputation: the decoder re-runs over the whole prefix buffer
@@ -224,7 +224,7 @@ def _decode_fixed(model, inputs, *, beam_size, steps, cached):
     return (jax.lax.dynamic_index_in_dim(logits, step, 1, keepdims=False),
             dict(cache, prefix=prefix))
 
-  seqs, _ = decode_lib.search(step_fn, cache, limits, beam_size=beam_size, alpha=alpha,
+  seqs, _ = search_lib.search(step_fn, cache, limits, beam_size=beam_size, alpha=alpha,
                               max_length=steps, min_length=min_length)
   return seqs
 

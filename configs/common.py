@@ -187,7 +187,7 @@ def decode_config(average_last=5):
   d.alpha = 0.6  # Length penalty lp(Y) = ((5 + |Y|) / 6)^alpha.
   d.max_extra_length = 50  # Output length <= input length + 50.
   # Deviation from the paper: no EOS before the first real token, so no empty
-  # translation (see transformer/decode.py); 0 is the paper's search.
+  # translation (see transformer/search.py); 0 is the paper's search.
   d.min_length = 1
   d.average_last = average_last  # Checkpoints averaged: 5 (base), 20 (big).
   d.batch_size = 64  # Sentences per decoding batch.

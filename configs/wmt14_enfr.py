@@ -30,8 +30,7 @@ def get_config(arg=None):
   size = common.parse_variant(arg, ("base", "big"), "base")
   config = common.get_base_config(size)
   config.data.tfds_name = "wmt14_translate/fr-en"
-  config.data.source_lang = "en"
-  config.data.target_lang = "fr"
+  config.data.target_lang = "fr"  # From English, as for EN-DE.
   # Deviation from the paper: 32000 SentencePiece BPE pieces where §5.1 has
   # 32000 word pieces (module docstring).
   config.model.vocab_size = 32000

@@ -1,4 +1,4 @@
-"""The suite runs on the CPU, whatever jaxlib is installed.
+"""The suite runs on the CPU, whatever jaxlib is installed; shared fixtures.
 
 With a CUDA or TPU build of jaxlib, JAX would pick the accelerator, and
 ``model.dtype="auto"`` would resolve to bfloat16 there: tests that hold float32
@@ -9,12 +9,97 @@ XLA_FLAGS for a subprocess (host device counts) keep doing so; that flag is
 about the CPU platform and is unaffected.
 """
 
+import atexit
 import os
+import shutil
+import tempfile
 
 os.environ["JAX_PLATFORMS"] = "cpu"
+# One compilation cache for the session, shared with the CLIs the tests start:
+# the many runs of the same tiny model compile their programs once. A cached
+# executable is the compiled program itself, so results do not change; the
+# folder is new for each session and removed at its end.
+_CACHE = tempfile.mkdtemp(prefix="jax-test-cache-")
+atexit.register(shutil.rmtree, _CACHE, ignore_errors=True)
+os.environ["JAX_COMPILATION_CACHE_DIR"] = _CACHE
+os.environ["JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"] = "0"
+os.environ["JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES"] = "0"
 
 import jax  # noqa: E402  (after JAX_PLATFORMS, on purpose)
 
 # In case something imported jax before this file (a pytest plugin): the
 # backend is chosen at its first use, which has not happened yet.
 jax.config.update("jax_platforms", "cpu")
+jax.config.update("jax_compilation_cache_dir", _CACHE)
+
+import sys  # noqa: E402
+
+import pytest  # noqa: E402
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+# The suite's one tiny training config: the quickstart with a one-layer model
+# on a small generated corpus, a few seconds per run ({"section.field": value}).
+TINY = {
+    "data.synthetic_train_size": 2000, "data.synthetic_dev_size": 24,
+    "data.synthetic_test_size": 24, "data.max_length": 32, "data.batch_tokens": 256,
+    "data.eval_batch_size": 16, "data.prefetch": 2,
+    "model.vocab_size": 256, "model.num_layers": 1, "model.d_model": 32, "model.d_ff": 64,
+    "model.num_heads": 2, "model.d_k": 16, "model.d_v": 16,
+    "train.num_steps": 6, "train.warmup_steps": 10, "train.log_every_steps": 1,
+    "train.eval_every_steps": 0, "train.eval_bleu_sentences": 0,
+    "train.checkpoint_every_steps": 3, "train.checkpoint_every_minutes": 0.0,
+    "train.keep_checkpoints": 5, "decode.beam_size": 1,
+}
+
+
+def _tiny_config(**overrides):
+  from configs import quickstart
+
+  config = quickstart.get_config()
+  for key, value in {**TINY, **overrides}.items():
+    section, field = key.split(".")
+    config[section][field] = value
+  return config
+
+
+def _tiny_flags(**overrides):
+  return [f"--config.{k}={v}" for k, v in {**TINY, **overrides}.items()]
+
+
+def _tiny_cli_args(workdir, **overrides):
+  flags = _tiny_flags(**overrides)
+  return [sys.executable, os.path.join(REPO, "train.py"),
+          "--config=" + os.path.join(REPO, "configs", "quickstart.py"),
+          f"--workdir={workdir}", *flags]
+
+
+@pytest.fixture(scope="session")
+def tiny_config():
+  """``tiny_config(**{"section.field": value})``: the tiny training config
+  (``TINY`` over the quickstart), with overrides."""
+  return _tiny_config
+
+
+@pytest.fixture(scope="session")
+def tiny_flags():
+  """``TINY`` as train.py's --config.* flags."""
+  return _tiny_flags()
+
+
+@pytest.fixture(scope="session")
+def tiny_cli_args():
+  """``tiny_cli_args(workdir, **overrides)``: train.py's command line for the
+  tiny config (``TINY`` as --config.* flags over configs/quickstart.py)."""
+  return _tiny_cli_args
+
+
+@pytest.fixture(scope="session")
+def trained_run(tmp_path_factory):
+  """A tiny run trained once for the session: 6 steps, checkpoints at 3 and
+  6, its test report. Copy it before changing it."""
+  from transformer import train
+
+  workdir = str(tmp_path_factory.mktemp("trained") / "run")
+  train.train_and_evaluate(_tiny_config(), workdir)
+  return workdir

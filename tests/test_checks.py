@@ -372,15 +372,11 @@ def test_evaluate_malformed_config_json_is_one_line(tmp_path):
 # ---------------------------------------------------------------------------
 
 
-@pytest.fixture(scope="module")
-def trained_run(tmp_path_factory):
-  sys.path.insert(0, os.path.join(REPO, "tests"))
-  from test_train import tiny_config
+def _losses(workdir):
+  from transformer import metrics
 
-  from transformer import train
-  workdir = str(tmp_path_factory.mktemp("trained") / "run")
-  train.train_and_evaluate(tiny_config(), workdir)  # Checkpoints at steps 3 and 6.
-  return workdir
+  return {r["step"]: r["train/loss"] for r in metrics.read_metrics(workdir)
+          if "train/loss" in r}
 
 
 def _digest(workdir):
@@ -391,12 +387,6 @@ def _digest(workdir):
       with open(path, "rb") as f:
         digests[os.path.relpath(path, workdir)] = hashlib.sha256(f.read()).hexdigest()
   return digests
-
-
-def _tiny_args():
-  sys.path.insert(0, os.path.join(REPO, "tests"))
-  from test_train import TINY
-  return [f"--config.{k}={v}" for k, v in TINY.items()]
 
 
 @pytest.mark.slow
@@ -413,12 +403,13 @@ def _tiny_args():
     ("evaluate.py", ["--config.decode.bem_size=2"], 2, "did you mean 'beam_size'"),
     ("evaluate.py", ["--step=4"], 1, "No checkpoint at step 4"),
 ])
-def test_bad_input_leaves_a_run_unchanged(trained_run, tmp_path, script, args, code, part):
+def test_bad_input_leaves_a_run_unchanged(trained_run, tmp_path, script, args, code, part,
+                                          tiny_flags):
   workdir = str(tmp_path / "run")
   shutil.copytree(trained_run, workdir)
   before = _digest(workdir)
   if script == "train.py":
-    args = [args[0], *_tiny_args(), *args[1:]]
+    args = [args[0], *tiny_flags, *args[1:]]
   exit_code, stderr = run_cli(script, *args, f"--workdir={workdir}")
   assert exit_code == code, stderr[-3000:]
   assert_one_error_line(stderr, part)
@@ -470,16 +461,16 @@ def _final_params(workdir):
 @pytest.mark.slow
 @pytest.mark.parametrize("kind", ["truncated array file", "missing manifest",
                                   "empty data state"])
-def test_damaged_newest_checkpoint_resumes_from_the_intact_one(trained_run, tmp_path, kind):
+def test_damaged_newest_checkpoint_resumes_from_the_intact_one(trained_run, tmp_path, kind,
+                                                               tiny_flags):
   import numpy as np
-  from test_train import losses
 
   workdir = str(tmp_path / "run")
   shutil.copytree(trained_run, workdir)
   shutil.rmtree(os.path.join(workdir, "eval"))
   _damage(workdir, kind)
   intact = {k: v for k, v in _digest(workdir).items() if k.startswith("checkpoints/3/")}
-  code, stderr = run_cli("train.py", QUICKSTART, *_tiny_args(), f"--workdir={workdir}")
+  code, stderr = run_cli("train.py", QUICKSTART, *tiny_flags, f"--workdir={workdir}")
   assert code == 0, stderr[-3000:]
   assert "Traceback" not in stderr and "Event loop is closed" not in stderr
   assert "The checkpoint at step 6" in stderr and "cannot be restored" in stderr
@@ -490,19 +481,19 @@ def test_damaged_newest_checkpoint_resumes_from_the_intact_one(trained_run, tmp_
   assert {k: v for k, v in after.items() if k.startswith("checkpoints/3/")} == intact
   assert os.path.isdir(os.path.join(workdir, checkpoint_lib.DAMAGED_DIR, "6"))
   assert checkpoint_lib.list_steps(workdir) == [3, 6]
-  assert losses(workdir) == losses(trained_run)
+  assert _losses(workdir) == _losses(trained_run)
   for a, b in zip(_final_params(workdir), _final_params(trained_run), strict=True):
     np.testing.assert_array_equal(a, b)
 
 
 @pytest.mark.slow
-def test_no_intact_checkpoint_is_one_error_and_changes_nothing(trained_run, tmp_path):
+def test_no_intact_checkpoint_is_one_error_and_changes_nothing(trained_run, tmp_path, tiny_flags):
   workdir = str(tmp_path / "run")
   shutil.copytree(trained_run, workdir)
   _damage(workdir, "truncated array file", step=6)
   _damage(workdir, "empty data state", step=3)
   before = _digest(workdir)
-  code, stderr = run_cli("train.py", QUICKSTART, *_tiny_args(), f"--workdir={workdir}")
+  code, stderr = run_cli("train.py", QUICKSTART, *tiny_flags, f"--workdir={workdir}")
   assert code == 1
   assert_one_error_line(stderr, "No checkpoint", "step 6:", "step 3:")
   after = _digest(workdir)  # Never a silent restart from step 0.

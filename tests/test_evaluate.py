@@ -18,8 +18,9 @@ from flax import nnx
 
 from configs import common
 from transformer import checkpoint as checkpoint_lib
-from transformer import data, decode, precision, synthetic
+from transformer import data, precision, search
 from transformer import evaluate as ev
+from transformer.data import synthetic
 from transformer.model import Transformer
 from transformer.tokens import EOS_ID, PAD_ID
 
@@ -120,7 +121,7 @@ def test_clear_errors_for_workdir_checkpoints_and_averaging(run, tmp_path):
 
 
 def test_tokenizer_that_does_not_match_the_run_is_refused(run, tmp_path):
-  from transformer import tokenizer as tokenizer_lib
+  from transformer.data import tokenizer as tokenizer_lib
 
   other = str(tmp_path / "other.model")
   sentences = [f"word{i} other{i % 7} text{i % 13}" for i in range(400)]
@@ -163,7 +164,7 @@ def test_evaluation_covers_every_sentence_once_in_order(run):
   with open(report["hypotheses"], encoding="utf-8") as f:
     hypotheses = f.read().splitlines()
   # The copy decoder's output is the source, detokenized, in input order.
-  assert hypotheses == [tokenizer.decode(tokenizer.encode(s)) for s in sources]
+  assert hypotheses == [tokenizer.detokenize(tokenizer.encode(s)) for s in sources]
   assert hypotheses == list(sources)
   assert report["num_sentences"] == 12
   assert os.path.isfile(os.path.join(run["workdir"], "eval", "copy.json"))
@@ -357,10 +358,10 @@ def test_attention_weights_are_distributions(run):
   assert cross.shape == (2, len(tgt), len(src))
   np.testing.assert_allclose(cross.sum(-1), 1.0, rtol=1e-5)
   assert np.all(np.triu(dec[0], k=1) == 0)  # Decoder self-attention sees the past only.
-  greedy = decode.translate_batch(
+  greedy = search.translate_batch(
       model, ev.encode_sources(run["tokenizer"], ["The dog sees the car."])[0][None],
       beam_size=1, max_extra_length=5)
-  assert translation == run["tokenizer"].decode(greedy[0])
+  assert translation == run["tokenizer"].detokenize(greedy[0])
 
 
 def _cli(*args, stdin=""):

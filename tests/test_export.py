@@ -20,10 +20,10 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from configs import common, quickstart
+from configs import common
 from transformer import checkpoint as checkpoint_lib
-from transformer import decode, export
 from transformer import evaluate as ev
+from transformer import export, search
 from transformer import model as model_lib
 from transformer.tokens import EOS_ID, PAD_ID
 
@@ -106,10 +106,10 @@ def test_ctranslate2_scores_and_greedy_equal_ours(switch, tmp_path):
 
   inputs = ev._pad([np.asarray(s + [EOS_ID], np.int32) for s in sources])
   decode_config = common.decode_config()
-  want = decode.translate_batch(model, inputs, beam_size=1, min_length=1,
+  want = search.translate_batch(model, inputs, beam_size=1, min_length=1,
                                 max_extra_length=decode_config.max_extra_length)
   got = export.make_translate_fn(translator, PIECES, decode_config, beam_size=1)(inputs)
-  assert [decode.strip_eos(r) for r in got] == [decode.strip_eos(r) for r in want]
+  assert [search.strip_eos(r) for r in got] == [search.strip_eos(r) for r in want]
 
 
 def constant_model():
@@ -133,12 +133,12 @@ def test_min_length_and_the_length_limit_agree_with_min_decoding_length(min_leng
   translator = save_spec(model, tmp_path / "ct2")
   inputs = np.array([[7, 8, 9, EOS_ID], [7, EOS_ID, PAD_ID, PAD_ID]], np.int32)
   options = dict(beam_size=1, min_length=min_length, max_extra_length=3)
-  want = decode.translate_batch(model, inputs, **options)
+  want = search.translate_batch(model, inputs, **options)
   got = export.make_translate_fn(translator, PIECES, common.decode_config(), **options)(inputs)
   # Limits 7 and 5 tokens with the EOS: min_length 20 is cut there.
   expected = {0: [[], []], 1: [[5], [5]], 3: [[5] * 3, [5] * 3], 20: [[5] * 6, [5] * 4]}
-  assert [decode.strip_eos(r) for r in want] == expected[min_length]
-  assert [decode.strip_eos(r) for r in got] == expected[min_length]
+  assert [search.strip_eos(r) for r in want] == expected[min_length]
+  assert [search.strip_eos(r) for r in got] == expected[min_length]
 
 
 @pytest.mark.parametrize("overrides, message", [
@@ -177,29 +177,17 @@ def test_int8_model_loads_and_translates(tmp_path):
 # Exporting a run.
 # ----------------------------------------------------------------------------
 
-TINY = {
-    "data.synthetic_train_size": 2000, "data.synthetic_dev_size": 24,
-    "data.synthetic_test_size": 40, "data.max_length": 32, "data.batch_tokens": 512,
-    "data.eval_batch_size": 16, "data.prefetch": 2,
-    "model.vocab_size": 256, "model.num_layers": 1, "model.d_model": 32, "model.d_ff": 64,
-    "model.num_heads": 2, "model.d_k": 16, "model.d_v": 16, "model.dtype": "float32",
-    "train.num_steps": 30, "train.warmup_steps": 10, "train.log_every_steps": 10,
-    "train.eval_every_steps": 0, "train.eval_bleu_sentences": 0,
-    "train.checkpoint_every_steps": 10, "train.checkpoint_every_minutes": 0.0,
-    "train.keep_checkpoints": 5, "decode.average_last": 2, "decode.batch_size": 16,
-}
-
-
 @pytest.fixture(scope="module")
-def run(tmp_path_factory):
-  """A tiny run trained 30 steps (checkpoints 10, 20, 30) on the generated corpus."""
+def run(tmp_path_factory, tiny_config):
+  """The tiny run, float32, trained 30 steps (checkpoints 10, 20, 30) on the
+  generated corpus."""
   from transformer import train
 
   workdir = str(tmp_path_factory.mktemp("export") / "run")
-  config = quickstart.get_config()
-  for key, value in TINY.items():
-    section, field = key.split(".")
-    config[section][field] = value
+  config = tiny_config(**{
+      "data.synthetic_test_size": 40, "data.batch_tokens": 512, "model.dtype": "float32",
+      "train.num_steps": 30, "train.log_every_steps": 10, "train.checkpoint_every_steps": 10,
+      "decode.average_last": 2, "decode.batch_size": 16})
   train.train_and_evaluate(config, workdir)
   return workdir
 

@@ -11,7 +11,7 @@ import pytest
 from flax import nnx
 
 from configs import common
-from transformer import decode, loss, precision, tokens
+from transformer import loss, precision, search, tokens
 from transformer import model as model_lib
 
 VOCAB = 23
@@ -207,13 +207,13 @@ def test_shift_right_restarts_at_each_segment():
 def test_cached_decoding_equals_full_forward(overrides):
   model = build(**overrides)
   full = np.asarray(model(INPUTS, TARGETS))
-  cache = decode.init_cache(model, model.encode(INPUTS), INPUTS, max_length=TARGETS.shape[1])
+  cache = search.init_cache(model, model.encode(INPUTS), INPUTS, max_length=TARGETS.shape[1])
   assert cache["shared"]["layers"][0]["self_v"].dtype == model.dtype  # bf16 cache in bf16
   # bfloat16: float32 sums over a different number of keys can round a bf16
   # activation the other way; a few bf16 steps (0.016 at |logit| ~ 3) remain.
   # Measured: at most 0.033 over seeds 0-3.
   tol = 1e-5 if model.dtype == jnp.float32 else 5e-2
-  step = jax.jit(lambda tok, cache, t: decode.decode_step(model, tok, cache, t))
+  step = jax.jit(lambda tok, cache, t: search.decode_step(model, tok, cache, t))
   previous = jnp.full((2,), tokens.BOS_ID)
   for t in range(TARGETS.shape[1]):
     logits, cache = step(previous, cache, t)
@@ -592,10 +592,10 @@ def test_float32_matmuls_stay_float32():
 @pytest.mark.slow
 def test_bfloat16_decode_step_matmuls_take_bf16_operands():
   model = build(dtype="bfloat16")
-  cache = decode.init_cache(model, model.encode(INPUTS), INPUTS, max_length=5, beam_size=2)
+  cache = search.init_cache(model, model.encode(INPUTS), INPUTS, max_length=5, beam_size=2)
   cache["origin"] = jnp.repeat(cache["origin"], 2, axis=0)  # As beam search tiles it.
   tokens_in = jnp.full((4,), tokens.BOS_ID)
-  lowered = jax.jit(lambda t, c: decode.decode_step(model, t, c, 0)).lower(tokens_in, cache)
+  lowered = jax.jit(lambda t, c: search.decode_step(model, t, c, 0)).lower(tokens_in, cache)
   dots = hlo_dots(lowered.as_text(dialect="hlo"))
   # Per layer: Q, K, V, O of self-attention, Q and O of cross-attention,
   # 2 x (Q K^T, weights x V), 2 FFN; plus the logits.

@@ -275,13 +275,13 @@ def test_a_config_that_does_not_fit_exits_1_naming_the_bytes(tmp_path):
 
 def _tiny_resolved_config():
   from configs import quickstart
-  from transformer import train
+  from transformer import checks
   config = quickstart.get_config()
   config.unlock()
   config.model.update(TINY)
   config.data.max_length = 32
   config.data.batch_tokens = 256
-  return train.resolve_config(config)
+  return checks.resolve_config(config)
 
 
 def test_check_memory_compiles_nothing_where_devices_report_no_limit(monkeypatch):

@@ -6,6 +6,7 @@ corpus with a one-layer model.
 """
 
 import json
+import math
 import os
 import re
 import signal
@@ -19,39 +20,10 @@ import numpy as np
 import pytest
 
 from configs import quickstart
-from transformer import checkpoint, precision, sharding, train
+from transformer import checkpoint, checks, precision, sharding, train
 from transformer import metrics as metrics_lib
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
-# A one-layer model on a small generated corpus: a few seconds per run.
-TINY = {
-    "data.synthetic_train_size": 2000, "data.synthetic_dev_size": 24,
-    "data.synthetic_test_size": 24, "data.max_length": 32, "data.batch_tokens": 256,
-    "data.eval_batch_size": 16, "data.prefetch": 2,
-    "model.vocab_size": 256, "model.num_layers": 1, "model.d_model": 32, "model.d_ff": 64,
-    "model.num_heads": 2, "model.d_k": 16, "model.d_v": 16,
-    "train.num_steps": 6, "train.warmup_steps": 10, "train.log_every_steps": 1,
-    "train.eval_every_steps": 0, "train.eval_bleu_sentences": 0,
-    "train.checkpoint_every_steps": 3, "train.checkpoint_every_minutes": 0.0,
-    "train.keep_checkpoints": 5, "decode.beam_size": 1,
-}
-
-
-def tiny_config(**overrides):
-  config = quickstart.get_config()
-  for key, value in {**TINY, **overrides}.items():
-    section, field = key.split(".")
-    config[section][field] = value
-  return config
-
-
-def cli_args(workdir, **overrides):
-  flags = [f"--config.{k}={v}" for k, v in {**TINY, **overrides}.items()]
-  return [sys.executable, os.path.join(REPO, "train.py"),
-          "--config=" + os.path.join(REPO, "configs", "quickstart.py"),
-          f"--workdir={workdir}", *flags]
-
 
 def _env():
   return dict(os.environ, PYTHONPATH=REPO, JAX_PLATFORMS="cpu")
@@ -67,7 +39,7 @@ def losses(workdir):
 # ---------------------------------------------------------------------------
 
 
-def _setup(dropout_rate=0.1, dtype="auto", **train_overrides):
+def _setup(tiny_config, dropout_rate=0.1, dtype="auto", **train_overrides):
   config = tiny_config(**{f"train.{k}": v for k, v in train_overrides.items()})
   config.model.vocab_size = 32
   config.model.dropout_rate = dropout_rate
@@ -87,8 +59,23 @@ def _random_batch(rng, rows, vocab=32):
   return {"inputs": inputs, "targets": targets}
 
 
+def test_train_and_evaluate_runs_two_steps(tmp_path, tiny_config):
+  """Flax's train_test in the fast suite: two updates of ``train_and_evaluate``
+  on a tiny config, its checkpoint, metrics and test report."""
+  config = tiny_config(**{"train.num_steps": 2, "train.checkpoint_every_steps": 2,
+                          "data.synthetic_train_size": 300, "data.synthetic_test_size": 8,
+                          "data.synthetic_dev_size": 8})
+  workdir = str(tmp_path / "run")
+  final = train.train_and_evaluate(config, workdir)
+  assert final["step"] == 2 and math.isfinite(final["train/loss"]) and final["train/loss"] > 0
+  assert checkpoint.list_steps(workdir) == [2]
+  assert sorted(losses(workdir)) == [1, 2]
+  assert final["test/num_sentences"] == 8 and final["test/checkpoint_steps"] == [2]
+  assert os.path.isfile(os.path.join(workdir, "eval", "test.json"))
+
+
 @pytest.mark.slow
-def test_accumulation_equals_bigger_batch():
+def test_accumulation_equals_bigger_batch(tiny_config):
   rng = np.random.default_rng(0)
   a, b = _random_batch(rng, 4), _random_batch(rng, 4)
   big = {k: np.concatenate([a[k], b[k]]) for k in a}
@@ -96,7 +83,8 @@ def test_accumulation_equals_bigger_batch():
   def one_update(accumulate_steps, micro_batches):
     # float32: bf16 products (what "auto" picks on a CPU with bf16 instructions)
     # round the two micro-batches' gradients differently from the big batch's.
-    setup = _setup(dropout_rate=0.0, dtype="float32", accumulate_steps=accumulate_steps)
+    setup = _setup(tiny_config, dropout_rate=0.0, dtype="float32",
+                   accumulate_steps=accumulate_steps)
     state = train.init_state(setup)
     update = train.make_update_fn(setup)
     batches = [sharding.global_batch(mb, setup.mesh, setup.rules) for mb in micro_batches]
@@ -114,14 +102,15 @@ def test_accumulation_equals_bigger_batch():
     np.testing.assert_allclose(x, y, rtol=1e-5, atol=1e-7)
 
 
-def test_chunked_loss_gives_the_same_update():
+@pytest.mark.slow
+def test_chunked_loss_gives_the_same_update(tiny_config):
   """train.loss_chunk_tokens changes how the loss is computed, not the update:
   chunks of 8 tokens (2 of the 11 target positions of 4 rows: they do not
   divide them) against one chunk."""
   batch = _random_batch(np.random.default_rng(2), 4)
 
   def one_update(loss_chunk_tokens):
-    setup = _setup(dropout_rate=0.0, loss_chunk_tokens=loss_chunk_tokens)
+    setup = _setup(tiny_config, dropout_rate=0.0, loss_chunk_tokens=loss_chunk_tokens)
     state, metrics = train.make_update_fn(setup)(
         train.init_state(setup), [sharding.global_batch(batch, setup.mesh, setup.rules)])
     return jax.tree.map(np.asarray, state["params"]), jax.device_get(metrics)
@@ -137,8 +126,8 @@ def test_chunked_loss_gives_the_same_update():
 
 
 @pytest.mark.slow
-def test_tiny_batch_overfits():
-  setup = _setup(dropout_rate=0.0, warmup_steps=30, learning_rate_scale=0.2)
+def test_tiny_batch_overfits(tiny_config):
+  setup = _setup(tiny_config, dropout_rate=0.0, warmup_steps=30, learning_rate_scale=0.2)
   state = train.init_state(setup)
   update = train.make_update_fn(setup)
   batch = sharding.global_batch(_random_batch(np.random.default_rng(1), 2), setup.mesh,
@@ -160,7 +149,7 @@ def test_tiny_batch_overfits():
 
 
 @pytest.mark.slow
-def test_resume_is_bitwise_identical(tmp_path):
+def test_resume_is_bitwise_identical(tmp_path, tiny_config):
   straight, resumed = str(tmp_path / "straight"), str(tmp_path / "resumed")
   final = train.train_and_evaluate(tiny_config(), straight)
   train.train_and_evaluate(tiny_config(**{"train.num_steps": 3}), resumed)
@@ -189,7 +178,7 @@ def test_resume_is_bitwise_identical(tmp_path):
 
 
 @pytest.mark.slow
-def test_nan_loss_stops_and_keeps_last_good_checkpoint(tmp_path):
+def test_nan_loss_stops_and_keeps_last_good_checkpoint(tmp_path, tiny_config):
   workdir = str(tmp_path)
   config = tiny_config(**{"train.learning_rate_scale": 1e32, "train.num_steps": 20,
                           "train.checkpoint_every_steps": 1})
@@ -203,7 +192,7 @@ def test_nan_loss_stops_and_keeps_last_good_checkpoint(tmp_path):
 
 
 @pytest.mark.slow
-def test_changed_model_cannot_resume(tmp_path):
+def test_changed_model_cannot_resume(tmp_path, tiny_config):
   workdir = str(tmp_path)
   train.train_and_evaluate(tiny_config(**{"train.num_steps": 3}), workdir)
   with pytest.raises(ValueError, match="different model"):
@@ -211,7 +200,7 @@ def test_changed_model_cannot_resume(tmp_path):
 
 
 @pytest.mark.slow
-def test_a_run_trained_in_float32_resumes_in_bfloat16(tmp_path, caplog):
+def test_a_run_trained_in_float32_resumes_in_bfloat16(tmp_path, caplog, tiny_config):
   """The compute dtype is not the model's identity: "auto" resolves per machine."""
   workdir = str(tmp_path)
   train.train_and_evaluate(tiny_config(**{"train.num_steps": 3, "model.dtype": "float32"}),
@@ -229,7 +218,7 @@ def test_a_run_trained_in_float32_resumes_in_bfloat16(tmp_path, caplog):
 
 
 @pytest.mark.slow
-def test_bad_rerun_keeps_the_runs_config_and_checkpoints(tmp_path):
+def test_bad_rerun_keeps_the_runs_config_and_checkpoints(tmp_path, tiny_config):
   workdir = str(tmp_path)
   train.train_and_evaluate(tiny_config(**{"train.num_steps": 3}), workdir)
   saved = open(os.path.join(workdir, "config.json")).read()
@@ -247,9 +236,9 @@ def test_bad_rerun_keeps_the_runs_config_and_checkpoints(tmp_path):
     ({"model.positional_encoding": "learned", "model.max_len": 16},
      "longer than the learned positional embedding"),
 ])
-def test_impossible_train_config_is_one_clear_error(overrides, message):
+def test_impossible_train_config_is_one_clear_error(overrides, message, tiny_config):
   with pytest.raises(ValueError, match=message):
-    train.resolve_config(tiny_config(**overrides))
+    checks.resolve_config(tiny_config(**overrides))
 
 
 # ---------------------------------------------------------------------------
@@ -266,9 +255,9 @@ def _wait_for(predicate, process, timeout=120):
 
 
 @pytest.mark.slow
-def test_sigterm_saves_and_kill9_resumes(tmp_path):
+def test_sigterm_saves_and_kill9_resumes(tmp_path, tiny_cli_args):
   workdir = str(tmp_path)
-  args = cli_args(workdir, **{"train.num_steps": 100000, "train.checkpoint_every_steps": 1000})
+  args = tiny_cli_args(workdir, **{"train.num_steps": 100000, "train.checkpoint_every_steps": 1000})
   proc = subprocess.Popen(args, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                           text=True)
   _wait_for(lambda: len(losses(workdir)) >= 2, proc)
@@ -281,7 +270,7 @@ def test_sigterm_saves_and_kill9_resumes(tmp_path):
   stopped_at = steps[0]
 
   # Resume, checkpointing every step, and kill -9 at some moment.
-  args = cli_args(workdir, **{"train.num_steps": 100000, "train.checkpoint_every_steps": 1})
+  args = tiny_cli_args(workdir, **{"train.num_steps": 100000, "train.checkpoint_every_steps": 1})
   proc = subprocess.Popen(args, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                           text=True)
   _wait_for(lambda: max(losses(workdir)) >= stopped_at + 3, proc)
@@ -291,7 +280,7 @@ def test_sigterm_saves_and_kill9_resumes(tmp_path):
   assert latest > stopped_at
 
   # The same command (with a reachable end) resumes from the latest complete one.
-  args = cli_args(workdir, **{"train.num_steps": latest + 2})
+  args = tiny_cli_args(workdir, **{"train.num_steps": latest + 2})
   out = subprocess.run(args, env=_env(), capture_output=True, text=True, timeout=180)
   assert out.returncode == 0, out.stderr[-3000:]
   assert f"Resumed from step {latest}" in out.stderr
@@ -307,12 +296,12 @@ def _free_port():
 
 
 @pytest.mark.slow
-def test_two_processes(tmp_path):
+def test_two_processes(tmp_path, tiny_cli_args):
   workdir = str(tmp_path)
   port = _free_port()
   procs = [
       subprocess.Popen(
-          [*cli_args(workdir, **{"train.num_steps": 4, "train.eval_every_steps": 4,
+          [*tiny_cli_args(workdir, **{"train.num_steps": 4, "train.eval_every_steps": 4,
                                  "train.eval_bleu_sentences": 8}),
            f"--coordinator_address=localhost:{port}", "--num_processes=2",
            f"--process_id={i}"],
@@ -331,14 +320,14 @@ def test_two_processes(tmp_path):
 
 
 @pytest.mark.slow
-def test_two_processes_stop_together_when_process_0_fails(tmp_path):
+def test_two_processes_stop_together_when_process_0_fails(tmp_path, tiny_cli_args):
   # Process 0 cannot read the corpus; process 1 must not wait for it forever.
   workdir = str(tmp_path / "run")
   missing = str(tmp_path / "no_such_corpus")
   port = _free_port()
   procs = [
       subprocess.Popen(
-          [*cli_args(workdir, **{"data.source": "text", "data.dir": missing}),
+          [*tiny_cli_args(workdir, **{"data.source": "text", "data.dir": missing}),
            f"--coordinator_address=localhost:{port}", "--num_processes=2",
            f"--process_id={i}"],
           env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
@@ -393,9 +382,9 @@ def test_bfloat16_losses_track_float32_for_50_quickstart_steps(tmp_path):
 
 
 @pytest.mark.slow
-def test_mixed_precision_keeps_float32_params():
+def test_mixed_precision_keeps_float32_params(tiny_config):
   config = tiny_config(**{"model.dtype": "auto", "model.vocab_size": 32})
-  resolved = train.resolve_config(config)
+  resolved = checks.resolve_config(config)
   # "auto": float32 on a CPU without a bfloat16 matrix engine; bfloat16 with
   # one (AMX, AVX512-BF16) and on GPU/TPU. Resolved once, saved with the run.
   expected = "bfloat16" if precision.cpu_has_bf16_matmul() else "float32"
@@ -413,7 +402,7 @@ def test_mixed_precision_keeps_float32_params():
 
 
 @pytest.mark.slow
-def test_final_evaluation_averages_the_last_checkpoints(tmp_path):
+def test_final_evaluation_averages_the_last_checkpoints(tmp_path, tiny_config):
   # decode.average_last=3 with a checkpoint every step: the final test report
   # is the mean of steps 4-6 (§6.1), the same as evaluate.py --average_last=3.
   from transformer import evaluate as evaluate_lib

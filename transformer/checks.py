@@ -9,6 +9,7 @@ second, not a tokenizer, a compilation or a decoded test split:
                      and exit code 2
   check_config       every field of every section (model, data, train,
                      decode, the mesh) against its valid range
+  resolve_config     the checked config as a run uses it ("auto" resolved)
   check_workdir      the workdir is a directory this process can write
   error_line         any user error as the one line the CLIs print
 
@@ -313,6 +314,23 @@ def check_config(config: ml_collections.ConfigDict, *, num_devices: int | None =
   if config.decode.beam_size > m.vocab_size:
     raise ConfigError(f"decode.beam_size={config.decode.beam_size} is larger than the "
                       f"vocabulary (model.vocab_size={m.vocab_size}).")
+
+
+def resolve_config(config: ml_collections.ConfigDict, *, num_devices: int | None = None,
+                   platform: str | None = None) -> ml_collections.ConfigDict:
+  """The config as the run uses it (a locked copy), after ``check_config`` of
+  every field: ``model.dtype="auto"`` becomes bfloat16 on GPU/TPU and on a
+  CPU with a bfloat16 matrix engine, float32 on other CPUs (mixed precision:
+  params and Adam state stay ``model.param_dtype``). ``platform``: the kind
+  of device the run compiles for (default: JAX's default backend)."""
+  check_config(config, num_devices=num_devices, platform=platform)
+  config = ml_collections.ConfigDict(config.to_dict())
+  # Resolves "auto".
+  from transformer import precision
+
+  config.model.dtype = precision.dtype_name(config.model.dtype, platform)
+  config.lock()
+  return config
 
 
 # ---------------------------------------------------------------------------

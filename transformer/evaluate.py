@@ -14,7 +14,7 @@ Checkpoints are chosen, restored and averaged by transformer/checkpoint.py
 
 Sentences are decoded in batches of ``decode.batch_size`` sorted by source
 length (less padding, fewer steps per batch), and put back in input order.
-Translation results do not depend on the batching (see transformer/decode.py).
+Translation results do not depend on the batching (see transformer/search.py).
 """
 
 import json
@@ -31,11 +31,12 @@ from flax import nnx
 
 from transformer import bleu as bleu_lib
 from transformer import checkpoint as checkpoint_lib
-from transformer import checks, decode, precision
+from transformer import checks, precision, search
+from transformer import loss as loss_lib
 from transformer import model as model_lib
 from transformer.tokens import EOS_ID, PAD_ID
 
-# (B, S) source ids -> (B, L) output ids; decode.translate_batch by default.
+# (B, S) source ids -> (B, L) output ids; search.translate_batch by default.
 TranslateFn = Callable[[np.ndarray], np.ndarray]
 
 
@@ -64,7 +65,7 @@ def load_run_tokenizer(config, workdir: str):
   content) than that one is refused: its ids would mean other pieces.
   """
   from transformer import data
-  from transformer import tokenizer as tokenizer_lib
+  from transformer.data import tokenizer as tokenizer_lib
 
   trained_path = os.path.join(workdir, "tokenizer", "spm.model")
   saved = checkpoint_lib.load_config(workdir).data.get("tokenizer_path", "")
@@ -107,7 +108,7 @@ def _pad(rows: list[np.ndarray]) -> np.ndarray:
 
 
 def decode_options(decode_config, **overrides) -> dict:
-  """The search's arguments of ``decode.translate_batch`` from a ``config.decode``
+  """The search's arguments of ``search.translate_batch`` from a ``config.decode``
   section (beam_size, alpha, max_extra_length, min_length); ``overrides`` win."""
   options = {key: decode_config[key]
              for key in ("beam_size", "alpha", "max_extra_length", "min_length")}
@@ -126,7 +127,7 @@ def make_translate_fn(model, decode_config, **overrides) -> TranslateFn:
   model = model_lib.with_compute_dtype(model, precision.decode_dtype(decode_config, model.cfg))
 
   def translate(inputs):
-    return decode.translate_batch(model, inputs, **options)
+    return search.translate_batch(model, inputs, **options)
   return translate
 
 
@@ -154,7 +155,7 @@ def translate_sentences(translate_fn: TranslateFn, tokenizer, sentences: list[st
   sources = encode_sources(tokenizer, sentences)
   hypotheses = [None] * len(sources)
   for index, ids in translate_ids(translate_fn, sources, batch_size=batch_size):
-    hypotheses[index] = tokenizer.decode(ids)
+    hypotheses[index] = tokenizer.detokenize(ids)
   return hypotheses
 
 
@@ -346,6 +347,64 @@ def summary(report: dict) -> str:
 
 
 # ----------------------------------------------------------------------------
+# During training: dev loss and greedy BLEU, test BLEU at the end.
+# ----------------------------------------------------------------------------
+
+
+def loss_metrics(loss_sums: Callable[[dict], dict], batches) -> dict:
+  """loss, nll, perplexity, accuracy over whole batches; ``loss_sums(batch)``
+  gives a batch's summed loss and counts (``train.make_eval_fn``)."""
+  total = None
+  for batch in batches:
+    sums = loss_sums(batch)
+    total = sums if total is None else jax.tree.map(jnp.add, total, sums)
+  if total is None:
+    return {}
+  return {k: float(v) for k, v in loss_lib.summarize(total).items()}
+
+
+def dev_metrics(loss_sums: Callable[[dict], dict], model, tokenizer, batches, sources,
+                references, decode_config) -> dict:
+  """Dev loss on the whole dev split; greedy BLEU on ``sources`` (its first
+  sentences; ``config.decode`` with beam_size=1)."""
+  row = {f"dev/{k}": v for k, v in loss_metrics(loss_sums, batches).items()}
+  if sources:
+    translate_fn = make_translate_fn(model, decode_config, beam_size=1)
+    hypotheses = translate_sentences(translate_fn, tokenizer, sources,
+                                     batch_size=decode_config.batch_size)
+    row["dev/bleu"], _ = bleu_lib.sacrebleu_bleu(hypotheses, references)
+    row["dev/bleu_sentences"] = len(hypotheses)
+  return row
+
+
+def test_metrics(model, config, workdir: str, step: int) -> dict:
+  """Translates the whole test split with ``config.decode`` (beam 4, alpha 0.6),
+  writes DIR/eval/<split>.json and DIR/eval/<split>.hyp.txt (``evaluate``, the
+  code path of evaluate.py); returns test/* values. ``model``: the one trained
+  to ``step``.
+
+  With ``decode.average_last`` = N > 1 the model is the mean of the last N
+  checkpoints up to ``step`` (§6.1), chosen as ``evaluate.py`` without
+  ``--average_last`` chooses them (``checkpoint.select_steps``: the ones kept,
+  with a warning, when fewer than N are), so both give the same model.
+  """
+  steps = [step]
+  if config.decode.average_last > 1:
+    steps = checkpoint_lib.select_steps(workdir, config.decode.average_last, step,
+                                        exact=False)
+    if len(steps) > 1:
+      model, steps = checkpoint_lib.restore_model(
+          config.model, workdir, average_last=len(steps), step=step)
+  report = evaluate(config, workdir, split=config.data.test_split,
+                    name=config.data.test_split, model=model, steps=steps)
+  return {"test/bleu": report["bleu"], "test/bleu_tokenized": report["bleu_tokenized"],
+          "test/bleu_lowercase": report["bleu_lowercase"],
+          "test/empty_outputs": report["empty_outputs"],
+          "test/num_sentences": report["num_sentences"],
+          "test/checkpoint_steps": steps}
+
+
+# ----------------------------------------------------------------------------
 # Attention pictures (Figures 3-5).
 # ----------------------------------------------------------------------------
 
@@ -363,7 +422,7 @@ def attention_for_sentence(model, tokenizer, sentence: str, decode_config, **ove
 
   source = encode_sources(tokenizer, [sentence])[0]
   ids = make_translate_fn(model, decode_config, **overrides)(source[None])[0]
-  target = np.asarray(decode.strip_eos(ids) + [EOS_ID], np.int32)
+  target = np.asarray(search.strip_eos(ids) + [EOS_ID], np.int32)
   _, attention = nnx.jit(lambda m, x, y: m(x, y, return_attention=True))(
       model, jnp.asarray(source[None]), jnp.asarray(target[None]))
   attention = {k: [np.asarray(w[0], np.float32) for w in v] for k, v in attention.items()}
@@ -372,7 +431,7 @@ def attention_for_sentence(model, tokenizer, sentence: str, decode_config, **ove
     return [tokenizer.id_to_piece(i) for i in seq]
 
   decoder_inputs = [BOS_ID] + list(target[:-1])
-  return (tokenizer.decode(target), attention, pieces(source), pieces(target),
+  return (tokenizer.detokenize(target), attention, pieces(source), pieces(target),
           pieces(decoder_inputs))
 
 

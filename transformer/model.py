@@ -6,7 +6,7 @@ It computes the paper's function and nothing else: compute precision (the
 "auto" dtype, the mixed-precision ``matmul`` every projection uses, the
 attention kernel) is transformer/precision.py's, the checks of a config are
 transformer/checks.py's (a model trusts the config it is given), and the
-beam-search cache is decoding's (transformer/decode.py).
+beam-search cache is decoding's (transformer/search.py).
 
 Dimension legend (einsum letters and shape comments):
   B batch                     D d_model
@@ -92,9 +92,9 @@ class Transformer(nnx.Module):
   """Encoder-decoder Transformer (§3, Figure 1).
 
   Call it on a batch to get float32 logits (B, T, V) that predict ``targets``;
-  the decoder input is ``targets`` shifted right. Generation (transformer/
-  decode.py) calls ``encode``, ``embed_target``, the decoder layers'
-  sub-layers and ``logits``, and keeps its own key/value cache.
+  the decoder input is ``targets`` shifted right. Generation
+  (transformer/search.py) calls ``encode``, ``embed_target``, the decoder
+  layers' sub-layers and ``logits``, and keeps its own key/value cache.
   """
 
   def __init__(self, cfg, *, rngs, platform=None):

@@ -8,7 +8,7 @@ r"""Pre-flight planner: compile a run for GPUs or TPUs that are not there.
 On this CPU, it compiles the run's real train step (``train.make_update_fn``:
 the same mesh, logical-axis rules, batch shape, dtype, accumulation and
 donated state as training) and the cached beam-search step
-(``decode.decode_padded``) for N compile-only devices of the target, with
+(``search.decode_padded``) for N compile-only devices of the target, with
 XLA's own GPU or TPU compiler, and allocates and runs nothing. Per device it
 reports:
 
@@ -69,9 +69,9 @@ import numpy as np  # noqa: E402
 from flax import nnx  # noqa: E402
 from jax.sharding import NamedSharding, PartitionSpec  # noqa: E402
 
+from transformer import checks, precision, tokens  # noqa: E402
 from transformer import data as data_lib  # noqa: E402
-from transformer import decode as decode_lib  # noqa: E402
-from transformer import precision, tokens  # noqa: E402
+from transformer import search as search_lib  # noqa: E402
 from transformer import sharding as sharding_lib  # noqa: E402
 from transformer import train as train_lib  # noqa: E402
 
@@ -408,7 +408,7 @@ def compile_train_step(config, mesh) -> dict:
 
 
 def compile_beam_search(config, mesh) -> dict:
-  """Compiles the cached beam search of evaluation (``decode.decode_padded``)
+  """Compiles the cached beam search of evaluation (``search.decode_padded``)
   for ``decode.batch_size`` sentences of up to ``data.max_length`` tokens,
   parameters sharded as in training; returns its memory."""
   setup = train_lib.setup_state(config, mesh, abstract=True)
@@ -420,7 +420,7 @@ def compile_beam_search(config, mesh) -> dict:
 
   def search(params, rest, inputs, limits):
     model = nnx.merge(setup.graphdef, params, rest)
-    return decode_lib.decode_padded(model, inputs, limits, jnp.float32(d.alpha),
+    return search_lib.decode_padded(model, inputs, limits, jnp.float32(d.alpha),
                                     jnp.int32(d.min_length), beam_size=d.beam_size,
                                     max_length=max_length)
 
@@ -570,7 +570,7 @@ def make_plan(config: ml_collections.ConfigDict, target_name: str, num_devices: 
   ``max_batch_compiles``: the most compiles of the largest-batch search."""
   devices, topology = compile_only_devices(target_name, num_devices)
   target = TARGETS[target_name]
-  config = train_lib.resolve_config(config, num_devices=num_devices,
+  config = checks.resolve_config(config, num_devices=num_devices,
                                     platform=_platform(target))
   mesh = sharding_lib.make_mesh(config.train, devices=devices)
   rules = sharding_lib.logical_axis_rules(config.train)
@@ -760,8 +760,6 @@ def _define_flags():
 
 if __name__ == "__main__":
   from absl import app
-
-  from transformer import checks
 
   _define_flags()
 

@@ -17,7 +17,7 @@ activations and matmul operands are the compute dtype, ``model.dtype``:
 
 The model (transformer/model.py) only calls ``matmul`` with the dtype and
 kernel it was built for; the policy lives here and is resolved once, where the
-config is (``train.resolve_config``, checked by ``checks.check_config``).
+config is (``checks.resolve_config``, checked by ``checks.check_config``).
 """
 
 import functools

@@ -2,13 +2,18 @@
 
 One linear story, in the order of the banners below:
 
-  config    resolve and save the config; join a multi-host run
-  mesh      one device mesh, one logical-axis rules table (sharding.py)
+  config    the resumed run's config checked against this one
   state     params, Adam state, step and PRNG key as sharded jax.Arrays
   update    the jitted train step: label-smoothed loss (§5.4), gradient
-            accumulation over micro-batches, Adam with Eq. (3) (§5.3)
-  eval      dev loss/perplexity and greedy BLEU; test BLEU at the end
-  loop      checkpoints, logging, signals, NaN guard, resume
+            accumulation over micro-batches, Adam with Eq. (3) (§5.3), and
+            the dev loss's step
+  loop      checkpoints, logging, signals, NaN guard, resume; dev loss and
+            greedy BLEU every ``train.eval_every_steps``, test BLEU at the end
+            (``evaluate.dev_metrics``, ``evaluate.test_metrics``)
+
+The config is checked and resolved by ``checks.resolve_config``; the mesh and
+its rules are sharding.py's, checkpoints checkpoint.py's, the processes of a
+multi-host run multihost.py's.
 
 The train state is a plain dict of arrays, exactly what a checkpoint holds:
 
@@ -35,7 +40,6 @@ import optax
 from absl import logging
 from flax import nnx
 
-from transformer import bleu as bleu_lib
 from transformer import checkpoint as checkpoint_lib
 from transformer import checks, multihost, optim, orbax_logs, precision
 from transformer import data as data_lib
@@ -49,23 +53,8 @@ BATCH_KEYS = data_lib.FEATURES
 
 
 # ---------------------------------------------------------------------------
-# Config and processes.
+# The config of a resumed run.
 # ---------------------------------------------------------------------------
-
-
-def resolve_config(config: ml_collections.ConfigDict, *, num_devices: int | None = None,
-                   platform: str | None = None) -> ml_collections.ConfigDict:
-  """The config as the run uses it (a locked copy), after ``checks.check_config``
-  of every field: ``model.dtype="auto"`` becomes bfloat16 on GPU/TPU and on a
-  CPU with a bfloat16 matrix engine, float32 on other CPUs (mixed precision:
-  params and Adam state stay ``model.param_dtype``). ``platform``: the kind
-  of device the run compiles for (default: JAX's default backend)."""
-  checks.check_config(config, num_devices=num_devices, platform=platform)
-  config = ml_collections.ConfigDict(config.to_dict())
-  # Resolves "auto".
-  config.model.dtype = precision.dtype_name(config.model.dtype, platform)
-  config.lock()
-  return config
 
 
 # model.* fields a run may resume with changed: they leave the parameters'
@@ -103,14 +92,16 @@ def _check_resumed_config(workdir: str, config: ml_collections.ConfigDict):
 
 
 # ---------------------------------------------------------------------------
-# Model and sharded train state.
+# State: the model and the sharded train state.
 # ---------------------------------------------------------------------------
 
 
 @dataclasses.dataclass
 class TrainSetup:
-  """Everything the step functions close over."""
-  config: ml_collections.ConfigDict
+  """Everything the step functions close over: the sections they use, not the
+  whole config."""
+  train_config: ml_collections.ConfigDict  # config.train: the loss's and Adam's fields.
+  schedule: optax.Schedule  # Eq. (3), of config.train and model.d_model.
   mesh: jax.sharding.Mesh
   rules: tuple
   graphdef: nnx.GraphDef
@@ -170,8 +161,10 @@ def setup_state(config, mesh, *, abstract: bool = False) -> TrainSetup:
   else:
     # The RNG streams only (the parameters are computed and dropped by XLA).
     rest = jax.jit(lambda: init()[1], out_shardings=replicated)()
-  return TrainSetup(config=config, mesh=mesh, rules=rules, graphdef=graphdef, rest=rest,
-                    tx=tx, state_shardings=state_shardings, abstract_state=abstract_state,
+  schedule = optim.learning_rate_schedule(config.train, config.model.d_model)
+  return TrainSetup(train_config=config.train, schedule=schedule, mesh=mesh, rules=rules,
+                    graphdef=graphdef, rest=rest, tx=tx, state_shardings=state_shardings,
+                    abstract_state=abstract_state,
                     init_fn=jax.jit(init, out_shardings=(state_shardings, replicated)))
 
 
@@ -187,7 +180,7 @@ def make_model(setup: TrainSetup, params) -> nnx.Module:
 
 
 # ---------------------------------------------------------------------------
-# The update step (§5.3, §5.4).
+# Update: the train step (§5.3, §5.4) and the dev loss.
 # ---------------------------------------------------------------------------
 
 
@@ -206,7 +199,7 @@ def _loss_sums(setup, params, rest, batch, dropout_key, *, train: bool):
   weights = None
   if "index" in batch:  # Filler rows of an evaluation batch have index -1.
     weights = jnp.broadcast_to((batch["index"] >= 0)[:, None], batch["targets"].shape)
-  train_config = setup.config.train
+  train_config = setup.train_config
   # train.loss_chunk_tokens is per device; the loss sees the global batch.
   chunk_tokens = train_config.loss_chunk_tokens * sharding_lib.batch_divisor(
       setup.mesh, setup.rules)
@@ -244,10 +237,9 @@ def _apply(setup, state, grads, sums):
   params = optax.apply_updates(state["params"], updates)
   new_state = {"params": params, "opt_state": opt_state, "step": state["step"] + 1,
                "rng": state["rng"]}
-  schedule = optim.learning_rate_schedule(setup.config.train, setup.config.model.d_model)
   metrics = loss_lib.summarize(sums)
   metrics.update({
-      "learning_rate": schedule(state["step"] + 1),
+      "learning_rate": setup.schedule(state["step"] + 1),
       "grad_norm": optax.tree.norm(grads),
       "target_tokens": sums["num_tokens"],
   })
@@ -309,19 +301,16 @@ def make_update_fn(setup: TrainSetup) -> Callable:
 
 
 def make_eval_fn(setup: TrainSetup) -> Callable:
-  """``eval_sums(params, batch) -> sums`` with dropout off (jitted)."""
+  """``eval_sums(params, batch) -> sums`` with dropout off (jitted); the host
+  batch is placed on the mesh here."""
   replicated = sharding_lib.replicated(setup.mesh)
 
   def eval_sums(params, rest, batch):
     return _loss_sums(setup, params, rest, batch, None, train=False)
 
   jitted = jax.jit(eval_sums, out_shardings=replicated)
-  return lambda params, batch: jitted(params, setup.rest, batch)
-
-
-# ---------------------------------------------------------------------------
-# Evaluation: dev loss and BLEU, test BLEU.
-# ---------------------------------------------------------------------------
+  return lambda params, batch: jitted(
+      params, setup.rest, sharding_lib.replicated_batch(batch, setup.mesh, setup.rules))
 
 
 def _eval_batch_size(data_config, setup) -> int:
@@ -330,20 +319,8 @@ def _eval_batch_size(data_config, setup) -> int:
   return -(-data_config.eval_batch_size // divisor) * divisor
 
 
-def evaluate_loss(setup, eval_fn, params, batches) -> dict:
-  """dev/loss, dev/nll, dev/perplexity, dev/accuracy over whole batches."""
-  total = None
-  for batch in batches:
-    batch = sharding_lib.replicated_batch(batch, setup.mesh, setup.rules)
-    sums = eval_fn(params, batch)
-    total = sums if total is None else jax.tree.map(jnp.add, total, sums)
-  if total is None:
-    return {}
-  return {k: float(v) for k, v in loss_lib.summarize(total).items()}
-
-
 # ---------------------------------------------------------------------------
-# The training loop.
+# Loop: training, checkpoints, evaluation.
 # ---------------------------------------------------------------------------
 
 
@@ -389,7 +366,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   orbax_logs.quiet()
   requested_dtype = config.model.dtype
   # Every field, the workdir and the saved run, before any work.
-  config = resolve_config(config, num_devices=jax.device_count())
+  config = checks.resolve_config(config, num_devices=jax.device_count())
   t = config.train
   is_primary = jax.process_index() == 0
   checks.check_workdir(workdir, create=True)
@@ -430,7 +407,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   update = make_update_fn(setup)
   eval_fn = make_eval_fn(setup)
   num_params = sum(x.size for x in jax.tree.leaves(setup.abstract_state["params"]))
-  # The compute dtype as resolved by resolve_config (and saved in config.json).
+  # The compute dtype as resolved by checks.resolve_config (and saved in config.json).
   writer.info("Model: %s parameters (%s); compute dtype %s (model.dtype=%s); decoding "
               "in %s (decode.dtype=%s).", f"{num_params:,}", config.model.param_dtype,
               config.model.dtype, requested_dtype,
@@ -524,8 +501,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
           row["train/step_time_s"] = step_time
           eta = step_time * (t.num_steps - step)
         if is_eval:
-          row.update(_periodic_eval(setup, eval_fn, tokenizer, state["params"], *dev_data(),
-                                    config.decode))
+          row.update(evaluate_lib.dev_metrics(
+              functools.partial(eval_fn, state["params"]), make_model(setup, state["params"]),
+              tokenizer, *dev_data(), config.decode))
         if row:
           writer.write(step, row, eta_s=eta)
         if save_due or signalled:
@@ -552,7 +530,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
 
   # -- final evaluation ----------------------------------------------------------
   final = {"step": step, **{f"train/{k}": v for k, v in last.items()}}
-  final.update(evaluate_test(setup, state["params"], config, workdir, step))
+  final.update(evaluate_lib.test_metrics(make_model(setup, state["params"]), config,
+                                         workdir, step))
   writer.info(
       "Done at step %d (this process: %s); last train loss %s; %s BLEU %.2f on %d sentences -> %s",
       step, metrics_lib.format_duration(time.time() - writer.start_time),
@@ -562,44 +541,3 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
       os.path.join(workdir, "eval", f"{config.data.test_split}.json"))
   writer.close()
   return final
-
-
-def _periodic_eval(setup, eval_fn, tokenizer, params, dev_batches, dev_sources,
-                   dev_references, decode_config) -> dict:
-  """Dev loss on the whole dev split; greedy BLEU on its first sentences
-  (``config.decode`` with beam_size=1)."""
-  row = {f"dev/{k}": v for k, v in evaluate_loss(setup, eval_fn, params, dev_batches).items()}
-  if dev_sources:
-    translate_fn = evaluate_lib.make_translate_fn(
-        make_model(setup, params), decode_config, beam_size=1)
-    hypotheses = evaluate_lib.translate_sentences(
-        translate_fn, tokenizer, dev_sources, batch_size=decode_config.batch_size)
-    row["dev/bleu"], _ = bleu_lib.sacrebleu_bleu(hypotheses, dev_references)
-    row["dev/bleu_sentences"] = len(hypotheses)
-  return row
-
-
-def evaluate_test(setup, params, config, workdir, step) -> dict:
-  """Translates the whole test split with ``config.decode`` (beam 4, alpha 0.6),
-  writes DIR/eval/<split>.json and DIR/eval/<split>.hyp.txt through
-  ``transformer.evaluate`` (the code path of evaluate.py); returns test/* values.
-
-  With ``decode.average_last`` = N > 1 the model is the mean of the last N
-  checkpoints up to ``step`` (§6.1), chosen as ``evaluate.py`` without
-  ``--average_last`` chooses them (``checkpoint.select_steps``: the ones kept,
-  with a warning, when fewer than N are), so both give the same model.
-  """
-  model, steps = make_model(setup, params), [step]
-  if config.decode.average_last > 1:
-    steps = checkpoint_lib.select_steps(workdir, config.decode.average_last, step,
-                                        exact=False)
-    if len(steps) > 1:
-      model, steps = checkpoint_lib.restore_model(
-          config.model, workdir, average_last=len(steps), step=step)
-  report = evaluate_lib.evaluate(config, workdir, split=config.data.test_split,
-                                 name=config.data.test_split, model=model, steps=steps)
-  return {"test/bleu": report["bleu"], "test/bleu_tokenized": report["bleu_tokenized"],
-          "test/bleu_lowercase": report["bleu_lowercase"],
-          "test/empty_outputs": report["empty_outputs"],
-          "test/num_sentences": report["num_sentences"],
-          "test/checkpoint_steps": steps}

@@ -3,7 +3,8 @@
 One module per job:
   sources.py         raw parallel text, streamed in chunks (TFDS, text
                      folders, the generated corpus)
-  vocabulary.py      the shared SentencePiece tokenizer, trained once on a
+  synthetic.py       the generated EN->DE corpus (the quickstart's data)
+  tokenizer.py       the shared SentencePiece tokenizer, trained once on a
                      uniform sample of the whole training split
   token_cache.py     token ids of each split, tokenized once, streamed to
                      disk, mmapped
@@ -23,7 +24,7 @@ Sources (``config.data.source``):
   "text"       a folder (``data.dir``) of ``{split}.{lang}`` files, plain or
                ``.gz``, UTF-8, one sentence per line, line N of one language
                the translation of line N of the other.
-  "synthetic"  the project's generated EN->DE corpus (transformer/synthetic.py),
+  "synthetic"  the project's generated EN->DE corpus (transformer/data/synthetic.py),
                written once as ``{split}.{lang}`` files under the cache dir and
                then read exactly like "text". Splits: "train", "validation",
                "test"; languages "en", "de".
@@ -92,8 +93,8 @@ from transformer.data.eval_batches import eval_batches
 from transformer.data.packing import FEATURES, padding_efficiency
 from transformer.data.sources import load_split_text, read_lines
 from transformer.data.token_cache import TokenizedSplit, tokenize_split
+from transformer.data.tokenizer import load_tokenizer
 from transformer.data.train_iterator import TrainIterator, make_train_iterator, rows_for
-from transformer.data.vocabulary import load_tokenizer
 
 __all__ = [
     "FEATURES", "TokenizedSplit", "TrainIterator", "eval_batches",

@@ -13,7 +13,7 @@ import time
 
 from absl import logging
 
-from transformer import synthetic
+from transformer.data import synthetic
 
 SOURCES = ("tfds", "text", "synthetic")
 BATCHINGS = ("pack", "bucket")

@@ -1,4 +1,4 @@
-"""Tests for transformer/synthetic.py: the generated EN->DE corpus."""
+"""Tests for transformer/data/synthetic.py: the generated EN->DE corpus."""
 
 import os
 import random
@@ -6,7 +6,7 @@ import re
 
 import pytest
 
-from transformer import synthetic
+from transformer.data import synthetic
 
 
 def _capitalize(text):

@@ -1,4 +1,4 @@
-"""Tests for transformer/decode.py: greedy and beam search (§6.1).
+"""Tests for transformer/search.py: greedy and beam search (§6.1).
 
 The search algorithms are first checked on hand-made step functions whose
 next-token distribution depends on the whole prefix (through a hash carried in
@@ -14,7 +14,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from transformer import decode
+from transformer import search
 from transformer.tokens import BOS_ID, EOS_ID, PAD_ID
 
 VOCAB = 7  # PAD, EOS, UNK, BOS and three more; PAD and BOS are never emitted.
@@ -73,7 +73,7 @@ def exhaustive_best(table, source, limit, alpha, min_length=0):
 def run_beam(table, sources, limits, beam_size, alpha, max_length,
              early_termination=True, min_length=0):
   fn = jax.jit(functools.partial(
-      decode.beam_search_state, toy_step_fn(table), beam_size=beam_size,
+      search.beam_search_state, toy_step_fn(table), beam_size=beam_size,
       alpha=alpha, max_length=max_length, early_termination=early_termination,
       min_length=min_length))
   return fn(toy_cache(sources), jnp.asarray(limits, jnp.int32))
@@ -81,7 +81,7 @@ def run_beam(table, sources, limits, beam_size, alpha, max_length,
 
 def run_greedy(table, sources, limits, max_length, min_length=0):
   fn = jax.jit(functools.partial(
-      decode.greedy_search, toy_step_fn(table), max_length=max_length,
+      search.greedy_search, toy_step_fn(table), max_length=max_length,
       min_length=min_length))
   return fn(toy_cache(sources), jnp.asarray(limits, jnp.int32))
 
@@ -91,16 +91,16 @@ def strip(row):
 
 
 def test_length_penalty_formula():
-  np.testing.assert_allclose(decode.length_penalty(1, 0.6), 1.0)
+  np.testing.assert_allclose(search.length_penalty(1, 0.6), 1.0)
   np.testing.assert_allclose(
-      decode.length_penalty(7, 0.6), (12 / 6) ** 0.6, rtol=1e-6)
-  np.testing.assert_allclose(decode.length_penalty(20, 0.0), 1.0)
+      search.length_penalty(7, 0.6), (12 / 6) ** 0.6, rtol=1e-6)
+  np.testing.assert_allclose(search.length_penalty(20, 0.0), 1.0)
 
 
 def test_bucket():
-  assert [decode.bucket(n) for n in (0, 1, 8, 9, 16, 17, 100)] == [
+  assert [search.bucket(n) for n in (0, 1, 8, 9, 16, 17, 100)] == [
       8, 8, 8, 16, 16, 32, 128]
-  assert [decode.bucket(n, minimum=1) for n in (1, 2, 3, 5)] == [1, 2, 4, 8]
+  assert [search.bucket(n, minimum=1) for n in (1, 2, 3, 5)] == [1, 2, 4, 8]
 
 
 @pytest.mark.parametrize("alpha", [0.0, 0.6, 2.0])
@@ -199,7 +199,7 @@ def test_length_penalty_changes_the_choice_as_the_formula_says():
 
   def best(alpha):
     fn = jax.jit(functools.partial(
-        decode.beam_search, step_fn, beam_size=2, alpha=alpha, max_length=4))
+        search.beam_search, step_fn, beam_size=2, alpha=alpha, max_length=4))
     seqs, scores = fn({"dummy": jnp.zeros((1,))}, jnp.array([4]))
     return strip(seqs[0, 0]), float(scores[0, 0])
 
@@ -252,7 +252,7 @@ def test_output_respects_per_sentence_limit_and_never_emits_pad_or_bos():
   state = run_beam(table, [1, 2, 3, 4], limits, beam_size=3, alpha=0.6,
                    max_length=6)
   # With |Y| <= 1 only [EOS] exists: the other two slots stay empty.
-  np.testing.assert_array_equal(state.finished_scores[0, 1:], decode.NEG_INF)
+  np.testing.assert_array_equal(state.finished_scores[0, 1:], search.NEG_INF)
   for i, limit in enumerate(limits):
     for k in range(1 if limit == 1 else 3):
       seq = strip(state.finished_seqs[i, k])
@@ -324,20 +324,20 @@ def test_model_that_prefers_eos_gives_no_empty_translation_by_default(beam_size)
   inputs = np.array([[4, 5, 6, EOS_ID], [6, EOS_ID, PAD_ID, PAD_ID]])
   first = jax.nn.softmax(_forward(model, inputs, np.full((2, 1), EOS_ID))[:, 0])
   assert np.all(np.asarray(first)[:, EOS_ID] > 0.99)  # Most of the first-step mass.
-  paper = decode.translate_batch(model, inputs, beam_size=beam_size, min_length=0)
-  assert [decode.strip_eos(row) for row in paper] == [[], []]
-  default = decode.translate_batch(model, inputs, beam_size=beam_size)
+  paper = search.translate_batch(model, inputs, beam_size=beam_size, min_length=0)
+  assert [search.strip_eos(row) for row in paper] == [[], []]
+  default = search.translate_batch(model, inputs, beam_size=beam_size)
   # One real token (the most probable one after EOS), then EOS.
-  assert [len(decode.strip_eos(row)) for row in default] == [1, 1]
-  two = decode.translate_batch(model, inputs, beam_size=beam_size, min_length=2)
-  assert [len(decode.strip_eos(row)) for row in two] == [2, 2]
+  assert [len(search.strip_eos(row)) for row in default] == [1, 1]
+  two = search.translate_batch(model, inputs, beam_size=beam_size, min_length=2)
+  assert [len(search.strip_eos(row)) for row in two] == [2, 2]
 
 
 def test_output_limits_and_strip_eos():
   inputs = np.array([[5, 6, EOS_ID, 0], [EOS_ID, 0, 0, 0], [0, 0, 0, 0]])
-  np.testing.assert_array_equal(decode.output_limits(inputs, 50), [53, 51, 1])
-  assert decode.strip_eos([7, 8, EOS_ID, 0, 0]) == [7, 8]
-  assert decode.strip_eos([EOS_ID, 0]) == []
+  np.testing.assert_array_equal(search.output_limits(inputs, 50), [53, 51, 1])
+  assert search.strip_eos([7, 8, EOS_ID, 0, 0]) == [7, 8]
+  assert search.strip_eos([EOS_ID, 0]) == []
 
 
 # ----------------------------------------------------------------------------
@@ -388,12 +388,12 @@ def model_exhaustive_best(model, source, limit, alpha, min_length=0):
 
 
 def model_search(model, inputs, limits, search, max_length, **kwargs):
-  """Runs a search function of decode.py on the model's cache directly."""
+  """Runs a search function of search.py on the model's cache directly."""
   model.eval()
   inputs = jnp.asarray(inputs, jnp.int32)
-  cache = decode.init_cache(model, model.encode(inputs), inputs, max_length,
+  cache = search.init_cache(model, model.encode(inputs), inputs, max_length,
                             beam_size=kwargs.get("beam_size", 1))
-  step_fn = functools.partial(decode.decode_step, model)
+  step_fn = functools.partial(search.decode_step, model)
   fn = jax.jit(functools.partial(search, step_fn, max_length=max_length, **kwargs))
   return fn(cache, jnp.asarray(limits, jnp.int32))
 
@@ -406,12 +406,12 @@ def test_model_wide_beam_equals_exhaustive_search(alpha, min_length):
   # step, so a beam of 128 is exhaustive.
   model = tiny_model()
   inputs = np.array([[4, 5, EOS_ID], [6, EOS_ID, PAD_ID]])
-  ids, scores = decode.translate_batch(
+  ids, scores = search.translate_batch(
       model, inputs, beam_size=128, alpha=alpha, max_extra_length=1,
       min_length=min_length, return_scores=True)
   for i, (source, limit) in enumerate([(inputs[0], 4), (inputs[1], 3)]):
     want_seq, want_score = model_exhaustive_best(model, source, limit, alpha, min_length)
-    assert decode.strip_eos(ids[i]) + [EOS_ID] == want_seq
+    assert search.strip_eos(ids[i]) + [EOS_ID] == want_seq
     np.testing.assert_allclose(scores[i], want_score, rtol=1e-5)
 
 
@@ -421,9 +421,9 @@ def test_model_length_penalty_moves_the_choice_to_longer_outputs():
   inputs = np.array([[4, 5, EOS_ID], [6, EOS_ID, PAD_ID]])
   lengths = {}
   for alpha in (0.0, 3.0):
-    ids = decode.translate_batch(model, inputs, beam_size=128, alpha=alpha,
+    ids = search.translate_batch(model, inputs, beam_size=128, alpha=alpha,
                                  max_extra_length=1)
-    lengths[alpha] = [len(decode.strip_eos(row)) for row in ids]
+    lengths[alpha] = [len(search.strip_eos(row)) for row in ids]
   # Bigger alpha divides long hypotheses' (negative) log-probabilities more.
   assert all(a <= b for a, b in zip(lengths[0.0], lengths[3.0], strict=True))
   assert lengths[0.0] != lengths[3.0]
@@ -436,15 +436,15 @@ def test_model_beam_1_alpha_0_equals_greedy():
   inputs = rng.integers(4, 19, size=(6, 5)).astype(np.int32)
   inputs[:, -1] = EOS_ID
   inputs[3, 2:] = [EOS_ID, 0, 0]
-  limits = decode.output_limits(inputs, 10)
-  seqs, scores = model_search(model, inputs, limits, decode.beam_search,
+  limits = search.output_limits(inputs, 10)
+  seqs, scores = model_search(model, inputs, limits, search.beam_search,
                               max_length=15, beam_size=1, alpha=0.0)
-  greedy, logprobs = model_search(model, inputs, limits, decode.greedy_search,
+  greedy, logprobs = model_search(model, inputs, limits, search.greedy_search,
                                   max_length=15)
   np.testing.assert_array_equal(seqs[:, 0], greedy)
   np.testing.assert_allclose(scores[:, 0], logprobs, rtol=1e-5)
   # translate_batch with beam_size=1 is this greedy decoding.
-  ids = decode.translate_batch(model, inputs, beam_size=1, max_extra_length=10,
+  ids = search.translate_batch(model, inputs, beam_size=1, max_extra_length=10,
                                min_length=0)
   np.testing.assert_array_equal(ids, np.asarray(greedy)[:, :ids.shape[1]])
 
@@ -455,8 +455,8 @@ def test_model_early_termination_equals_running_to_max_length():
   rng = np.random.default_rng(1)
   inputs = rng.integers(4, 19, size=(4, 4)).astype(np.int32)
   inputs[:, -1] = EOS_ID
-  limits = decode.output_limits(inputs, 8)
-  runs = [model_search(model, inputs, limits, decode.beam_search_state,
+  limits = search.output_limits(inputs, 8)
+  runs = [model_search(model, inputs, limits, search.beam_search_state,
                        max_length=12, beam_size=4, alpha=0.6,
                        early_termination=early) for early in (True, False)]
   np.testing.assert_array_equal(runs[0].finished_seqs, runs[1].finished_seqs)
@@ -474,14 +474,14 @@ def test_model_sentence_decodes_the_same_alone_and_in_a_padded_batch(beam_size):
   for i, n in enumerate(lengths):
     inputs[i, :n - 1] = rng.integers(4, 19, size=n - 1)
     inputs[i, n - 1] = EOS_ID
-  batch = decode.translate_batch(model, inputs, beam_size=beam_size,
+  batch = search.translate_batch(model, inputs, beam_size=beam_size,
                                  max_extra_length=6)
-  assert decode.strip_eos(batch[3]) == [] and batch[3, 0] == EOS_ID
+  assert search.strip_eos(batch[3]) == [] and batch[3, 0] == EOS_ID
   for i, n in enumerate(lengths):
-    alone = decode.translate_batch(model, inputs[i:i + 1, :n],
+    alone = search.translate_batch(model, inputs[i:i + 1, :n],
                                    beam_size=beam_size, max_extra_length=6)
-    assert decode.strip_eos(batch[i]) == decode.strip_eos(alone[0])
-    assert len(decode.strip_eos(alone[0])) < n + 6
+    assert search.strip_eos(batch[i]) == search.strip_eos(alone[0])
+    assert len(search.strip_eos(alone[0])) < n + 6
 
 
 @pytest.mark.slow
@@ -489,9 +489,9 @@ def test_translate_batch_is_deterministic_and_keeps_the_model_mode():
   model = tiny_model(vocab_size=19, seed=4, dropout_rate=0.5)
   inputs = np.array([[5, 6, 7, EOS_ID]])
   model.eval()
-  want = decode.translate_batch(model, inputs, beam_size=4)
+  want = search.translate_batch(model, inputs, beam_size=4)
   model.train()  # Dropout on: decoding must still not use it.
-  np.testing.assert_array_equal(decode.translate_batch(model, inputs, beam_size=4), want)
+  np.testing.assert_array_equal(search.translate_batch(model, inputs, beam_size=4), want)
   assert model.source_dropout.deterministic is False
 
 
@@ -499,14 +499,14 @@ def test_translate_batch_is_deterministic_and_keeps_the_model_mode():
 def test_translate_batch_rejects_bad_arguments():
   model = tiny_model()
   with pytest.raises(ValueError, match="beam_size must be >= 1"):
-    decode.translate_batch(model, np.array([[4, EOS_ID]]), beam_size=0)
+    search.translate_batch(model, np.array([[4, EOS_ID]]), beam_size=0)
   with pytest.raises(ValueError, match="alpha must be >= 0"):
-    decode.translate_batch(model, np.array([[4, EOS_ID]]), alpha=-1.0)
+    search.translate_batch(model, np.array([[4, EOS_ID]]), alpha=-1.0)
   with pytest.raises(ValueError, match="min_length"):
-    decode.translate_batch(model, np.array([[4, EOS_ID]]), min_length=-1)
+    search.translate_batch(model, np.array([[4, EOS_ID]]), min_length=-1)
   learned = tiny_model(positional_encoding="learned", max_len=16)
   with pytest.raises(ValueError, match="model.max_len=16"):
-    decode.translate_batch(learned, np.array([[4, EOS_ID]]), max_extra_length=50)
+    search.translate_batch(learned, np.array([[4, EOS_ID]]), max_extra_length=50)
 
 
 def test_beam_search_neither_tiles_nor_reorders_the_shared_cache_entry():
@@ -519,6 +519,6 @@ def test_beam_search_neither_tiles_nor_reorders_the_shared_cache_entry():
     return logits, {"per_row": cache["per_row"] + 1, "shared": cache["shared"] + 1}
 
   cache = {"per_row": jnp.zeros((batch, 5)), "shared": jnp.zeros((batch, 7))}
-  decode.beam_search(step_fn, cache, jnp.array([3, 3]), beam_size=beams, alpha=0.6,
+  search.beam_search(step_fn, cache, jnp.array([3, 3]), beam_size=beams, alpha=0.6,
                      max_length=4)
   assert seen and all(shapes == ((batch * beams, 5), (batch, 7)) for shapes in seen)

@@ -24,7 +24,7 @@ English sentence, so train, validation and test never share a source sentence.
 ``write_corpus`` writes ``{split}.{en,de}`` files so that the generated corpus
 goes through the same text-folder path as real data.
 
-The first training pairs of seed 0 (``python -m transformer.synthetic --num=3``):
+The first training pairs of seed 0 (``python -m transformer.data.synthetic --num=3``):
   His black flower is hungry because a table helps four hundred and nineteen
   children that the black car likes.
   Seine schwarze Blume ist hungrig, weil ein Tisch vierhundertneunzehn
