@@ -81,7 +81,7 @@ _DTYPES = flags.DEFINE_list(
 # moved about 263 target tokens/s, 62% of that peak). The CPU targets set
 # against them: the train step at >= 70% of the matmul peak measured in the
 # same run, and beam 4 >= 1.3x faster than the reference as time x peak
-# (README.md, "Speed (benchmark)", says where they stand).
+# (docs/benchmarks.md, "Speed", says where they stand).
 FLAX_BEAM4_SECONDS = 3.6
 FLAX_MATMUL_PEAK = 160e9
 

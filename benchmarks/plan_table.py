@@ -1,4 +1,4 @@
-r"""The README's planner table: ``transformer.plan`` over a grid of runs.
+r"""The planner table of docs/wmt14.md: ``transformer.plan`` over a grid of runs.
 
   python benchmarks/plan_table.py --runs=base:h100:8:dp,big:h100:8:fsdp --max_batch \
       --json_out=/tmp/plans.json

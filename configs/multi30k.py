@@ -27,7 +27,7 @@ Run card
   evaluate on test2016.
 
   How the recipe was chosen (val sacreBLEU, beam 4, all 1014 sentences; the
-  full table with commands is in the README's Multi30k section):
+  full table with commands is in docs/results.md):
     1500 steps, warmup 1000, no averaging (the recipe before)    37.18
       (AMD EPYC Zen 5, 2026-12-02, 35 min; 36.52 on 2026-11-24 with the
       paper's search, which left 9 outputs empty)

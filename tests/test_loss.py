@@ -126,6 +126,7 @@ def test_chunked_loss_vs_float64_reference(chunk_tokens, one_pass):
   np.testing.assert_allclose(grad_w, 3.0 * d_w, rtol=1e-5, atol=1e-6)
 
 
+@pytest.mark.slow
 def test_chunked_loss_equals_the_loss_of_whole_logits():
   """Same sums and gradients as cross_entropy_sums of project(w, h), with
   mixed precision (bfloat16 hidden states, float32 weights) and chunks."""

@@ -251,6 +251,7 @@ def test_three_way_tying_and_untying():
   assert model.source_embedding is model.target_embedding
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("share_output_embedding", [True, False])
 def test_output_layer_of_the_hidden_states_gives_the_logits(share_output_embedding):
   """return_hidden and output_layer (the training loss's path) against the

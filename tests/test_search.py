@@ -387,14 +387,14 @@ def model_exhaustive_best(model, source, limit, alpha, min_length=0):
   return seqs[best], float(scores[best])
 
 
-def model_search(model, inputs, limits, search, max_length, **kwargs):
+def model_search(model, inputs, limits, search_fn, max_length, **kwargs):
   """Runs a search function of search.py on the model's cache directly."""
   model.eval()
   inputs = jnp.asarray(inputs, jnp.int32)
   cache = search.init_cache(model, model.encode(inputs), inputs, max_length,
                             beam_size=kwargs.get("beam_size", 1))
   step_fn = functools.partial(search.decode_step, model)
-  fn = jax.jit(functools.partial(search, step_fn, max_length=max_length, **kwargs))
+  fn = jax.jit(functools.partial(search_fn, step_fn, max_length=max_length, **kwargs))
   return fn(cache, jnp.asarray(limits, jnp.int32))
 
 
