@@ -64,7 +64,7 @@ def test_train_and_evaluate_runs_two_steps(tmp_path, tiny_config):
   on a tiny config, its checkpoint, metrics and test report."""
   config = tiny_config(**{"train.num_steps": 2, "train.checkpoint_every_steps": 2,
                           "data.synthetic_train_size": 300, "data.synthetic_test_size": 8,
-                          "data.synthetic_dev_size": 8})
+                          "data.synthetic_dev_size": 8, "model.dtype": "float32"})
   workdir = str(tmp_path / "run")
   final = train.train_and_evaluate(config, workdir)
   assert final["step"] == 2 and math.isfinite(final["train/loss"]) and final["train/loss"] > 0
