@@ -488,7 +488,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
         is_log = step % t.log_every_steps == 0 or step == t.num_steps
         is_eval = t.eval_every_steps > 0 and step % t.eval_every_steps == 0
         save_due, signalled = multihost.agree(checkpointer.due(step) or step == t.num_steps,
-                                     stop.received is not None)
+                                              stop.received is not None)
         if not (is_log or is_eval or save_due or signalled):
           continue
         last, pending = check(pending), None
