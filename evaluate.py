@@ -106,8 +106,9 @@ def _define_flags(argv):
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
-  from transformer import evaluate  # After flag parsing: JAX starts here.
+  from transformer import evaluate, orbax_logs  # After flag parsing: JAX starts here.
 
+  orbax_logs.quiet()  # Orbax's INFO lines of every restore.
   f = flags.FLAGS
 
   workdir = f.workdir
