@@ -50,7 +50,7 @@ from absl import app, flags
 from flax import nnx
 from ml_collections import config_flags
 
-from transformer import precision, tokens
+from transformer import checks, precision, tokens
 from transformer import search as search_lib
 from transformer import sharding as sharding_lib
 from transformer import summary as summary_lib
@@ -393,7 +393,8 @@ def main(argv):
       scaling_lengths=[int(n) for n in _SCALING.value],
       scaling_tokens=_SCALING_TOKENS.value,
       decode_lengths=[int(n) for n in _DECODE_LENGTHS.value], skip=_SKIP.value)
-  try:  # A bad dtype (unknown, or float16 on CPU) fails before any run.
+  try:  # A bad model field or dtype (unknown, or float16 on CPU) fails before any run.
+    checks.check_model_config(config.model)
     for name in _DTYPES.value or [config.model.dtype]:
       precision.dtype_name(name)
   except ValueError as e:

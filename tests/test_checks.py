@@ -213,6 +213,14 @@ def test_impossible_model_config_has_clear_error(field, value, message):
     checks.check_config(_model_config(**{field: value}), platform="cpu")
 
 
+def test_the_model_section_alone_is_checked_for_the_model_only_tools():
+  checks.check_model_config(_config().model)  # The summary and the benchmark's check.
+  with pytest.raises(checks.ConfigError, match="norm_position='Pre' is not one of"):
+    checks.check_model_config(_model_config(norm_position="Pre").model)
+  with pytest.raises(checks.ConfigError, match="must be even"):
+    checks.check_model_config(_model_config(d_model=15).model)
+
+
 def _literal(text):
   import re
   return re.escape(text)

@@ -223,21 +223,24 @@ def _check_fields(config):
     if section not in config or not _has_type(config[section], dict):
       raise ConfigError(f"The config has no {section!r} section (sections: "
                         f"{', '.join(sorted(RULES))}).")
-    values = config[section]
-    for name in values:
-      if name not in rules:
-        raise ConfigError(f"config.{section} has no field {name!r}{_closest(name, rules)}")
-    for name, (kind, test, meaning) in rules.items():
-      if name not in values:
-        raise ConfigError(f"config.{section}.{name} is missing.")
-      value = values[name]
-      if not _has_type(value, kind):
-        finite = " (finite)" if kind is float else ""
-        raise ConfigError(f"config.{section}.{name}={value!r} must be "
-                          f"{_TYPE_NAMES[kind]}{finite}.")
-      if not test(value):
-        verb = "is not" if meaning.startswith(_CHOICES) else "must be"
-        raise ConfigError(f"config.{section}.{name}={value!r} {verb} {meaning}.")
+    _check_section(section, config[section], rules)
+
+
+def _check_section(section, values, rules):
+  for name in values:
+    if name not in rules:
+      raise ConfigError(f"config.{section} has no field {name!r}{_closest(name, rules)}")
+  for name, (kind, test, meaning) in rules.items():
+    if name not in values:
+      raise ConfigError(f"config.{section}.{name} is missing.")
+    value = values[name]
+    if not _has_type(value, kind):
+      finite = " (finite)" if kind is float else ""
+      raise ConfigError(f"config.{section}.{name}={value!r} must be "
+                        f"{_TYPE_NAMES[kind]}{finite}.")
+    if not test(value):
+      verb = "is not" if meaning.startswith(_CHOICES) else "must be"
+      raise ConfigError(f"config.{section}.{name}={value!r} {verb} {meaning}.")
 
 
 def _check_mesh_shape(mesh_shape):
@@ -266,6 +269,17 @@ def _check_model(m, platform):
         "positional encoding (sin and cos pairs, §3.5).")
   if m.attention_impl == "dot_product_attention":
     precision.check_fused_attention(m, platform)
+
+
+def check_model_config(model_config: ml_collections.ConfigDict, *,
+                       platform: str | None = None):
+  """``check_config`` of the ``config.model`` section alone, for the tools
+  that only build a model (the parameter summary, the benchmark)."""
+  _check_section("model", model_config, RULES["model"])
+  try:
+    _check_model(model_config, platform)
+  except ValueError as e:
+    raise ConfigError(str(e)) from e
 
 
 def check_config(config: ml_collections.ConfigDict, *, num_devices: int | None = None,

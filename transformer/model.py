@@ -181,7 +181,8 @@ class Transformer(nnx.Module):
   def encode(self, inputs, inputs_segmentation=None, inputs_position=None,
              return_attention=False):
     """Encoder stack: (B, S) ids -> (B, S, D) representations.
-    ``return_attention``: the layers record their weights (see ``__call__``)."""
+    ``return_attention``: the layers record their weights, which only
+    ``__call__(..., return_attention=True)`` collects (inside ``nnx.capture``)."""
     segments, positions = _segments_and_positions(
         inputs, inputs_segmentation, inputs_position)
     x = self.embed_source(inputs, positions)
@@ -197,7 +198,8 @@ class Transformer(nnx.Module):
   def decode(self, encoded, inputs_segmentation, targets, targets_segmentation=None,
              targets_position=None, return_attention=False, return_hidden=False):
     """Decoder stack over the whole (shifted) target: float32 (B, T, V), or
-    with ``return_hidden`` its output (B, T, D) before the projection."""
+    with ``return_hidden`` its output (B, T, D) before the projection.
+    ``return_attention``: as in ``encode``."""
     segments, positions = _segments_and_positions(
         targets, targets_segmentation, targets_position)
     y = self.embed_target(shift_right(targets, segments), positions)

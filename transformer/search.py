@@ -19,7 +19,7 @@ also 1.
 Dimension letters (as in transformer/model.py, plus): W beam size (width),
 L maximum output length, N = B * W flattened rows fed to the model.
 
-Two layers:
+Three layers:
 
 * ``greedy_search`` and ``beam_search`` are pure JAX over a step function
   ``step_fn(tokens, cache, step) -> (logits, cache)`` (tokens: (N,) previous
@@ -362,8 +362,8 @@ def init_cache(model, encoded, inputs, max_length, beam_size=1):
      B * W rows, row b * W + j, and reorders it with the beams),
      "shared": per sentence, never reordered:
        {"encoder_mask": (B, S) bool,
-        "layers": [{"self_k_t": (B, H, W, L * W), "self_v": (B, H, L * W, J),
-                    "cross_k_t": (B, H, W, S), "cross_v": (B, H, S, J)}, ...]}}
+        "layers": [{"self_k_t": (B, H, K, L * W), "self_v": (B, H, L * W, J),
+                    "cross_k_t": (B, H, K, S), "cross_v": (B, H, S, J)}, ...]}}
   """
   batch = encoded.shape[0]
   layers = []

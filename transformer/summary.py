@@ -111,6 +111,12 @@ def main(argv):
   config = _CONFIG.value
   if config is None:
     sys.exit("Pass --config=configs/<file>.py[:variant].")
+  from transformer import checks
+
+  try:
+    checks.check_model_config(config.model)
+  except checks.ConfigError as e:
+    sys.exit(f"error: {e}")
   summary = summarize(config.model, _SEQ_LEN.value)
   if _JSON.value:
     print(json.dumps(summary))
