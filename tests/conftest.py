@@ -94,6 +94,19 @@ def tiny_cli_args():
   return _tiny_cli_args
 
 
+def _train_losses(workdir):
+  from transformer import metrics
+
+  return {r["step"]: r["train/loss"] for r in metrics.read_metrics(workdir)
+          if "train/loss" in r}
+
+
+@pytest.fixture(scope="session")
+def train_losses():
+  """``train_losses(workdir)``: {step: train/loss} of a run's metrics.jsonl."""
+  return _train_losses
+
+
 @pytest.fixture(scope="session")
 def trained_run(tmp_path_factory):
   """A tiny run trained once for the session: 6 steps, checkpoints at 3 and

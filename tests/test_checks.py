@@ -380,13 +380,6 @@ def test_evaluate_malformed_config_json_is_one_line(tmp_path):
 # ---------------------------------------------------------------------------
 
 
-def _losses(workdir):
-  from transformer import metrics
-
-  return {r["step"]: r["train/loss"] for r in metrics.read_metrics(workdir)
-          if "train/loss" in r}
-
-
 def _digest(workdir):
   digests = {}
   for root, _, files in os.walk(workdir):
@@ -469,8 +462,8 @@ def _final_params(workdir):
 @pytest.mark.slow
 @pytest.mark.parametrize("kind", ["truncated array file", "missing manifest",
                                   "empty data state"])
-def test_damaged_newest_checkpoint_resumes_from_the_intact_one(trained_run, tmp_path, kind,
-                                                               tiny_flags):
+def test_damaged_newest_checkpoint_resumes_from_the_intact_one(trained_run, tmp_path,
+                                                               kind, tiny_flags, train_losses):
   import numpy as np
 
   workdir = str(tmp_path / "run")
@@ -489,7 +482,7 @@ def test_damaged_newest_checkpoint_resumes_from_the_intact_one(trained_run, tmp_
   assert {k: v for k, v in after.items() if k.startswith("checkpoints/3/")} == intact
   assert os.path.isdir(os.path.join(workdir, checkpoint_lib.DAMAGED_DIR, "6"))
   assert checkpoint_lib.list_steps(workdir) == [3, 6]
-  assert _losses(workdir) == _losses(trained_run)
+  assert train_losses(workdir) == train_losses(trained_run)
   for a, b in zip(_final_params(workdir), _final_params(trained_run), strict=True):
     np.testing.assert_array_equal(a, b)
 

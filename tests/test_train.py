@@ -29,11 +29,6 @@ def _env():
   return dict(os.environ, PYTHONPATH=REPO, JAX_PLATFORMS="cpu")
 
 
-def losses(workdir):
-  return {r["step"]: r["train/loss"] for r in metrics_lib.read_metrics(workdir)
-          if "train/loss" in r}
-
-
 # ---------------------------------------------------------------------------
 # The update step.
 # ---------------------------------------------------------------------------
@@ -59,7 +54,7 @@ def _random_batch(rng, rows, vocab=32):
   return {"inputs": inputs, "targets": targets}
 
 
-def test_train_and_evaluate_runs_two_steps(tmp_path, tiny_config):
+def test_train_and_evaluate_runs_two_steps(tmp_path, tiny_config, train_losses):
   """Flax's train_test in the fast suite: two updates of ``train_and_evaluate``
   on a tiny config, its checkpoint, metrics and test report."""
   config = tiny_config(**{"train.num_steps": 2, "train.checkpoint_every_steps": 2,
@@ -69,7 +64,7 @@ def test_train_and_evaluate_runs_two_steps(tmp_path, tiny_config):
   final = train.train_and_evaluate(config, workdir)
   assert final["step"] == 2 and math.isfinite(final["train/loss"]) and final["train/loss"] > 0
   assert checkpoint.list_steps(workdir) == [2]
-  assert sorted(losses(workdir)) == [1, 2]
+  assert sorted(train_losses(workdir)) == [1, 2]
   assert final["test/num_sentences"] == 8 and final["test/checkpoint_steps"] == [2]
   assert os.path.isfile(os.path.join(workdir, "eval", "test.json"))
 
@@ -149,14 +144,14 @@ def test_tiny_batch_overfits(tiny_config):
 
 
 @pytest.mark.slow
-def test_resume_is_bitwise_identical(tmp_path, tiny_config):
+def test_resume_is_bitwise_identical(tmp_path, tiny_config, train_losses):
   straight, resumed = str(tmp_path / "straight"), str(tmp_path / "resumed")
   final = train.train_and_evaluate(tiny_config(), straight)
   train.train_and_evaluate(tiny_config(**{"train.num_steps": 3}), resumed)
   assert checkpoint.list_steps(resumed) == [3]
   train.train_and_evaluate(tiny_config(), resumed)
 
-  a, b = losses(straight), losses(resumed)
+  a, b = train_losses(straight), train_losses(resumed)
   assert sorted(a) == sorted(b) == [1, 2, 3, 4, 5, 6]
   assert a == b  # Bitwise: dropout keys come from (seed, step), data from its state.
   for x, y in zip(jax.tree.leaves(checkpoint.restore_params(straight, 6)),
@@ -255,12 +250,12 @@ def _wait_for(predicate, process, timeout=120):
 
 
 @pytest.mark.slow
-def test_sigterm_saves_and_kill9_resumes(tmp_path, tiny_cli_args):
+def test_sigterm_saves_and_kill9_resumes(tmp_path, tiny_cli_args, train_losses):
   workdir = str(tmp_path)
   args = tiny_cli_args(workdir, **{"train.num_steps": 100000, "train.checkpoint_every_steps": 1000})
   proc = subprocess.Popen(args, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                           text=True)
-  _wait_for(lambda: len(losses(workdir)) >= 2, proc)
+  _wait_for(lambda: len(train_losses(workdir)) >= 2, proc)
   proc.send_signal(signal.SIGTERM)
   _, err = proc.communicate(timeout=60)
   assert proc.returncode == 0, err[-3000:]
@@ -273,7 +268,7 @@ def test_sigterm_saves_and_kill9_resumes(tmp_path, tiny_cli_args):
   args = tiny_cli_args(workdir, **{"train.num_steps": 100000, "train.checkpoint_every_steps": 1})
   proc = subprocess.Popen(args, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                           text=True)
-  _wait_for(lambda: max(losses(workdir)) >= stopped_at + 3, proc)
+  _wait_for(lambda: max(train_losses(workdir)) >= stopped_at + 3, proc)
   proc.kill()
   proc.communicate()
   latest = max(checkpoint.list_steps(workdir))
@@ -296,7 +291,7 @@ def _free_port():
 
 
 @pytest.mark.slow
-def test_two_processes(tmp_path, tiny_cli_args):
+def test_two_processes(tmp_path, tiny_cli_args, train_losses):
   workdir = str(tmp_path)
   port = _free_port()
   procs = [
@@ -313,7 +308,7 @@ def test_two_processes(tmp_path, tiny_cli_args):
   assert "process 0 of 2; devices: 2 global, 1 local" in outputs[0][1]
   assert checkpoint.list_steps(workdir) == [3, 4]
   # Only process 0 logs metrics: one row per step.
-  assert sorted(losses(workdir)) == [1, 2, 3, 4]
+  assert sorted(train_losses(workdir)) == [1, 2, 3, 4]
   assert metrics_lib.read_metrics(workdir)[-1]["dev/bleu_sentences"] == 8
   assert "Done at step 4" in outputs[0][1] and "Done at" not in outputs[1][1]
   assert json.load(open(os.path.join(workdir, "eval", "test.json")))["num_sentences"] == 24
@@ -358,7 +353,7 @@ def test_quickstart_end_to_end(tmp_path):
 
 
 @pytest.mark.slow
-def test_bfloat16_losses_track_float32_for_50_quickstart_steps(tmp_path):
+def test_bfloat16_losses_track_float32_for_50_quickstart_steps(tmp_path, train_losses):
   """The quickstart model, 50 steps, the same data and dropout masks: the
   bfloat16 run's loss stays within 2% of float32's at every step (measured:
   at most 0.4%, 0.015 nats, on an AMD EPYC, 2026-11-25)."""
@@ -373,7 +368,7 @@ def test_bfloat16_losses_track_float32_for_50_quickstart_steps(tmp_path):
       section, field = key.split(".")
       config[section][field] = value
     train.train_and_evaluate(config, str(tmp_path / dtype))
-    runs[dtype] = losses(str(tmp_path / dtype))
+    runs[dtype] = train_losses(str(tmp_path / dtype))
   assert sorted(runs["float32"]) == sorted(runs["bfloat16"]) == list(range(1, 51))
   f32 = np.array([runs["float32"][s] for s in range(1, 51)])
   bf16 = np.array([runs["bfloat16"][s] for s in range(1, 51)])
