@@ -17,10 +17,10 @@ import pytest
 from transformer import plan  # Puts <venv>/planner on sys.path.
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-HAVE_CUDA = importlib.util.find_spec("jax_plugins.xla_cuda12") is not None
+HAVE_CUDA = plan.cuda_plugin() is not None
 HAVE_TPU = importlib.util.find_spec("libtpu") is not None
 needs_cuda = pytest.mark.skipif(
-    not HAVE_CUDA, reason=f"needs jax-cuda12-plugin (compile-only GPUs): {plan.INSTALL}")
+    not HAVE_CUDA, reason=f"needs jax-cuda13-plugin (compile-only GPUs): {plan.INSTALL}")
 needs_tpu = pytest.mark.skipif(
     not HAVE_TPU, reason=f"needs libtpu (compile-only TPUs): {plan.INSTALL}")
 

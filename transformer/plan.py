@@ -40,7 +40,8 @@ installed into ``<venv>/planner`` so that ordinary runs never load them:
 
   pip install --no-deps --target=.venv/planner -r requirements-planner.txt
 
-(or on the path: a machine with ``jax[cuda12]`` installed has them already).
+(or on the path: a machine with ``jax[cuda13]`` or ``jax[cuda12]`` installed has them
+already).
 """
 
 import os
@@ -145,6 +146,14 @@ def gpu_topology(num_devices: int) -> str:
   return f"1x{num_devices // 8}x8"
 
 
+def cuda_plugin() -> str | None:
+  """The JAX CUDA plugin module on the path (CUDA 13 or 12), or None."""
+  for name in ("jax_plugins.xla_cuda13", "jax_plugins.xla_cuda12"):
+    if importlib.util.find_spec(name) is not None:
+      return name
+  return None
+
+
 def compile_only_devices(target_name: str, num_devices: int):
   """(devices, topology) of ``num_devices`` compile-only devices of a target."""
   if target_name not in TARGETS:
@@ -154,11 +163,11 @@ def compile_only_devices(target_name: str, num_devices: int):
   target = TARGETS[target_name]
   from jax.experimental import topologies
   if target.platform == "cuda":
-    if importlib.util.find_spec("jax_plugins.xla_cuda12") is None:
+    if cuda_plugin() is None:
       raise PlanError(
           f"Compiling for {target.name} needs JAX's CUDA plugin "
-          f"(jax-cuda12-plugin=={jax.__version__}, with jax-cuda12-pjrt and ptxas from "
-          f"nvidia-cuda-nvcc-cu12); install it with: {INSTALL}")
+          f"(jax-cuda13-plugin=={jax.__version__}, with jax-cuda13-pjrt and ptxas from "
+          f"nvidia-cuda-nvcc); install it with: {INSTALL}")
     with open(os.path.join(TARGET_DIR, target.spec)) as f:
       spec = f.read()
     topology = gpu_topology(num_devices)
@@ -579,7 +588,20 @@ def make_plan(config: ml_collections.ConfigDict, target_name: str, num_devices: 
   log(f"Compiling the train step of {config.model.num_layers}-layer d_model="
       f"{config.model.d_model} for {num_devices} x {target.name} ({topology}), mesh "
       f"{dict(mesh.shape)} ...")
-  train = compile_train_step(config, mesh)
+  attention_note = None
+  try:
+    train = compile_train_step(config, mesh)
+  except jax.errors.JaxRuntimeError as e:
+    if "deviceless cuDNN" not in str(e):
+      raise
+    # jax >= 0.12's XLA builds cuDNN's fused attention at compile time, which
+    # needs a GPU's cuDNN handle: with none, the einsums stand in (the same
+    # function; on a GPU cuDNN's kernel moves fewer bytes than this estimate).
+    config.model.attention_impl = "einsum"
+    attention_note = ("cuDNN's fused attention does not compile without a GPU in this "
+                      f"JAX ({jax.__version__}): the einsums are compiled in its place")
+    log(f"  ({attention_note})")
+    train = compile_train_step(config, mesh)
   peak = _step_peak(train)
   plan = {
       "target": target_name, "device": target.name, "devices": num_devices,
@@ -587,6 +609,7 @@ def make_plan(config: ml_collections.ConfigDict, target_name: str, num_devices: 
       "attention_impl": config.model.attention_impl,
       "attention": precision.fused_attention_implementation(
           config.model, _platform(target)) or "einsum",
+      "attention_note": attention_note,
       "fsdp": bool(config.train.fsdp),
       "batch": {"batch_tokens": config.data.batch_tokens, "rows": train["rows"],
                 "length": train["length"], "rows_per_split": train["rows"] // divisor,
@@ -665,7 +688,8 @@ def format_plan(plan) -> str:
   lines = [
       f"Plan: {plan['devices']} x {plan['device']} (topology {plan['topology']}), mesh "
       f"{plan['mesh']}, {plan['dtype']}, fsdp={plan['fsdp']}, attention "
-      f"{plan['attention_impl']} ({plan['attention']}); {plan['num_parameters']:,} parameters.",
+      f"{plan['attention_impl']} ({plan['attention']}); {plan['num_parameters']:,} parameters."
+      + (f"\n({plan['attention_note']}.)" if plan.get("attention_note") else ""),
       f"Batch: {b['rows']} rows x {b['length']} tokens per side ({b['rows_per_split']} rows "
       f"per batch split) x {b['accumulate_steps']} micro-batch(es) per update.",
       "",
