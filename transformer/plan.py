@@ -597,7 +597,7 @@ def make_plan(config: ml_collections.ConfigDict, target_name: str, num_devices: 
     # jax >= 0.12's XLA builds cuDNN's fused attention at compile time, which
     # needs a GPU's cuDNN handle: with none, the einsums stand in (the same
     # function; on a GPU cuDNN's kernel moves fewer bytes than this estimate).
-    config.model.attention_impl = "einsum"
+    config.model.attention_impl = "xla"
     attention_note = ("cuDNN's fused attention does not compile without a GPU in this "
                       f"JAX ({jax.__version__}): the einsums are compiled in its place")
     log(f"  ({attention_note})")
