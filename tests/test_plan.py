@@ -229,6 +229,14 @@ def test_fsdp_divides_the_state_and_gathers_instead_of_all_to_all(plans):
 @needs_cuda
 @pytest.mark.parametrize("run", ["h100x1_cudnn", "h100x1"])  # dot_product_attention, auto
 def test_dot_product_attention_and_auto_are_cudnn_fused_attention_on_gpu(plans, run):
+  if plans[run]["attention_note"]:
+    # JAX >= 0.12 builds cuDNN attention while compiling, which needs a GPU: the
+    # plan compiles the einsums in its place and says so.
+    assert "cuDNN" in plans[run]["attention_note"] and plans[run]["attention"] == "einsum"
+    assert plans[run]["attention_impl"] == ("dot_product_attention" if "cudnn" in run
+                                            else "auto")
+    assert not any(k.startswith("__cudnn$fmha") for k in plans[run]["custom_calls"]["update"])
+    return
   calls = plans[run]["custom_calls"]["update"]
   forward = [k for k in calls if k.startswith("__cudnn$fmha") and "Backward" not in k]
   backward = [k for k in calls if k.startswith("__cudnn$fmha") and "Backward" in k]

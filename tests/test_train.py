@@ -290,7 +290,22 @@ def _free_port():
     return s.getsockname()[1]
 
 
-@pytest.mark.slow
+# Two training processes on localhost (gloo collectives on the CPU) hang in
+# their first multihost.primary_first broadcast on jax 0.12.1 (found
+# 2026-12-06, not diagnosed: a bare two-process broadcast_one_to_all script
+# passes there); they pass on jax 0.11.2, where .ci/run runs them
+# (`-m "not slow or multiprocess"` in .venv-oldest). docs/troubleshooting.md.
+MULTIPROCESS_HANGS = tuple(int(x) for x in jax.__version__.split(".")[:2]) >= (0, 12)
+multiprocess = [
+    pytest.mark.slow, pytest.mark.multiprocess,
+    pytest.mark.skipif(MULTIPROCESS_HANGS, reason=(
+        f"two CPU processes hang in their first broadcast on jax {jax.__version__}; "
+        "run on jax 0.11.2 by .ci/run's .venv-oldest"))]
+
+
+@multiprocess[0]
+@multiprocess[1]
+@multiprocess[2]
 def test_two_processes(tmp_path, tiny_cli_args, train_losses):
   workdir = str(tmp_path)
   port = _free_port()
@@ -314,7 +329,9 @@ def test_two_processes(tmp_path, tiny_cli_args, train_losses):
   assert json.load(open(os.path.join(workdir, "eval", "test.json")))["num_sentences"] == 24
 
 
-@pytest.mark.slow
+@multiprocess[0]
+@multiprocess[1]
+@multiprocess[2]
 def test_two_processes_stop_together_when_process_0_fails(tmp_path, tiny_cli_args):
   # Process 0 cannot read the corpus; process 1 must not wait for it forever.
   workdir = str(tmp_path / "run")

@@ -588,7 +588,7 @@ def make_plan(config: ml_collections.ConfigDict, target_name: str, num_devices: 
   log(f"Compiling the train step of {config.model.num_layers}-layer d_model="
       f"{config.model.d_model} for {num_devices} x {target.name} ({topology}), mesh "
       f"{dict(mesh.shape)} ...")
-  attention_note = None
+  attention_note, attention_impl = None, config.model.attention_impl
   try:
     train = compile_train_step(config, mesh)
   except jax.errors.JaxRuntimeError as e:
@@ -606,7 +606,7 @@ def make_plan(config: ml_collections.ConfigDict, target_name: str, num_devices: 
   plan = {
       "target": target_name, "device": target.name, "devices": num_devices,
       "topology": topology, "mesh": dict(mesh.shape), "dtype": config.model.dtype,
-      "attention_impl": config.model.attention_impl,
+      "attention_impl": attention_impl,
       "attention": precision.fused_attention_implementation(
           config.model, _platform(target)) or "einsum",
       "attention_note": attention_note,
