@@ -148,6 +148,8 @@ def gpu_topology(num_devices: int) -> str:
 
 def cuda_plugin() -> str | None:
   """The JAX CUDA plugin module on the path (CUDA 13 or 12), or None."""
+  if importlib.util.find_spec("jax_plugins") is None:  # Without it find_spec raises.
+    return None
   for name in ("jax_plugins.xla_cuda13", "jax_plugins.xla_cuda12"):
     if importlib.util.find_spec(name) is not None:
       return name
