@@ -14,8 +14,8 @@ versions and the device, and printed as a short table:
                backward = 2 x forward) and from XLA's count, the real peak
                memory (``peak_bytes_in_use``), each beside the planner's
                compile-time figures for the same program on this device
-               (plan.compile_train_step and plan.roofline with the target's
-               published peaks).
+               (compiled.report of the program the steps ran, and
+               plan.roofline with the target's published peaks).
   attention    cuDNN's fused attention (attention_impl=dot_product_attention)
                against the einsums from the same parameters: the loss, the
                logits and every gradient (max |diff| and relative norm of the
@@ -124,7 +124,7 @@ class Step:
     import jax
 
     from benchmarks import benchmark
-    from transformer import checks, plan
+    from transformer import checks
     from transformer import sharding as sharding_lib
     from transformer import train as train_lib
     config.data.batch_tokens = int(batch_tokens)
@@ -133,8 +133,8 @@ class Step:
     self.mesh = sharding_lib.make_mesh(config.train, devices=jax.devices()[:1])
     self.setup = train_lib.setup_state(config, self.mesh)
     self.update = train_lib.make_update_fn(self.setup)
-    self.rows = plan.train_batch_rows(config, self.mesh, self.setup.rules)
-    self.length = config.data.max_length
+    self.shapes = train_lib.batch_shapes(config.data, self.setup)
+    self.rows, self.length = self.shapes["targets"].shape
     self.batches = [sharding_lib.global_batch(
         benchmark.random_batch(self.rows, self.length, config.model.vocab_size, seed=i),
         self.mesh, self.setup.rules) for i in range(2)]
@@ -164,7 +164,7 @@ def planner_target(device_kind: str):
 def measure_train(config, batch_tokens, steps, log) -> dict:
   import jax
 
-  from transformer import plan, precision
+  from transformer import compiled, plan, precision
   from transformer import summary as summary_lib
   device = jax.devices()[0]
   start = time.perf_counter()
@@ -176,7 +176,10 @@ def measure_train(config, batch_tokens, steps, log) -> dict:
   median = _median(seconds)
   slots = step.rows * step.length
   model_flops = 3 * summary_lib.flops_per_token(cfg, step.length) * slots
-  report = plan.compile_train_step(step.config, step.mesh)  # The same program, again.
+  # The program the steps ran (compiled once: jit's cache holds it).
+  report = {"programs": {name: compiled.report(lowered.compile())
+                         for name, lowered in step.update.lower(step.shapes).items()},
+            "rows": step.rows, "length": step.length}
   program = report["programs"]["update"]
   key = planner_target(device.device_kind)
   target = plan.TARGETS[key] if key else None
@@ -361,8 +364,8 @@ def run_check(*, sections=SECTIONS, tiny=False, batch_tokens=(3125, 25000), step
 
   started = time.perf_counter()
   if not jax.config.jax_compilation_cache_dir:
-    # A cache of this run only: the planner's compile of a program the run
-    # has compiled already (and the determinism runs') is then a cache hit.
+    # A cache of this run only: the determinism runs' programs, compiled
+    # already by the train section's runs, are then cache hits.
     cache = tempfile.mkdtemp(prefix="gpu-check-cache-")
     jax.config.update("jax_compilation_cache_dir", cache)
     jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)

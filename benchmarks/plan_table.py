@@ -15,6 +15,9 @@ import sys
 
 os.environ["JAX_PLATFORMS"] = "cpu"  # Before JAX starts: nothing runs on a device.
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from transformer import toolchain  # noqa: E402
+
+toolchain.use()  # Before JAX starts: it finds the CUDA plugin and libtpu then.
 
 import datetime  # noqa: E402
 import json  # noqa: E402
@@ -22,7 +25,7 @@ import json  # noqa: E402
 from absl import app, flags  # noqa: E402
 
 from configs import wmt14_ende  # noqa: E402
-from transformer import plan as plan_lib  # noqa: E402  (puts the toolchain on the path)
+from transformer import plan as plan_lib  # noqa: E402
 
 _RUNS = flags.DEFINE_list("runs", ["base:h100:8:dp"], "SIZE:TARGET:DEVICES:MODE runs.")
 _MAX_BATCH = flags.DEFINE_bool("max_batch", False, "Search the largest batch of each run.")

@@ -6,7 +6,6 @@ path before JAX starts), on a tiny model; they need the toolchain of
 requirements-planner.txt and skip, naming it, without.
 """
 
-import importlib.util
 import json
 import os
 import subprocess
@@ -14,11 +13,11 @@ import sys
 
 import pytest
 
-from transformer import plan  # Puts <venv>/planner on sys.path.
+from transformer import plan, toolchain
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-HAVE_CUDA = plan.cuda_plugin() is not None
-HAVE_TPU = importlib.util.find_spec("libtpu") is not None
+HAVE_CUDA = toolchain.cuda_plugin() is not None
+HAVE_TPU = toolchain.has_libtpu()
 needs_cuda = pytest.mark.skipif(
     not HAVE_CUDA, reason=f"needs jax-cuda13-plugin (compile-only GPUs): {plan.INSTALL}")
 needs_tpu = pytest.mark.skipif(
@@ -32,24 +31,6 @@ TINY = dict(num_layers=1, d_model=64, d_ff=128, num_heads=2, d_k=32, d_v=32, voc
 # ---------------------------------------------------------------------------
 # Without compiling.
 # ---------------------------------------------------------------------------
-
-
-def test_collectives_are_counted_with_their_result_bytes():
-  hlo = "\n".join([
-      "  %all-gather-start.1 = (bf16[8,64]{1,0}, bf16[64,64]{1,0}) all-gather-start("
-      "bf16[8,64]{1,0} %p), channel_id=1",
-      "  %all-gather-done.1 = bf16[64,64]{1,0} all-gather-done(%all-gather-start.1)",
-      "  %reduce-scatter.2 = f32[8,64]{1,0} reduce-scatter(f32[64,64]{1,0} %g)",
-      "  ROOT %all-reduce.3 = f32[] all-reduce(f32[] %x), to_apply=%add",
-      "  %all-reduce-start.4 = (f32[10]{0}, f32[6]{0}) all-reduce-start(%a, %b)",
-      "  %fusion.5 = f32[64,64]{1,0} fusion(%p), kind=kLoop, calls=%all-to-all-like",
-  ])
-  found = plan.collectives(hlo)
-  assert found == {
-      "all-gather": {"count": 1, "bytes": 64 * 64 * 2},
-      "reduce-scatter": {"count": 1, "bytes": 8 * 64 * 4},
-      "all-reduce": {"count": 2, "bytes": 4 + 16 * 4},
-  }
 
 
 def test_max_batch_search_finds_the_boundary_in_few_compiles():
@@ -109,6 +90,8 @@ def test_gpu_usable_memory_is_jax_allocator_fraction(monkeypatch):
 
 _SCRIPT = r"""
 import json, sys
+from transformer import toolchain
+toolchain.use()  # Before JAX starts, as the planner's entry points do.
 from transformer import plan
 from configs import quickstart
 
@@ -274,39 +257,3 @@ def test_a_config_that_does_not_fit_exits_1_naming_the_bytes(tmp_path):
   assert error, result.stdout[-3000:]
   assert "does not fit" in error[0] and "bytes" in error[0]
   assert "--config.data.batch_tokens=" in error[0]  # The batch that fits.
-
-
-# ---------------------------------------------------------------------------
-# Training's pre-flight check (train.check_memory), on this CPU's devices.
-# ---------------------------------------------------------------------------
-
-
-def _tiny_resolved_config():
-  from configs import quickstart
-  from transformer import checks
-  config = quickstart.get_config()
-  config.unlock()
-  config.model.update(TINY)
-  config.data.max_length = 32
-  config.data.batch_tokens = 256
-  return checks.resolve_config(config)
-
-
-def test_check_memory_compiles_nothing_where_devices_report_no_limit(monkeypatch):
-  from transformer import sharding
-  config = _tiny_resolved_config()
-  mesh = sharding.make_mesh(config.train)
-  monkeypatch.setattr(plan, "compile_train_step", lambda *a: pytest.fail("compiled"))
-  assert plan.check_memory(config, mesh) is None  # CPU devices: no memory_stats.
-
-
-@pytest.mark.slow
-def test_check_memory_stops_a_step_that_does_not_fit_naming_the_bytes():
-  from transformer import sharding
-  config = _tiny_resolved_config()
-  mesh = sharding.make_mesh(config.train)
-  peak = plan.check_memory(config, mesh, bytes_limit=2**40)
-  assert peak > 0
-  with pytest.raises(ValueError, match=r"needs .* \(.* bytes\) per device but .* gives JAX "
-                     r".*data.batch_tokens=256.*check_memory=False"):
-    plan.check_memory(config, mesh, bytes_limit=peak - 1)

@@ -429,3 +429,54 @@ def test_final_evaluation_averages_the_last_checkpoints(tmp_path, tiny_config):
   again = evaluate_lib.evaluate(saved, workdir, split="test", name="again")
   assert again["checkpoint_steps"] == [4, 5, 6]
   assert again["bleu"] == final["test/bleu"]
+
+
+# ---------------------------------------------------------------------------
+# Training's pre-flight check (train.check_memory), on this CPU's devices.
+# ---------------------------------------------------------------------------
+
+
+def _memory_check_config():
+  config = quickstart.get_config()
+  config.unlock()
+  config.model.update(num_layers=1, d_model=64, d_ff=128, num_heads=2, d_k=32, d_v=32,
+                      vocab_size=256)
+  config.data.max_length = 32
+  config.data.batch_tokens = 256
+  return checks.resolve_config(config)
+
+
+def test_check_memory_compiles_nothing_where_devices_report_no_limit(monkeypatch):
+  config = _memory_check_config()
+  update = train.make_update_fn(train.setup_state(config, sharding.make_mesh(config.train)))
+  monkeypatch.setattr(train.Update, "lower", lambda *a: pytest.fail("compiled"))
+  assert train.check_memory(update, config.data) is None  # CPU devices: no memory_stats.
+
+
+@pytest.mark.slow
+def test_check_memory_stops_a_step_that_does_not_fit_naming_the_bytes():
+  config = _memory_check_config()
+  update = train.make_update_fn(train.setup_state(config, sharding.make_mesh(config.train)))
+  peak = train.check_memory(update, config.data, bytes_limit=2**40)
+  assert peak > 0
+  with pytest.raises(ValueError, match=r"needs .* \(.* bytes\) per device but .* gives JAX "
+                     r".*data.batch_tokens=256.*check_memory=False"):
+    train.check_memory(update, config.data, bytes_limit=peak - 1)
+
+
+@pytest.mark.slow
+def test_the_memory_checks_program_is_the_one_the_first_step_runs(caplog):
+  config = _memory_check_config()
+  setup = train.setup_state(config, sharding.make_mesh(config.train))
+  update = train.make_update_fn(setup)
+  assert train.check_memory(update, config.data, bytes_limit=2**40) > 0
+  rows, length = train.batch_shapes(config.data, setup)["targets"].shape
+  batch = {k: np.ones((rows, length), np.int32) for k in train.BATCH_KEYS}
+  batch = sharding.global_batch(batch, setup.mesh, setup.rules)
+  state = train.init_state(setup)
+  with jax.log_compiles(), caplog.at_level("DEBUG"):
+    state, metrics = update(state, [batch])
+    jax.block_until_ready(metrics)
+  compiles = [r.getMessage() for r in caplog.records if "Compiling jit(fused)" in r.getMessage()]
+  assert not compiles, compiles
+  assert int(state["step"]) == 1

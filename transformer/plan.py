@@ -47,37 +47,33 @@ already).
 import os
 import sys
 
-# Before JAX is imported: the compile-only toolchain on the path, and JAX's own
-# backend pinned to this CPU (the planner runs nothing on any device).
-PLANNER_PACKAGES = os.environ.get("TRANSFORMER_PLANNER_PACKAGES",
-                                  os.path.join(sys.prefix, "planner"))
-if os.path.isdir(PLANNER_PACKAGES) and PLANNER_PACKAGES not in sys.path:
-  sys.path.append(PLANNER_PACKAGES)
 if __name__ == "__main__":
+  # The planner starts here. Before JAX is imported: the compile-only
+  # toolchain on the path, and JAX's own backend pinned to this CPU (the
+  # planner runs nothing on any device).
+  from transformer import toolchain
+  toolchain.use()
   os.environ["JAX_PLATFORMS"] = "cpu"
 
 import dataclasses  # noqa: E402
-import importlib.util  # noqa: E402
 import json  # noqa: E402
 import math  # noqa: E402
-import re  # noqa: E402
 import time  # noqa: E402
 
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 import ml_collections  # noqa: E402
-import numpy as np  # noqa: E402
 from flax import nnx  # noqa: E402
-from jax.sharding import NamedSharding, PartitionSpec  # noqa: E402
 
-from transformer import checks, precision, tokens  # noqa: E402
-from transformer import data as data_lib  # noqa: E402
+from transformer import checks, precision, tokens, toolchain  # noqa: E402
+from transformer import compiled as compiled_lib  # noqa: E402
 from transformer import search as search_lib  # noqa: E402
 from transformer import sharding as sharding_lib  # noqa: E402
 from transformer import train as train_lib  # noqa: E402
 
 GiB = 2**30
-INSTALL = "pip install --no-deps --target=.venv/planner -r requirements-planner.txt"
+INSTALL = toolchain.INSTALL
+_gib = compiled_lib.format_bytes
 
 
 # ---------------------------------------------------------------------------
@@ -146,16 +142,6 @@ def gpu_topology(num_devices: int) -> str:
   return f"1x{num_devices // 8}x8"
 
 
-def cuda_plugin() -> str | None:
-  """The JAX CUDA plugin module on the path (CUDA 13 or 12), or None."""
-  if importlib.util.find_spec("jax_plugins") is None:  # Without it find_spec raises.
-    return None
-  for name in ("jax_plugins.xla_cuda13", "jax_plugins.xla_cuda12"):
-    if importlib.util.find_spec(name) is not None:
-      return name
-  return None
-
-
 def compile_only_devices(target_name: str, num_devices: int):
   """(devices, topology) of ``num_devices`` compile-only devices of a target."""
   if target_name not in TARGETS:
@@ -165,7 +151,7 @@ def compile_only_devices(target_name: str, num_devices: int):
   target = TARGETS[target_name]
   from jax.experimental import topologies
   if target.platform == "cuda":
-    if cuda_plugin() is None:
+    if toolchain.cuda_plugin() is None:
       raise PlanError(
           f"Compiling for {target.name} needs JAX's CUDA plugin "
           f"(jax-cuda13-plugin=={jax.__version__}, with jax-cuda13-pjrt and ptxas from "
@@ -187,7 +173,7 @@ def compile_only_devices(target_name: str, num_devices: int):
   if num_devices not in names:
     raise PlanError(f"--devices={num_devices}: {target.name} slices here have "
                     f"{sorted(names)} chips.")
-  if importlib.util.find_spec("libtpu") is None:
+  if not toolchain.has_libtpu():
     raise PlanError(f"Compiling for {target.name} needs libtpu (the one of jax[tpu]=="
                     f"{jax.__version__}); install it with: {INSTALL}")
   # Without a TPU VM's metadata libtpu warns that it cannot find the slice's
@@ -215,207 +201,28 @@ def _stand_in_cudnn_version():
 
 
 # ---------------------------------------------------------------------------
-# Reading a compiled program.
-# ---------------------------------------------------------------------------
-
-_BYTES = {"pred": 1, "s8": 1, "u8": 1, "s16": 2, "u16": 2, "f16": 2, "bf16": 2, "s32": 4,
-          "u32": 4, "f32": 4, "s64": 8, "u64": 8, "f64": 8, "c64": 8, "c128": 16,
-          "f8e4m3fn": 1, "f8e5m2": 1, "s4": 1, "u4": 1}
-_ARRAY = re.compile(r"\b(" + "|".join(_BYTES) + r")\[([0-9,]*)\]")
-COLLECTIVES = ("all-gather", "reduce-scatter", "all-reduce", "all-to-all",
-               "collective-permute", "ragged-all-to-all")
-_INSTRUCTION = re.compile(r"^\s*(?:ROOT\s+)?%\S+\s*=\s*(.*?)\s([a-z][a-z0-9-]*)\(")
-
-
-def _array_bytes(shape_text: str) -> list[int]:
-  return [_BYTES[dt] * math.prod(int(d) for d in dims.split(",") if d)
-          for dt, dims in _ARRAY.findall(shape_text)]
-
-
-def collectives(hlo_text: str) -> dict:
-  """{kind: {"count", "bytes"}} of the collectives in an optimised HLO module
-  (per device: the bytes of each op's result; an async ``-start`` counts once)."""
-  found = {}
-  for line in hlo_text.splitlines():
-    m = _INSTRUCTION.match(line)
-    if not m:
-      continue
-    shape, op = m.groups()
-    kind = op.removesuffix("-start")
-    if kind not in COLLECTIVES:
-      continue
-    sizes = _array_bytes(shape)
-    if op == "all-gather-start" and len(sizes) > 1:  # (operands..., results...)
-      sizes = sizes[len(sizes) // 2:]
-    entry = found.setdefault(kind, {"count": 0, "bytes": 0})
-    entry["count"] += 1
-    entry["bytes"] += sum(sizes)
-  return found
-
-
-_DEFINITION = re.compile(r"^\s*(?:ROOT\s+)?%([^\s=]+)\s*=\s*(.*?)\s([a-z][a-z0-9-]*)\((.*)$")
-_NO_TRAFFIC = ("parameter", "constant", "get-tuple-element", "bitcast", "tuple", "after-all",
-               "opt-barrier", "partition-id", "replica-id")
-
-
-def traffic(hlo_text: str, top: int | None = 5) -> list[dict]:
-  """The ``top`` instructions of an optimised module's entry computation by
-  memory traffic (bytes of their operands and result, per device), each with
-  the JAX operation it came from: where a step's bytes accessed go."""
-  shapes, entry, in_entry = {}, [], False
-  for line in hlo_text.splitlines():
-    if line.startswith("ENTRY "):
-      in_entry = True
-      continue
-    if in_entry and line.startswith("}"):
-      in_entry = False
-    m = _DEFINITION.match(line)
-    if not m:
-      continue
-    name, shape, op, rest = m.groups()
-    shapes[name] = sum(_array_bytes(shape))
-    if in_entry and op not in _NO_TRAFFIC and not op.endswith("-done"):
-      operands = re.findall(r"%([^\s,)]+)", rest.split(")", 1)[0])
-      source = re.search(r'op_name="([^"]*)"', line)
-      entry.append((name, op, shapes[name], operands, source.group(1) if source else ""))
-  items = [{"bytes": result + sum(shapes.get(o, 0) for o in operands), "instruction": name,
-            "op": op, "from": source} for name, op, result, operands, source in entry]
-  return sorted(items, key=lambda item: -item["bytes"])[:top]  # top None: all.
-
-
-def custom_call_cost(hlo_text: str) -> dict:
-  """What XLA's HLO cost analysis leaves out: it counts a custom call's FLOPs
-  and bytes as unknown (nothing). Bytes: each custom call of the entry
-  computation reads its operands and writes its result once (a lower bound).
-  FLOPs: cuDNN's fused attention (``__cudnn$fmha...``), from the query (B, Q,
-  H, K) and key (B, M, H, K) shapes, 4 B H Q M K forward (two matmuls) and
-  2.5 times that backward (five); other custom calls (cuBLAS GEMMs are
-  counted by the analysis when XLA emits them itself) none."""
-  flops = 0.0
-  for line in hlo_text.split("\nENTRY ", 1)[-1].splitlines():
-    target = re.search(r'custom_call_target="([^"]*fmha[^"]*)"', line)
-    if not target or "operand_layout_constraints=" not in line:
-      continue
-    constraints = line.split("operand_layout_constraints=", 1)[1].split("}},", 1)[0]
-    dims = [[int(d) for d in m.split(",")] for m in re.findall(r"\w+\[([\d,]+)\]", constraints)]
-    (b, q, h, k), (_, m, _, _) = dims[0], dims[1]
-    flops += 4.0 * b * h * q * m * k * (2.5 if "Backward" in target.group(1) else 1.0)
-  calls = [item for item in traffic(hlo_text, top=None) if item["op"] == "custom-call"]
-  return {"flops": flops, "bytes_accessed": float(sum(item["bytes"] for item in calls)),
-          "count": len(calls)}
-
-
-def custom_calls(hlo_text: str) -> dict:
-  """{target: count} of the custom calls (cuBLAS, cuDNN, ...) in a module."""
-  counts = {}
-  for target in re.findall(r'custom_call_target="([^"]+)"', hlo_text):
-    counts[target] = counts.get(target, 0) + 1
-  return counts
-
-
-def cost(compiled, hlo_text: str | None = None) -> dict:
-  """FLOPs and bytes accessed per device of a compiled program: the
-  compiler's cost analysis where it gives one (TPU), else XLA's HLO cost
-  analysis of the optimised module (GPU compile-only clients return None)
-  plus ``custom_call_cost`` (cuDNN attention), which it leaves out.
-  ``hlo_text``: the program's ``as_text()``, where the caller has it already.
-  A while loop's body is counted once, whatever its trip count."""
-  analysis = compiled.cost_analysis()
-  if isinstance(analysis, list):
-    analysis = analysis[0] if analysis else None
-  source = "compiler"
-  if not analysis or "flops" not in analysis:
-    from jax._src.lib import _jax
-    module = compiled.runtime_executable().hlo_modules()[0]
-    analysis = _jax.hlo_module_cost_analysis(jax.devices("cpu")[0].client, module)
-    source = "hlo_cost_analysis"
-    extra = custom_call_cost(hlo_text if hlo_text is not None else compiled.as_text())
-    if extra["count"]:
-      source += " + custom calls"
-      return {"flops": float(analysis.get("flops", 0.0)) + extra["flops"],
-              "bytes_accessed": float(analysis.get("bytes accessed", 0.0))
-              + extra["bytes_accessed"], "source": source,
-              "custom_call_flops": extra["flops"],
-              "custom_call_bytes_accessed": extra["bytes_accessed"]}
-  return {"flops": float(analysis.get("flops", 0.0)),
-          "bytes_accessed": float(analysis.get("bytes accessed", 0.0)), "source": source}
-
-
-def _shard_bytes(tree) -> int:
-  """Bytes per device of a tree of ShapeDtypeStructs with shardings."""
-  total = 0
-  for leaf in jax.tree.leaves(tree):
-    shape = leaf.sharding.shard_shape(leaf.shape) if leaf.sharding is not None else leaf.shape
-    total += math.prod(shape) * np.dtype(leaf.dtype).itemsize
-  return total
-
-
-def memory(compiled) -> dict:
-  """Per-device bytes of a compiled program: its arguments, outputs not
-  aliased to (donated) arguments, temporaries, and the peak (their sum)."""
-  m = compiled.memory_analysis()
-  out = {"arguments": int(m.argument_size_in_bytes), "outputs": int(m.output_size_in_bytes),
-         "aliased": int(m.alias_size_in_bytes), "temporaries": int(m.temp_size_in_bytes)}
-  out["peak"] = out["arguments"] + out["outputs"] - out["aliased"] + out["temporaries"]
-  return out
-
-
-# ---------------------------------------------------------------------------
 # Compiling the run's programs.
 # ---------------------------------------------------------------------------
 
 
-def _abstract(shape, dtype, mesh, spec):
-  return jax.ShapeDtypeStruct(shape, dtype, sharding=NamedSharding(mesh, spec))
-
-
-def train_batch_rows(config, mesh, rules) -> int:
-  """Rows of the global training batch, as ``data.make_train_iterator`` makes
-  them on one process: ``data.batch_tokens`` per side in rows of
-  ``data.max_length``, a multiple of the batch's split. With
-  ``data.batching="bucket"`` the longest bucket has this shape."""
-  divisor = sharding_lib.batch_divisor(mesh, rules)
-  return data_lib.rows_for(config.data.batch_tokens, config.data.max_length, divisor)
-
-
 def compile_train_step(config, mesh) -> dict:
   """Compiles the update step of ``config`` on ``mesh`` (ahead of time, from
-  shapes); returns its memory, collectives, cost and custom calls."""
+  shapes: ``train.Update.lower``); returns each program's report
+  (``compiled.report``) and the state's and batch's bytes per device."""
   setup = train_lib.setup_state(config, mesh, abstract=True)
-  update = train_lib.make_update_fn(setup)
-  rows = train_batch_rows(config, mesh, setup.rules)
-  length = config.data.max_length
-  batch_spec = sharding_lib.batch_spec(setup.rules, 2)
-  batch = {k: _abstract((rows, length), jnp.int32, mesh, batch_spec) for k in data_lib.FEATURES}
-  state = setup.abstract_state
+  batch = train_lib.batch_shapes(config.data, setup)
   start = time.time()
-  if config.train.accumulate_steps == 1:
-    programs = {"update": update.fused.lower(state, setup.rest, batch).compile()}
-  else:
-    replicated = sharding_lib.replicated(mesh)
-    grads, sums = jax.eval_shape(update.zeros, state)
-    acc = (jax.tree.map(lambda g, p: jax.ShapeDtypeStruct(g.shape, g.dtype, sharding=p.sharding),
-                        grads, state["params"]),
-           jax.tree.map(lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=replicated),
-                        sums))
-    index = jax.ShapeDtypeStruct((), jnp.int32, sharding=replicated)
-    programs = {
-        "accumulate": update.accumulate.lower(state, setup.rest, batch, index, acc).compile(),
-        "apply": update.apply.lower(state, acc).compile()}
+  programs = {name: lowered.compile()
+              for name, lowered in train_lib.make_update_fn(setup).lower(batch).items()}
   seconds = time.time() - start
-  reports = {}
-  for name, compiled in programs.items():
-    text = compiled.as_text()
-    reports[name] = {"memory": memory(compiled), "collectives": collectives(text),
-                     "cost": cost(compiled, text), "custom_calls": custom_calls(text),
-                     "largest_traffic": traffic(text),
-                     "while_loops": len(re.findall(r"\swhile\(", text))}
-  params = _shard_bytes(state["params"])
-  opt = _shard_bytes(state["opt_state"])
-  num_params = sum(math.prod(p.shape) for p in jax.tree.leaves(state["params"]))
-  return {"programs": reports, "compile_seconds": round(seconds, 1), "rows": rows,
-          "length": length, "num_parameters": num_params, "parameter_bytes": params,
-          "optimizer_bytes": opt, "batch_bytes": _shard_bytes(batch)}
+  state = setup.abstract_state
+  rows, length = next(iter(batch.values())).shape
+  return {"programs": {name: compiled_lib.report(c) for name, c in programs.items()},
+          "compile_seconds": round(seconds, 1), "rows": rows, "length": length,
+          "num_parameters": sum(math.prod(p.shape) for p in jax.tree.leaves(state["params"])),
+          "parameter_bytes": compiled_lib.shard_bytes(state["params"]),
+          "optimizer_bytes": compiled_lib.shard_bytes(state["opt_state"]),
+          "batch_bytes": compiled_lib.shard_bytes(batch)}
 
 
 def compile_beam_search(config, mesh) -> dict:
@@ -435,48 +242,15 @@ def compile_beam_search(config, mesh) -> dict:
                                     jnp.int32(d.min_length), beam_size=d.beam_size,
                                     max_length=max_length)
 
-  inputs = _abstract((batch, source_length), jnp.int32, mesh, PartitionSpec())
-  limits = _abstract((batch,), jnp.int32, mesh, PartitionSpec())
+  inputs = jax.ShapeDtypeStruct((batch, source_length), jnp.int32, sharding=replicated)
+  limits = jax.ShapeDtypeStruct((batch,), jnp.int32, sharding=replicated)
   start = time.time()
   compiled = jax.jit(search, out_shardings=replicated).lower(
       setup.abstract_state["params"], setup.rest, inputs, limits).compile()
-  return {"memory": memory(compiled), "collectives": collectives(compiled.as_text()),
+  return {"memory": compiled_lib.memory(compiled),
+          "collectives": compiled_lib.collectives(compiled.as_text()),
           "sentences": batch, "source_length": source_length, "beam_size": d.beam_size,
           "max_output_length": max_length, "compile_seconds": round(time.time() - start, 1)}
-
-
-def check_memory(config, mesh, bytes_limit: int | None = None) -> int | None:
-  """Training's pre-flight check (``train.check_memory``): compiles the train
-  step of the resolved ``config`` for ``mesh`` and raises a ValueError naming
-  the bytes needed and available, and a batch that would fit, when its peak
-  exceeds the devices' memory limit (``bytes_limit``, default: what the
-  first device reports). Returns the peak; None, compiling nothing, where the
-  devices report no limit (CPUs)."""
-  # A device of this process: memory_stats() refuses another host's devices.
-  local = [d for d in mesh.devices.flat if d.process_index == jax.process_index()]
-  if bytes_limit is None:
-    stats = local[0].memory_stats() or {}
-    bytes_limit = stats.get("bytes_limit")
-    if not bytes_limit:
-      return None
-  report = compile_train_step(config, mesh)
-  peak = _step_peak(report)
-  if peak > bytes_limit:
-    fixed = report["parameter_bytes"] + report["optimizer_bytes"]
-    divisor = sharding_lib.batch_divisor(mesh, sharding_lib.logical_axis_rules(config.train))
-    rows = report["rows"] // divisor
-    # Memory taken as linear in the rows beyond the state: an estimate.
-    fit_rows = int(rows * (bytes_limit - fixed) / max(peak - fixed, 1))
-    hint = (f"about --config.data.batch_tokens={fit_rows * divisor * report['length']} "
-            "with --config.train.accumulate_steps to keep the batch"
-            if fit_rows >= 1 else "shard the parameters with train.fsdp or use more devices")
-    raise ValueError(
-        f"The train step needs {_gib(peak)} ({peak:,} bytes) per device but "
-        f"{local[0].device_kind} gives JAX {_gib(bytes_limit)} "
-        f"({bytes_limit:,} bytes) at data.batch_tokens={config.data.batch_tokens}: "
-        f"{hint} (python -m transformer.plan ... --max_batch finds the largest; "
-        "--config.train.check_memory=False skips this check).")
-  return peak
 
 
 # ---------------------------------------------------------------------------
@@ -494,21 +268,18 @@ def _with_batch(config, batch_tokens):
   return config
 
 
-def _step_peak(train_report) -> int:
-  return max(p["memory"]["peak"] for p in train_report["programs"].values())
-
-
 def roofline(train_report, config, target: Target) -> dict:
   """A lower bound on the update's time from the compiled programs' FLOPs and
   bytes accessed, and what it implies. Compile-time estimates."""
-  k = config.train.accumulate_steps
+  micro_batches = config.train.accumulate_steps
   programs = train_report["programs"]
-  runs = {"update": 1} if "update" in programs else {"accumulate": k, "apply": 1}
+  runs = {"update": 1} if "update" in programs else {"accumulate": micro_batches, "apply": 1}
   flops = sum(programs[n]["cost"]["flops"] * r for n, r in runs.items())
   accessed = sum(programs[n]["cost"]["bytes_accessed"] * r for n, r in runs.items())
   math_s, memory_s = flops / target.peak_flops, accessed / target.bandwidth
   step_s = max(math_s, memory_s)
-  slots = train_report["rows"] * train_report["length"] * k  # Target token slots per update.
+  # Target token slots per update.
+  slots = train_report["rows"] * train_report["length"] * micro_batches
   return {
       "flops_per_device": flops, "bytes_accessed_per_device": accessed,
       "math_seconds": math_s, "memory_seconds": memory_s, "step_seconds": step_s,
@@ -604,7 +375,7 @@ def make_plan(config: ml_collections.ConfigDict, target_name: str, num_devices: 
                       f"JAX ({jax.__version__}): the einsums are compiled in its place")
     log(f"  ({attention_note})")
     train = compile_train_step(config, mesh)
-  peak = _step_peak(train)
+  peak = compiled_lib.peak(train["programs"])
   plan = {
       "target": target_name, "device": target.name, "devices": num_devices,
       "topology": topology, "mesh": dict(mesh.shape), "dtype": config.model.dtype,
@@ -646,7 +417,7 @@ def make_plan(config: ml_collections.ConfigDict, target_name: str, num_devices: 
 
     def peak_of(rows):
       report = compile_train_step(_with_batch(config, rows * divisor * length), mesh)
-      return _step_peak(report)
+      return compiled_lib.peak(report["programs"])
 
     log(f"Searching the largest batch that fits in {usable / GiB:.2f} GiB per device ...")
     rows, exact, seen = search_max_rows(peak_of, rows0, peak, usable, fixed,
@@ -663,10 +434,6 @@ def make_plan(config: ml_collections.ConfigDict, target_name: str, num_devices: 
 # ---------------------------------------------------------------------------
 # Output.
 # ---------------------------------------------------------------------------
-
-
-def _gib(n):
-  return f"{n / GiB:.2f} GiB" if n >= GiB / 4 else f"{n / 2**20:.1f} MiB"
 
 
 def not_fit_message(plan) -> str:
@@ -708,10 +475,11 @@ def format_plan(plan) -> str:
       "",
       "Collectives per step (count, bytes per device):"]
   for name, found in plan["collectives"].items():
-    text = ", ".join(f"{k} {v['count']} ({_gib(v['bytes'])})" for k, v in sorted(found.items()))
+    text = ", ".join(f"{kind} {v['count']} ({_gib(v['bytes'])})"
+                     for kind, v in sorted(found.items()))
     lines.append(f"  {name}: {text or 'none'}")
-  cudnn = {k: v for calls in plan["custom_calls"].values() for k, v in calls.items()
-           if "cudnn" in k}
+  cudnn = {target: n for calls in plan["custom_calls"].values() for target, n in calls.items()
+           if "cudnn" in target}
   if cudnn:
     lines.append(f"  cuDNN custom calls: {cudnn}")
   lines += [

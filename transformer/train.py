@@ -42,6 +42,7 @@ from flax import nnx
 
 from transformer import checkpoint as checkpoint_lib
 from transformer import checks, multihost, optim, orbax_logs, precision
+from transformer import compiled as compiled_lib
 from transformer import data as data_lib
 from transformer import evaluate as evaluate_lib
 from transformer import loss as loss_lib
@@ -246,10 +247,56 @@ def _apply(setup, state, grads, sums):
   return new_state, metrics
 
 
-def make_update_fn(setup: TrainSetup) -> Callable:
-  """``update(state, micro_batches) -> (state, metrics)``: one Adam update.
+@dataclasses.dataclass(frozen=True)
+class Update:
+  """``update(state, micro_batches) -> (state, metrics)``: one Adam update,
+  and the jitted programs it runs (``make_update_fn``).
 
-  ``micro_batches`` is a list of ``train.accumulate_steps`` global batches.
+  ``fused(state, rest, batch)`` is the whole update when
+  ``train.accumulate_steps`` is 1; otherwise ``zeros(state)``, then
+  ``accumulate(state, rest, batch, i, acc)`` per micro-batch and
+  ``apply(state, acc)``. ``lower`` gives the programs a step runs, for a
+  batch's shapes: what the memory check and the planner compile (and a
+  compiled program is what the jitted call then runs, without compiling again).
+  """
+  setup: TrainSetup
+  fused: Callable
+  zeros: Callable
+  accumulate: Callable
+  apply: Callable
+
+  def __call__(self, state, micro_batches):
+    if len(micro_batches) == 1:
+      return self.fused(state, self.setup.rest, micro_batches[0])
+    acc = self.zeros(state)
+    for i, batch in enumerate(micro_batches):
+      acc = self.accumulate(state, self.setup.rest, batch, jnp.int32(i), acc)
+    return self.apply(state, acc)
+
+  def lower(self, batch) -> dict:
+    """{name: jax.stages.Lowered} of the programs of one update on micro-batches
+    shaped like ``batch`` (arrays or ShapeDtypeStructs with shardings, e.g.
+    ``batch_shapes``): "update", or "accumulate" and "apply"."""
+    state = self.setup.abstract_state
+    if self.setup.train_config.accumulate_steps == 1:
+      return {"update": self.fused.lower(state, self.setup.rest, batch)}
+    replicated = sharding_lib.replicated(self.setup.mesh)
+
+    def placed(tree, shardings):
+      return jax.tree.map(
+          lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), tree, shardings)
+
+    grads, sums = jax.eval_shape(self.zeros, state)
+    acc = (placed(grads, self.setup.state_shardings["params"]),
+           placed(sums, jax.tree.map(lambda _: replicated, sums)))
+    index = jax.ShapeDtypeStruct((), jnp.int32, sharding=replicated)
+    return {"accumulate": self.accumulate.lower(state, self.setup.rest, batch, index, acc),
+            "apply": self.apply.lower(state, acc)}
+
+
+def make_update_fn(setup: TrainSetup) -> Update:
+  """One Adam update from a list of ``train.accumulate_steps`` global batches.
+
   An update from k micro-batches equals one update from their concatenation:
   loss numerators, gradients and token counts are summed over micro-batches
   and divided once. ``state`` is donated.
@@ -279,25 +326,62 @@ def make_update_fn(setup: TrainSetup) -> Callable:
     return _apply(setup, state, *acc)
 
   acc_sh = (param_sh, replicated)
-  fused_jit = jax.jit(fused, out_shardings=(state_sh, replicated), donate_argnums=(0,))
-  zeros_jit = jax.jit(zeros, out_shardings=acc_sh)
-  accumulate_jit = jax.jit(accumulate, out_shardings=acc_sh, donate_argnums=(4,))
-  apply_jit = jax.jit(apply, out_shardings=(state_sh, replicated), donate_argnums=(0,))
+  return Update(
+      setup=setup,
+      fused=jax.jit(fused, out_shardings=(state_sh, replicated), donate_argnums=(0,)),
+      zeros=jax.jit(zeros, out_shardings=acc_sh),
+      accumulate=jax.jit(accumulate, out_shardings=acc_sh, donate_argnums=(4,)),
+      apply=jax.jit(apply, out_shardings=(state_sh, replicated), donate_argnums=(0,)))
 
-  def update(state, micro_batches):
-    if len(micro_batches) == 1:
-      return fused_jit(state, setup.rest, micro_batches[0])
-    acc = zeros_jit(state)
-    for i, batch in enumerate(micro_batches):
-      acc = accumulate_jit(state, setup.rest, batch, jnp.int32(i), acc)
-    return apply_jit(state, acc)
 
-  # The jitted programs, for ahead-of-time compilation (transformer/plan.py):
-  # fused(state, rest, batch) is the whole update when accumulate_steps == 1;
-  # otherwise zeros(state), accumulate(state, rest, batch, i, acc), apply(state, acc).
-  update.fused, update.zeros = fused_jit, zeros_jit
-  update.accumulate, update.apply = accumulate_jit, apply_jit
-  return update
+def batch_shapes(data_config, setup: TrainSetup) -> dict:
+  """ShapeDtypeStructs, with the batch's sharding, of one global training
+  batch as ``data.make_train_iterator`` makes it: ``data.batch_tokens`` per
+  side in rows of ``data.max_length``, a multiple of the batch's split (with
+  ``data.batching="bucket"``, the longest bucket's shape)."""
+  divisor = sharding_lib.batch_divisor(setup.mesh, setup.rules)
+  rows = data_lib.rows_for(data_config.batch_tokens, data_config.max_length, divisor)
+  sharding = jax.sharding.NamedSharding(setup.mesh, sharding_lib.batch_spec(setup.rules, 2))
+  return {k: jax.ShapeDtypeStruct((rows, data_config.max_length), jnp.int32, sharding=sharding)
+          for k in BATCH_KEYS}
+
+
+def check_memory(update: Update, data_config, bytes_limit: int | None = None) -> int | None:
+  """Training's pre-flight check (``train.check_memory``): compiles the
+  update's programs for the run's batch shape, the programs the loop then
+  runs, and raises a ValueError naming the bytes needed and available, and a
+  batch that would fit, when the peak exceeds the devices' memory limit
+  (``bytes_limit``, default: what this process's first device reports).
+  Returns the peak; None, compiling nothing, where the devices report no
+  limit (CPUs)."""
+  setup = update.setup
+  # A device of this process: memory_stats() refuses another host's devices.
+  local = [d for d in setup.mesh.devices.flat if d.process_index == jax.process_index()]
+  if bytes_limit is None:
+    bytes_limit = (local[0].memory_stats() or {}).get("bytes_limit")
+    if not bytes_limit:
+      return None
+  batch = batch_shapes(data_config, setup)
+  peak = compiled_lib.peak({name: {"memory": compiled_lib.memory(lowered.compile())}
+                            for name, lowered in update.lower(batch).items()})
+  if peak <= bytes_limit:
+    return peak
+  fixed = (compiled_lib.shard_bytes(setup.abstract_state["params"])
+           + compiled_lib.shard_bytes(setup.abstract_state["opt_state"]))
+  divisor = sharding_lib.batch_divisor(setup.mesh, setup.rules)
+  rows, length = next(iter(batch.values())).shape
+  rows //= divisor
+  # Memory taken as linear in the rows beyond the state: an estimate.
+  fit_rows = int(rows * (bytes_limit - fixed) / max(peak - fixed, 1))
+  hint = (f"about --config.data.batch_tokens={fit_rows * divisor * length} "
+          "with --config.train.accumulate_steps to keep the batch"
+          if fit_rows >= 1 else "shard the parameters with train.fsdp or use more devices")
+  raise ValueError(
+      f"The train step needs {compiled_lib.format_bytes(peak)} ({peak:,} bytes) per device "
+      f"but {local[0].device_kind} gives JAX {compiled_lib.format_bytes(bytes_limit)} "
+      f"({bytes_limit:,} bytes) at data.batch_tokens={data_config.batch_tokens}: "
+      f"{hint} (python -m transformer.plan ... --max_batch finds the largest; "
+      "--config.train.check_memory=False skips this check).")
 
 
 def make_eval_fn(setup: TrainSetup) -> Callable:
@@ -369,9 +453,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   config = checks.resolve_config(config, num_devices=jax.device_count())
   t = config.train
   is_primary = jax.process_index() == 0
-  checks.check_workdir(workdir, create=True)
+  checks.check_directory(workdir, create=True)
   if config.data.cache_dir:
-    checks.check_workdir(config.data.cache_dir, create=True, what="data.cache_dir")
+    checks.check_directory(config.data.cache_dir, create=True, what="data.cache_dir")
   _check_resumed_config(workdir, config)
   writer = metrics_lib.MetricsWriter(workdir, t.num_steps, is_primary=is_primary)
   writer.info("Workdir %s; process %d of %d; devices: %d global, %d local (%s).", workdir,
@@ -381,9 +465,19 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   # -- mesh -----------------------------------------------------------------
   mesh = sharding_lib.make_mesh(t)
   writer.info("Mesh %s; rules %s.", dict(mesh.shape), sharding_lib.logical_axis_rules(t))
+
+  # -- model, state and the update step ----------------------------------------
+  setup = setup_state(config, mesh)
+  update = make_update_fn(setup)
+  eval_fn = make_eval_fn(setup)
+  num_params = sum(x.size for x in jax.tree.leaves(setup.abstract_state["params"]))
+  # The compute dtype as resolved by checks.resolve_config (and saved in config.json).
+  writer.info("Model: %s parameters (%s); compute dtype %s (model.dtype=%s); decoding "
+              "in %s (decode.dtype=%s).", f"{num_params:,}", config.model.param_dtype,
+              config.model.dtype, requested_dtype,
+              precision.decode_dtype(config.decode, config.model), config.decode.dtype)
   if t.check_memory:  # GPU/TPU: the step fits in memory, before any data work.
-    from transformer import plan as plan_lib  # It imports this module.
-    peak = plan_lib.check_memory(config, mesh)
+    peak = check_memory(update, config.data)
     if peak is not None:
       writer.info("Train step compiled: peak %.2f GiB per device.", peak / 2**30)
 
@@ -401,17 +495,6 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   train_iter = data_lib.make_train_iterator(
       config.data, tokenizer, workdir, process_index=jax.process_index(),
       process_count=jax.process_count(), row_multiple=divisor // jax.process_count())
-
-  # -- model and state --------------------------------------------------------
-  setup = setup_state(config, mesh)
-  update = make_update_fn(setup)
-  eval_fn = make_eval_fn(setup)
-  num_params = sum(x.size for x in jax.tree.leaves(setup.abstract_state["params"]))
-  # The compute dtype as resolved by checks.resolve_config (and saved in config.json).
-  writer.info("Model: %s parameters (%s); compute dtype %s (model.dtype=%s); decoding "
-              "in %s (decode.dtype=%s).", f"{num_params:,}", config.model.param_dtype,
-              config.model.dtype, requested_dtype,
-              precision.decode_dtype(config.decode, config.model), config.decode.dtype)
 
   # -- checkpoints and resume ---------------------------------------------------
   checkpointer = checkpoint_lib.Checkpointer(
