@@ -42,7 +42,7 @@ from flax import nnx
 from flax.core import spmd as flax_spmd
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
-MESH_AXES = ("data", "fsdp", "tensor")
+from transformer.choices import MESH_AXES  # The axes the rules below map to.
 
 
 def logical_axis_rules(train_config: ml_collections.ConfigDict) -> tuple[tuple[str, object], ...]:

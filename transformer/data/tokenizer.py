@@ -25,7 +25,7 @@ import numpy as np
 import sentencepiece as spm
 from absl import logging
 
-from transformer import tokens
+from transformer import choices, tokens
 from transformer.data import sources as sources_lib
 
 
@@ -102,7 +102,7 @@ def train_tokenizer(sentences, model_path, *, vocab_size, model_type="bpe",
   Returns:
     The trained ``Tokenizer``.
   """
-  if model_type not in ("bpe", "unigram"):
+  if model_type not in choices.TOKENIZER_TYPES:
     raise ValueError(
         f"Unknown data.tokenizer_type {model_type!r}; use 'bpe' or 'unigram'.")
   sentences = [s for s in sentences if s]

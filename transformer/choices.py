@@ -1,0 +1,28 @@
+"""The names a config field chooses among: one list each, importable without JAX.
+
+The registries that resolve these names key themselves by these lists
+(``model.ACTIVATIONS`` and ``GATED_ACTIVATIONS``: the functions,
+``precision.DTYPES``: the dtypes, ``sharding``: the mesh axes), and
+transformer/fields.py's table takes its choices from them, so that checking a
+config never imports the model.
+"""
+
+# config.model.activation. relu is Eq. (2); the others are deviations from the
+# paper (model.py).
+ACTIVATIONS = ("relu", "gelu", "elu", "silu")
+# Gated linear units (Shazeer 2020): FFN(x) = (act(x W) * x W') W_2.
+GATED_ACTIVATIONS = ("reglu", "geglu", "swiglu")
+# config.model.norm_position: "post" is §3.1.
+NORM_POSITIONS = ("post", "pre")
+# config.model.positional_encoding: "sinusoidal" is §3.5, "learned" Table 3 row E.
+POSITIONAL_ENCODINGS = ("sinusoidal", "learned")
+# config.model.attention_impl (precision.fused_attention_implementation).
+ATTENTION_IMPLS = ("auto", "xla", "dot_product_attention")
+# Compute and parameter dtypes (precision.DTYPES); config.model.dtype also
+# takes "auto", config.decode.dtype "auto" and "model".
+DTYPES = ("float32", "bfloat16", "float16")
+DECODE_DTYPES = ("auto", "model", *DTYPES)
+# config.data.tokenizer_type: SentencePiece's model types.
+TOKENIZER_TYPES = ("bpe", "unigram")
+# The axes of config.train.mesh_shape (transformer/sharding.py).
+MESH_AXES = ("data", "fsdp", "tensor")
