@@ -24,16 +24,7 @@ import ml_collections
 from absl import app, flags
 from ml_collections import config_flags
 
-from transformer import checkpoint, checks
-
-
-def _workdir_arg(argv) -> str | None:
-  for i, arg in enumerate(argv):
-    if arg.startswith("--workdir="):
-      return arg.split("=", 1)[1]
-    if arg == "--workdir" and i + 1 < len(argv):
-      return argv[i + 1]
-  return None
+from transformer import checks, cli, config_io
 
 
 def _load_saved_config(argv) -> ml_collections.ConfigDict:
@@ -42,10 +33,11 @@ def _load_saved_config(argv) -> ml_collections.ConfigDict:
   Fields added to the project after the run was trained (absent from its
   config.json) take today's defaults, so that older runs still evaluate.
   """
-  workdir = _workdir_arg(argv)
+  workdir = cli.flag_value(argv, "workdir")
   if not workdir:
     raise checks.ConfigError("--workdir is required: the directory of a train.py run.")
-  config, added = checkpoint.with_default_fields(checkpoint.load_config(workdir))
+  checks.check_directory(workdir, create=False, writable=False)
+  config, added = config_io.with_default_fields(config_io.load_config(workdir))
   if added:
     print(f"warning: {workdir}/config.json predates the fields {', '.join(added)}; "
           "using those defaults.", file=sys.stderr)
@@ -54,7 +46,7 @@ def _load_saved_config(argv) -> ml_collections.ConfigDict:
 
 def _saved_config(argv) -> ml_collections.ConfigDict:
   """The saved config for --config.* overrides; empty when it cannot be read
-  (main() then names the problem, or parse_flags for an override)."""
+  (main() then names the problem, or cli.parse_flags for an override)."""
   try:
     return _load_saved_config(argv)
   except (OSError, ValueError):
@@ -69,7 +61,7 @@ def _define_flags(argv):
         "config", _saved_config(argv), "The run's config (DIR/config.json); override "
         "fields with --config.section.field=value.")
   except Exception as e:  # A misspelt field, or a config.json that cannot be read.
-    checks.exit_for_flag_error(e, argv, loaded_config=lambda: _load_saved_config(argv))
+    cli.exit_for_flag_error(e, argv, load_config=_load_saved_config)
   flags.DEFINE_string("workdir", None, "The train.py run to evaluate.")
   flags.DEFINE_string("split", None, "Split to evaluate (default: data.test_split).")
   flags.DEFINE_string("source", None, "Raw source text file, one sentence per line.")
@@ -106,131 +98,126 @@ def _define_flags(argv):
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
-  from transformer import evaluate, orbax_logs  # After flag parsing: JAX starts here.
+  from transformer import checkpoint, evaluate, orbax_logs  # After flag parsing: JAX starts here.
 
   orbax_logs.quiet()  # Orbax's INFO lines of every restore.
   f = flags.FLAGS
 
   workdir = f.workdir
+  evaluate.check_workdir(workdir)
+  evaluate.load_run_config(workdir)  # Names a missing or malformed config.json.
+  # Every field of the config, with this command's decoding flags in it.
+  config = ml_collections.ConfigDict(f.config.to_dict())
+  flag_values = {"beam_size": f.beam_size, "alpha": f.alpha,
+                 "average_last": f.average_last}
+  for field, value in flag_values.items():
+    if value is not None:
+      config.decode[field] = value
   try:
-    evaluate.check_workdir(workdir)
-    evaluate.load_run_config(workdir)  # Names a missing or malformed config.json.
-    # Every field of the config, with this command's decoding flags in it.
-    config = ml_collections.ConfigDict(f.config.to_dict())
-    flag_values = {"beam_size": f.beam_size, "alpha": f.alpha,
-                   "average_last": f.average_last}
-    for field, value in flag_values.items():
-      if value is not None:
-        config.decode[field] = value
-    try:
-      config = checks.resolve_config(config)
-    except checks.ConfigError as e:
-      flag = next((f for f, v in flag_values.items()
-                   if v is not None and str(e).startswith(f"config.decode.{f}=")), None)
-      raise checks.ConfigError(f"--{flag}: {e}" if flag else str(e)) from e
-    d = config.decode  # Decoding and averaging settings, flags included: from here only.
-    # An asked-for number of checkpoints must be there; the config's own
-    # decode.average_last averages the ones kept (checkpoint.select_steps).
-    exact_average = f.average_last is not None or f.step is not None
-    translate = f.translate or (f.source and not f.reference)
-    if f.plot_attention is not None and not f.sentence:
-      raise ValueError("--plot_attention needs --sentence=\"...\" to translate.")
-    if f.step is not None and f.step < 1:
-      raise ValueError(f"--step={f.step} must be a checkpoint step (>= 1).")
-    if f.source and not os.path.isfile(f.source):
-      raise FileNotFoundError(f"Source file {f.source!r} does not exist.")
-    if f.source and os.path.getsize(f.source) == 0:
-      raise ValueError(f"Source file {f.source!r} is empty: nothing to translate.")
-    if f.reference and not os.path.isfile(f.reference):
-      raise FileNotFoundError(f"Reference file {f.reference!r} does not exist.")
-    if f.params and not os.path.isdir(f.params):
-      raise FileNotFoundError(f"--params={f.params!r} is not a folder written by "
-                              "--save_averaged.")
-    # Where the results go must be writable before anything is decoded.
-    if f.plot_attention is not None:
-      checks.check_workdir(os.path.dirname(os.path.abspath(f.plot_attention)), create=False,
+    config = checks.resolve_config(config)
+  except checks.ConfigError as e:
+    flag = next((f for f, v in flag_values.items()
+                 if v is not None and str(e).startswith(f"config.decode.{f}=")), None)
+    raise checks.ConfigError(f"--{flag}: {e}" if flag else str(e)) from e
+  d = config.decode  # Decoding and averaging settings, flags included: from here only.
+  # An asked-for number of checkpoints must be there; the config's own
+  # decode.average_last averages the ones kept (checkpoint.select_steps).
+  exact_average = f.average_last is not None or f.step is not None
+  translate = f.translate or (f.source and not f.reference)
+  if f.plot_attention is not None and not f.sentence:
+    raise ValueError("--plot_attention needs --sentence=\"...\" to translate.")
+  if f.step is not None and f.step < 1:
+    raise ValueError(f"--step={f.step} must be a checkpoint step (>= 1).")
+  if f.source and not os.path.isfile(f.source):
+    raise FileNotFoundError(f"Source file {f.source!r} does not exist.")
+  if f.source and os.path.getsize(f.source) == 0:
+    raise ValueError(f"Source file {f.source!r} is empty: nothing to translate.")
+  if f.reference and not os.path.isfile(f.reference):
+    raise FileNotFoundError(f"Reference file {f.reference!r} does not exist.")
+  if f.params and not os.path.isdir(f.params):
+    raise FileNotFoundError(f"--params={f.params!r} is not a folder written by "
+                            "--save_averaged.")
+  # Where the results go must be writable before anything is decoded.
+  if f.plot_attention is not None:
+    checks.check_directory(os.path.dirname(os.path.abspath(f.plot_attention)), create=False,
                            what="The folder of --plot_attention")
-    elif not translate:
-      checks.check_workdir(os.path.join(workdir, "eval"), create=True,
+  elif not translate:
+    checks.check_directory(os.path.join(workdir, "eval"), create=True,
                            what="The evaluation folder")
 
-    ct2 = f.engine == "ctranslate2"
-    if ct2:
-      fixed = {"--plot_attention": f.plot_attention, "--save_averaged": f.save_averaged or None,
-               "--params": f.params, "--step": f.step,
-               "--average_last": f.average_last}
-      bad = [name for name, value in fixed.items() if value is not None]
-      if bad:
-        raise ValueError(
-            f"{', '.join(bad)} cannot be used with --engine=ctranslate2: the exported "
-            "model's checkpoints were chosen at export (python -m transformer.export "
-            "--average_last/--step), and attention pictures come from the JAX model.")
-      if not f.ctranslate2_model:
-        raise ValueError(
-            "--engine=ctranslate2 needs --ctranslate2_model=FOLDER, a model written by "
-            f"python -m transformer.export --workdir={workdir} --out=FOLDER.")
-    elif f.ctranslate2_model or f.ctranslate2_compute_type != "default":
-      raise ValueError("--ctranslate2_model and --ctranslate2_compute_type need "
-                       "--engine=ctranslate2.")
+  ct2 = f.engine == "ctranslate2"
+  if ct2:
+    fixed = {"--plot_attention": f.plot_attention, "--save_averaged": f.save_averaged or None,
+             "--params": f.params, "--step": f.step,
+             "--average_last": f.average_last}
+    bad = [name for name, value in fixed.items() if value is not None]
+    if bad:
+      raise ValueError(
+          f"{', '.join(bad)} cannot be used with --engine=ctranslate2: the exported "
+          "model's checkpoints were chosen at export (python -m transformer.export "
+          "--average_last/--step), and attention pictures come from the JAX model.")
+    if not f.ctranslate2_model:
+      raise ValueError(
+          "--engine=ctranslate2 needs --ctranslate2_model=FOLDER, a model written by "
+          f"python -m transformer.export --workdir={workdir} --out=FOLDER.")
+  elif f.ctranslate2_model or f.ctranslate2_compute_type != "default":
+    raise ValueError("--ctranslate2_model and --ctranslate2_compute_type need "
+                     "--engine=ctranslate2.")
 
-    if ct2:
-      from transformer import export
+  if ct2:
+    from transformer import export
 
-      tokenizer = evaluate.load_run_tokenizer(config, workdir)
-      translate_fn, metadata = export.load_translate_fn(
-          f.ctranslate2_model, tokenizer, d, compute_type=f.ctranslate2_compute_type)
-      if translate:
-        stream = open(f.source, encoding="utf-8") if f.source else sys.stdin
-        with stream:
-          evaluate.translate_stream(translate_fn, tokenizer, stream, sys.stdout,
-                                    batch_size=d.batch_size)
-        return
-      report = evaluate.evaluate(
-          config, workdir, split=f.split, source=f.source,
-          reference=f.reference, name=f.name, translate_fn=translate_fn,
-          steps=metadata["checkpoint_steps"],
-          engine={"engine": "ctranslate2", "dtype": translate_fn.compute_type,
-                  "ctranslate2_model": os.path.abspath(f.ctranslate2_model),
-                  "quantization": metadata["quantization"]})
-      print(evaluate.summary(report))
-      return
-
-    if f.plot_attention is not None or translate:
-      tokenizer = evaluate.load_run_tokenizer(config, workdir)
-      model, steps = checkpoint.restore_model(
-          config.model, workdir, average_last=d.average_last, step=f.step,
-          params_path=f.params, exact=exact_average)
-      if f.plot_attention is not None:
-        translation = evaluate.write_attention_plot(
-            model, tokenizer, f.sentence, f.plot_attention, d)
-        print(translation)
-        print(f"Attention grids written to {f.plot_attention}", file=sys.stderr)
-        return
-      translate_fn = evaluate.make_translate_fn(model, d)
-      if f.source:
-        with open(f.source, encoding="utf-8") as lines:
-          evaluate.translate_stream(translate_fn, tokenizer, lines, sys.stdout,
-                                    batch_size=d.batch_size)
-      else:
-        evaluate.translate_stream(translate_fn, tokenizer, sys.stdin, sys.stdout,
+    tokenizer = evaluate.load_run_tokenizer(config, workdir)
+    translate_fn, metadata = export.load_translate_fn(
+        f.ctranslate2_model, tokenizer, d, compute_type=f.ctranslate2_compute_type)
+    if translate:
+      stream = open(f.source, encoding="utf-8") if f.source else sys.stdin
+      with stream:
+        evaluate.translate_stream(translate_fn, tokenizer, stream, sys.stdout,
                                   batch_size=d.batch_size)
       return
-
     report = evaluate.evaluate(
-        config, workdir, split=f.split, source=f.source, reference=f.reference,
-        name=f.name, step=f.step, save_averaged=f.save_averaged,
-        params_path=f.params, exact_average=exact_average)
+        config, workdir, split=f.split, source=f.source,
+        reference=f.reference, name=f.name, translate_fn=translate_fn,
+        steps=metadata["checkpoint_steps"],
+        engine={"engine": "ctranslate2", "dtype": translate_fn.compute_type,
+                "ctranslate2_model": os.path.abspath(f.ctranslate2_model),
+                "quantization": metadata["quantization"]})
     print(evaluate.summary(report))
-  except checks.ConfigError as e:  # A config value or config.json: like a flag error.
-    checks.exit_with_error(e, 2)
-  except (OSError, ValueError) as e:  # A missing run, file or checkpoint; the machine.
-    checks.exit_with_error(e, 1)
+    return
+
+  if f.plot_attention is not None or translate:
+    tokenizer = evaluate.load_run_tokenizer(config, workdir)
+    model, steps = checkpoint.restore_model(
+        config.model, workdir, average_last=d.average_last, step=f.step,
+        params_path=f.params, exact=exact_average)
+    if f.plot_attention is not None:
+      translation = evaluate.write_attention_plot(
+          model, tokenizer, f.sentence, f.plot_attention, d)
+      print(translation)
+      print(f"Attention grids written to {f.plot_attention}", file=sys.stderr)
+      return
+    translate_fn = evaluate.make_translate_fn(model, d)
+    if f.source:
+      with open(f.source, encoding="utf-8") as lines:
+        evaluate.translate_stream(translate_fn, tokenizer, lines, sys.stdout,
+                                  batch_size=d.batch_size)
+    else:
+      evaluate.translate_stream(translate_fn, tokenizer, sys.stdin, sys.stdout,
+                                batch_size=d.batch_size)
+    return
+
+  report = evaluate.evaluate(
+      config, workdir, split=f.split, source=f.source, reference=f.reference,
+      name=f.name, step=f.step, save_averaged=f.save_averaged,
+      params_path=f.params, exact_average=exact_average)
+  print(evaluate.summary(report))
 
 
 if __name__ == "__main__":
   _define_flags(sys.argv)
   flags.mark_flags_as_required(["workdir"])
-  # Flag errors (a misspelt field, a wrong type, a malformed DIR/config.json):
-  # one "error:" line and exit code 2.
-  app.run(main, flags_parser=lambda argv: checks.parse_flags(
-      argv, loaded_config=lambda: _load_saved_config(argv)))
+  # Flag and config errors (a misspelt field, a wrong type, a malformed
+  # DIR/config.json, a value out of range): one "error:" line and exit code 2;
+  # a missing run, file or checkpoint, or the machine: exit code 1.
+  cli.run(main, load_config=_load_saved_config)

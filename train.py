@@ -18,7 +18,7 @@ import os
 from absl import app, flags
 from ml_collections import config_flags
 
-from transformer import checks
+from transformer import cli
 
 _CONFIG = config_flags.DEFINE_config_file(
     "config", None, "Experiment config file, e.g. configs/wmt14_ende.py:base.",
@@ -43,16 +43,11 @@ def main(argv):
 
   from transformer import multihost, train
 
-  try:
+  # A diverged run, or another process's failure, is one message (exit code 1)
+  # as a user's mistake is (data, workdir, checkpoints: cli.run).
+  with cli.user_errors(train.NonFiniteLossError, multihost.OtherProcessFailedError):
     multihost.initialize(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value)
     final = train.train_and_evaluate(_CONFIG.value, _WORKDIR.value)
-  except checks.ConfigError as e:  # A config value or config.json: like a flag error.
-    checks.exit_with_error(e, 2)
-  except (OSError, ValueError, train.NonFiniteLossError,
-          multihost.OtherProcessFailedError) as e:
-    # A user's mistake (data, workdir, checkpoints), the machine (a full disk,
-    # a permission) or a diverged run: one message.
-    checks.exit_with_error(e, 1)
   if "test/bleu" in final and jax.process_index() == 0:
     split = _CONFIG.value.data.test_split
     print(f"{split} BLEU {final['test/bleu']:.2f} (sacreBLEU) after {final['step']} steps; "
@@ -60,6 +55,7 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  # Flag errors (a misspelt field, a missing config file, a wrong type): one
-  # "error:" line and exit code 2.
-  app.run(main, flags_parser=checks.parse_flags)
+  # A flag or config error (a misspelt field, a missing config file, a value
+  # out of range): one "error:" line and exit code 2; a user's other mistakes
+  # (the data, the workdir, the machine) exit with 1.
+  cli.run(main)

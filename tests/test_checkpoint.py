@@ -1,6 +1,11 @@
-"""Tests for transformer/checkpoint.py: save, keep-last-K, resume, params restore."""
+"""Tests for transformer/checkpoint.py: save, keep-last-K, resume, params restore,
+and damaged checkpoints (also through train.py and evaluate.py)."""
 
+import json
 import os
+import shutil
+import subprocess
+import sys
 
 import jax
 import jax.numpy as jnp
@@ -8,7 +13,6 @@ import numpy as np
 import optax
 import pytest
 
-from configs import common
 from transformer import checkpoint
 
 
@@ -22,7 +26,7 @@ def _state(seed):
           "rng": jax.random.key_data(jax.random.PRNGKey(seed))}
 
 
-def _abstract(tree):
+def _abstract_tree(tree):
   return jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding), tree)
 
 
@@ -43,13 +47,13 @@ def test_save_restore_keep_last_k(tmp_path):
   assert checkpoint.list_steps(workdir) == [20, 30]
 
   ckpt = checkpoint.Checkpointer(workdir, every_steps=10, every_minutes=0, keep=2)
-  state, data_state, step = ckpt.restore_latest(_abstract(_state(0)))
+  state, data_state, step = ckpt.restore_latest(_abstract_tree(_state(0)))
   ckpt.close()
   assert step == 30
   assert data_state == {"epoch": 0, "position": 90}
   _assert_tree_equal(state, _state(30))
 
-  params = checkpoint.restore_params(workdir, 20, target=_abstract(_state(0)["params"]))
+  params = checkpoint.restore_params(workdir, 20, target=_abstract_tree(_state(0)["params"]))
   _assert_tree_equal(params, _state(20)["params"])
   # Without a target, the saved layout comes back (keys as saved).
   params = checkpoint.restore_params(workdir, 30)
@@ -66,14 +70,14 @@ def test_incomplete_checkpoint_is_ignored(tmp_path):
   os.makedirs(os.path.join(tmp, "params"))
   assert checkpoint.list_steps(workdir) == [1]
   ckpt = checkpoint.Checkpointer(workdir, every_steps=1, every_minutes=0, keep=5)
-  _, _, step = ckpt.restore_latest(_abstract(_state(0)))
+  _, _, step = ckpt.restore_latest(_abstract_tree(_state(0)))
   ckpt.close()
   assert step == 1
 
 
 def test_restore_latest_without_checkpoint_is_none(tmp_path):
   ckpt = checkpoint.Checkpointer(str(tmp_path), every_steps=1, every_minutes=0, keep=1)
-  assert ckpt.restore_latest(_abstract(_state(0))) is None
+  assert ckpt.restore_latest(_abstract_tree(_state(0))) is None
   ckpt.close()
   assert checkpoint.list_steps(str(tmp_path / "nothing")) == []
 
@@ -99,19 +103,6 @@ def test_step_and_time_triggers(tmp_path, monkeypatch):
   clock[0] += 60
   assert ckpt.due(303)
   ckpt.close()
-
-
-def test_config_round_trip(tmp_path):
-  config = common.get_base_config("base")
-  checkpoint.save_config(config, str(tmp_path))
-  loaded = checkpoint.load_config(str(tmp_path))
-  assert loaded.model.d_model == 512
-  assert loaded.train.mesh_shape.data == -1
-  assert checkpoint.config_differences(config, loaded) == []
-  loaded.train.num_steps = 5
-  assert checkpoint.config_differences(config, loaded) == ["train.num_steps"]
-  with pytest.raises(FileNotFoundError, match="config.json"):
-    checkpoint.load_config(str(tmp_path / "missing"))
 
 
 def _two_checkpoints(workdir):
@@ -148,7 +139,7 @@ def test_damaged_newest_checkpoint_falls_back(tmp_path, damage, capfd):
   older = _files(os.path.join(checkpoint.checkpoint_dir(workdir), "1"))
 
   ckpt = checkpoint.Checkpointer(workdir, every_steps=1, every_minutes=0, keep=5)
-  state, data_state, step = ckpt.restore_latest(_abstract(_state(0)))
+  state, data_state, step = ckpt.restore_latest(_abstract_tree(_state(0)))
   assert (step, data_state) == (1, {"position": 1})
   _assert_tree_equal(state, _state(1))
   # The damaged step is kept aside, so the resumed run can save step 2 again.
@@ -170,7 +161,7 @@ def test_data_state_the_iterator_refuses_falls_back(tmp_path):
       raise ValueError("not this one")
 
   ckpt = checkpoint.Checkpointer(workdir, every_steps=1, every_minutes=0, keep=5)
-  _, _, step = ckpt.restore_latest(_abstract(_state(0)), accept_data_state=accept)
+  _, _, step = ckpt.restore_latest(_abstract_tree(_state(0)), accept_data_state=accept)
   ckpt.close()
   assert step == 1
 
@@ -184,7 +175,7 @@ def test_no_intact_checkpoint_is_one_error_and_moves_nothing(tmp_path):
   before = _files(workdir)
   ckpt = checkpoint.Checkpointer(workdir, every_steps=1, every_minutes=0, keep=5)
   with pytest.raises(checkpoint.CheckpointError, match=r"step 2: .*; step 1: "):
-    ckpt.restore_latest(_abstract(_state(0)))
+    ckpt.restore_latest(_abstract_tree(_state(0)))
   ckpt.close()
   assert _files(workdir) == before
 
@@ -284,12 +275,106 @@ def test_a_real_failed_write_prints_one_error_line_and_keeps_earlier_checkpoints
   assert checkpoint.list_steps(workdir) == [1]
 
 
-def test_malformed_config_json_is_a_config_error(tmp_path):
-  from transformer import checks
+# ---------------------------------------------------------------------------
+# A damaged newest checkpoint of a run, through the command lines: skipped,
+# and the run ends as an uninterrupted one.
+# ---------------------------------------------------------------------------
 
-  (tmp_path / checkpoint.CONFIG_FILE).write_text("{\"model\": {")
-  with pytest.raises(checks.ConfigError, match="config.json is not valid JSON"):
-    checkpoint.load_config(str(tmp_path))
-  (tmp_path / checkpoint.CONFIG_FILE).write_text("[1, 2]")
-  with pytest.raises(checks.ConfigError, match="holds a JSON list"):
-    checkpoint.load_config(str(tmp_path))
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+EVALUATE = [sys.executable, os.path.join(REPO, "evaluate.py")]
+
+
+def _run(command):
+  """(exit code, stderr) of a command line (train.py, evaluate.py) on the CPU."""
+  done = subprocess.run(command, capture_output=True, text=True, timeout=300, cwd=REPO,
+                        env=dict(os.environ, PYTHONPATH=REPO, JAX_PLATFORMS="cpu"))
+  return done.returncode, done.stderr
+
+
+def _error_line(stderr):
+  """The last line of ``stderr``, an ``error:`` line without a traceback."""
+  assert "Traceback" not in stderr, stderr[-3000:]
+  last = stderr.strip().splitlines()[-1]
+  assert last.startswith("error: "), stderr[-3000:]
+  return last
+
+
+def _damage(workdir, kind, step=6):
+  step_dir = os.path.join(checkpoint.checkpoint_dir(workdir), str(step))
+  if kind == "truncated array file":
+    data = os.path.join(step_dir, "params", "ocdbt.process_0", "d")
+    largest = max(os.listdir(data), key=lambda n: os.path.getsize(os.path.join(data, n)))
+    with open(os.path.join(data, largest), "r+b") as f:
+      f.truncate(10)
+  elif kind == "missing manifest":
+    os.remove(os.path.join(step_dir, "opt_state", "manifest.ocdbt"))
+  elif kind == "empty data state":
+    open(os.path.join(step_dir, "data", "metadata"), "w").close()
+
+
+def _final_params(workdir):
+  return [np.asarray(x) for x in jax.tree.leaves(checkpoint.restore_params(workdir, 6))]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("kind", ["truncated array file", "missing manifest",
+                                  "empty data state"])
+def test_damaged_newest_checkpoint_resumes_from_the_intact_one(trained_run, tmp_path,
+                                                               kind, tiny_cli_args,
+                                                               train_losses):
+  workdir = str(tmp_path / "run")
+  shutil.copytree(trained_run, workdir)
+  shutil.rmtree(os.path.join(workdir, "eval"))
+  _damage(workdir, kind)
+  intact = {k: v for k, v in _files(workdir).items() if k.startswith("checkpoints/3/")}
+  code, stderr = _run(tiny_cli_args(workdir))
+  assert code == 0, stderr[-3000:]
+  assert "Traceback" not in stderr and "Event loop is closed" not in stderr
+  assert "The checkpoint at step 6" in stderr and "cannot be restored" in stderr
+  assert "Resumed from step 3" in stderr
+  # The older checkpoint is untouched, the damaged one kept aside, and the run
+  # ends bitwise as the uninterrupted one.
+  after = _files(workdir)
+  assert {k: v for k, v in after.items() if k.startswith("checkpoints/3/")} == intact
+  assert os.path.isdir(os.path.join(workdir, checkpoint.DAMAGED_DIR, "6"))
+  assert checkpoint.list_steps(workdir) == [3, 6]
+  assert train_losses(workdir) == train_losses(trained_run)
+  for a, b in zip(_final_params(workdir), _final_params(trained_run), strict=True):
+    np.testing.assert_array_equal(a, b)
+
+
+@pytest.mark.slow
+def test_no_intact_checkpoint_is_one_error_and_changes_nothing(trained_run, tmp_path,
+                                                               tiny_cli_args):
+  workdir = str(tmp_path / "run")
+  shutil.copytree(trained_run, workdir)
+  _damage(workdir, "truncated array file", step=6)
+  _damage(workdir, "empty data state", step=3)
+  before = _files(workdir)
+  code, stderr = _run(tiny_cli_args(workdir))
+  assert code == 1
+  last = _error_line(stderr)
+  assert "No checkpoint" in last and "step 6:" in last and "step 3:" in last, last
+  after = _files(workdir)  # Never a silent restart from step 0.
+  assert {k: after.get(k) for k in before} == before
+  assert {k for k in after.keys() - before.keys() if not k.startswith("data_cache/")} == set()
+
+
+@pytest.mark.slow
+def test_evaluate_skips_a_damaged_newest_checkpoint_but_averaging_stops(trained_run,
+                                                                        tmp_path):
+  workdir = str(tmp_path / "run")
+  shutil.copytree(trained_run, workdir)
+  _damage(workdir, "truncated array file")
+  before = {k: v for k, v in _files(workdir).items() if k.startswith("checkpoints/")}
+  code, stderr = _run([*EVALUATE, f"--workdir={workdir}", "--beam_size=1",
+                       "--average_last=1"])
+  assert code == 0, stderr[-3000:]
+  assert "Traceback" not in stderr and "Event loop is closed" not in stderr
+  assert "step 6" in stderr
+  assert json.load(open(os.path.join(workdir, "eval", "test.json")))["step"] == 3
+  code, stderr = _run([*EVALUATE, f"--workdir={workdir}", "--average_last=2"])
+  assert code == 1
+  last = _error_line(stderr)
+  assert "checkpoint at step 6" in last and "cannot be restored" in last, last
+  assert {k: v for k, v in _files(workdir).items() if k.startswith("checkpoints/")} == before

@@ -18,7 +18,7 @@ from flax import nnx
 
 from configs import common
 from transformer import checkpoint as checkpoint_lib
-from transformer import data, precision, search
+from transformer import config_io, data, precision, search
 from transformer import evaluate as ev
 from transformer.data import synthetic
 from transformer.model import Transformer
@@ -53,7 +53,7 @@ def run(tmp_path_factory):
   synthetic.write_corpus(data_dir, 300, 12, 12, seed=0)
   workdir = str(root / "run")
   config = tiny_config(data_dir)
-  checkpoint_lib.save_config(config, workdir)
+  config_io.save_config(config, workdir)
   tokenizer = data.load_tokenizer(config.data, workdir, vocab_size=config.model.vocab_size)
   checkpointer = checkpoint_lib.Checkpointer(workdir, every_steps=1, every_minutes=0, keep=5)
   params = {}
@@ -136,7 +136,7 @@ def test_tokenizer_that_does_not_match_the_run_is_refused(run, tmp_path):
     ev.load_run_tokenizer(config, run["workdir"])
   # A workdir without its tokenizer: an error, never a newly trained one.
   bare = tmp_path / "bare"
-  checkpoint_lib.save_config(tiny_config(run["data_dir"]), str(bare))
+  config_io.save_config(tiny_config(run["data_dir"]), str(bare))
   with pytest.raises(FileNotFoundError, match="tokenizer .* is missing"):
     ev.load_run_tokenizer(tiny_config(run["data_dir"]), str(bare))
   assert not (bare / "tokenizer").exists()

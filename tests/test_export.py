@@ -22,8 +22,8 @@ from flax import nnx
 
 from configs import common
 from transformer import checkpoint as checkpoint_lib
+from transformer import config_io, export, search
 from transformer import evaluate as ev
-from transformer import export, search
 from transformer import model as model_lib
 from transformer.tokens import EOS_ID, PAD_ID
 
@@ -200,7 +200,7 @@ def _export(run, out, **kwargs):
 def test_exported_run_scores_and_greedy_equal_evaluate_py(run, tmp_path):
   metadata = _export(run, tmp_path / "ct2")
   assert metadata["checkpoint_steps"] == [20, 30]  # decode.average_last=2, as evaluate.py.
-  config, _ = checkpoint_lib.with_default_fields(ev.load_run_config(run))
+  config, _ = config_io.with_default_fields(ev.load_run_config(run))
   model, steps = checkpoint_lib.restore_model(config.model, run, average_last=2)
   assert steps == [20, 30]
   tokenizer = ev.load_run_tokenizer(config, run)
@@ -235,7 +235,7 @@ def test_exported_run_scores_and_greedy_equal_evaluate_py(run, tmp_path):
 @pytest.mark.slow
 def test_evaluate_report_from_the_exported_model(run, tmp_path):
   _export(run, tmp_path / "ct2", average_last=1)
-  config, _ = checkpoint_lib.with_default_fields(ev.load_run_config(run))
+  config, _ = config_io.with_default_fields(ev.load_run_config(run))
   tokenizer = ev.load_run_tokenizer(config, run)
   translate_fn, metadata = export.load_translate_fn(str(tmp_path / "ct2"), tokenizer,
                                                     config.decode)
@@ -314,7 +314,7 @@ def test_a_model_exported_from_another_run_is_refused(run, tmp_path):
   metadata = json.loads(metadata_path.read_text())
   metadata["tokenizer_fingerprint"] = "0123456789ab"
   metadata_path.write_text(json.dumps(metadata))
-  config, _ = checkpoint_lib.with_default_fields(ev.load_run_config(run))
+  config, _ = config_io.with_default_fields(ev.load_run_config(run))
   tokenizer = ev.load_run_tokenizer(config, run)
   with pytest.raises(export.ExportError, match="exported with another tokenizer"):
     export.load_translate_fn(str(tmp_path / "ct2"), tokenizer, config.decode)
@@ -351,7 +351,7 @@ def test_cli_export_then_evaluate_with_ctranslate2(run, tmp_path):
   streamed = _cli(f"--workdir={run}", "--engine=ctranslate2", f"--ctranslate2_model={out}",
                   "--translate", "--beam_size=1", stdin=lines)
   assert streamed.returncode == 0, streamed.stderr
-  config, _ = checkpoint_lib.with_default_fields(ev.load_run_config(run))
+  config, _ = config_io.with_default_fields(ev.load_run_config(run))
   tokenizer = ev.load_run_tokenizer(config, run)
   translate_fn, _ = export.load_translate_fn(out, tokenizer, config.decode, beam_size=1)
   want = ev.translate_sentences(translate_fn, tokenizer, lines.splitlines())

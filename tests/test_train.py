@@ -20,7 +20,7 @@ import numpy as np
 import pytest
 
 from configs import quickstart
-from transformer import checkpoint, checks, precision, sharding, train
+from transformer import checkpoint, checks, config_io, precision, sharding, train
 from transformer import metrics as metrics_lib
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -164,7 +164,7 @@ def test_resume_is_bitwise_identical(tmp_path, tiny_config, train_losses):
               "train/learning_rate", "train/target_tokens_per_s", "train/step_time_s"):
     assert key in row
   np.testing.assert_allclose(row["train/learning_rate"], 32**-0.5 * 6 * 10**-1.5, rtol=1e-6)
-  assert checkpoint.load_config(straight).model.d_model == 32
+  assert config_io.load_config(straight).model.d_model == 32
   report = json.load(open(os.path.join(straight, "eval", "test.json")))
   assert report["num_sentences"] == 24 and report["step"] == 6
   assert report["bleu"] == final["test/bleu"]
@@ -425,7 +425,7 @@ def test_final_evaluation_averages_the_last_checkpoints(tmp_path, tiny_config):
   assert final["test/checkpoint_steps"] == [4, 5, 6]
   report = json.load(open(os.path.join(workdir, "eval", "test.json")))
   assert report["checkpoint_steps"] == [4, 5, 6] and report["empty_outputs"] == 0
-  saved = checkpoint.load_config(workdir)
+  saved = config_io.load_config(workdir)
   again = evaluate_lib.evaluate(saved, workdir, split="test", name="again")
   assert again["checkpoint_steps"] == [4, 5, 6]
   assert again["bleu"] == final["test/bleu"]

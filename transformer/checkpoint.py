@@ -2,7 +2,7 @@
 
 Layout of a workdir ``DIR``::
 
-  DIR/config.json                  the resolved config of the run (load_config)
+  DIR/config.json                  the resolved config of the run (transformer/config_io.py)
   DIR/checkpoints/<step>/params    model parameters (a pure dict of arrays)
   DIR/checkpoints/<step>/opt_state Adam's moments and update count
   DIR/checkpoints/<step>/train     {"step", "rng"}: update count, base PRNG key
@@ -21,8 +21,8 @@ For evaluation (checkpoint averaging) use the two public functions:
   steps = checkpoint.list_steps(workdir)              # e.g. [1000, 2000, 3000]
   params = checkpoint.restore_params(workdir, steps[-1], target=abstract)
 
-and ``load_config(workdir)`` to get the run's config back. Parameters saved
-apart from a run (``evaluate.py --save_averaged``) are a folder ``P``::
+and ``config_io.load_config(workdir)`` to get the run's config back. Parameters
+saved apart from a run (``evaluate.py --save_averaged``) are a folder ``P``::
 
   P/params                         the parameters (a pure dict of arrays)
   P/steps.json                     {"checkpoint_steps": [...]}: where they come from
@@ -41,7 +41,6 @@ from collections.abc import Iterable
 
 import jax
 import jax.numpy as jnp
-import ml_collections
 import orbax.checkpoint as ocp
 from absl import logging
 from flax import nnx
@@ -50,84 +49,12 @@ from jax.experimental import multihost_utils
 from transformer import model as model_lib
 from transformer import multihost, orbax_logs
 
-CONFIG_FILE = "config.json"
 CHECKPOINT_DIR = "checkpoints"
 DAMAGED_DIR = "checkpoints_damaged"
 
 
 class CheckpointError(ValueError):
   """A checkpoint that cannot be restored (named by step, with the reason)."""
-
-
-# ---------------------------------------------------------------------------
-# Config of a run.
-# ---------------------------------------------------------------------------
-
-
-def save_config(config: ml_collections.ConfigDict, workdir: str):
-  """Writes ``DIR/config.json`` atomically (process 0 only)."""
-  if jax.process_index() != 0:
-    return
-  os.makedirs(workdir, exist_ok=True)
-  path = os.path.join(workdir, CONFIG_FILE)
-  with open(path + ".tmp", "w", encoding="utf-8") as f:
-    f.write(config.to_json(indent=2, sort_keys=True))
-  os.replace(path + ".tmp", path)
-
-
-def load_config(workdir: str) -> ml_collections.ConfigDict:
-  """The config saved by ``train.py`` in ``DIR/config.json`` (unlocked)."""
-  path = os.path.join(workdir, CONFIG_FILE)
-  if not os.path.exists(path):
-    raise FileNotFoundError(
-        f"No {CONFIG_FILE} in workdir {workdir!r}: is it the --workdir of a "
-        "train.py run? (train.py writes it when it starts.)")
-  from transformer import checks
-
-  try:
-    with open(path, encoding="utf-8") as f:
-      values = json.load(f)
-  except (UnicodeDecodeError, json.JSONDecodeError) as e:
-    raise checks.ConfigError(
-        f"{path} is not valid JSON ({e}); train.py writes it when it starts: restore "
-        "it from a copy, or start a new --workdir.") from e
-  if not isinstance(values, dict):
-    raise checks.ConfigError(f"{path} holds a JSON {type(values).__name__}, not the "
-                             "config's sections.")
-  return ml_collections.ConfigDict(values)
-
-
-def with_default_fields(config: ml_collections.ConfigDict):
-  """``config`` with the fields added to the project after the run was trained
-  (absent from its config.json) set to today's defaults, so that older runs
-  still evaluate and export; returns (config, ["section.field=value", ...])."""
-  from configs import common
-
-  defaults = common.get_base_config("base")
-  added = []
-  for section, fields in defaults.items():
-    if section in config and isinstance(config[section], ml_collections.ConfigDict):
-      for name, value in fields.items():
-        if name not in config[section]:
-          config[section][name] = value
-          added.append(f"{section}.{name}={value!r}")
-  return config, added
-
-
-def config_differences(old: ml_collections.ConfigDict, new: ml_collections.ConfigDict) -> list[str]:
-  """Dotted keys whose values differ between two configs (for resume checks)."""
-  def flat(d, prefix=""):
-    out = {}
-    for k, v in d.items():
-      if isinstance(v, dict):
-        out.update(flat(v, f"{prefix}{k}."))
-      else:
-        out[f"{prefix}{k}"] = v
-    return out
-
-  a = flat(json.loads(old.to_json()))
-  b = flat(json.loads(new.to_json()))
-  return sorted(k for k in a.keys() | b.keys() if a.get(k) != b.get(k))
 
 
 # ---------------------------------------------------------------------------
@@ -182,7 +109,7 @@ def restore_params(workdir: str, step: int, target=None):
         target = jax.tree.map(
             lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=sharding), metadata)
       else:
-        target = jax.tree.map(_abstract, target)
+        target = jax.tree.map(_shape_dtype_struct, target)
       return checkpointer.restore(path, target)
     except Exception as e:  # Orbax/TensorStore raise many kinds for a damaged file.
       raise CheckpointError(f"The checkpoint at step {step} ({path}) cannot be restored: "
@@ -203,7 +130,7 @@ def _reason(e: BaseException) -> str:
   return text if len(text) <= 300 else text[:297] + "..."
 
 
-def _abstract(x):
+def _shape_dtype_struct(x):
   if isinstance(x, jax.ShapeDtypeStruct):
     return x
   return jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=getattr(x, "sharding", None))

@@ -31,7 +31,7 @@ from flax import nnx
 
 from transformer import bleu as bleu_lib
 from transformer import checkpoint as checkpoint_lib
-from transformer import checks, precision, search
+from transformer import checks, config_io, precision, search
 from transformer import loss as loss_lib
 from transformer import model as model_lib
 from transformer.tokens import EOS_ID, PAD_ID
@@ -48,13 +48,13 @@ TranslateFn = Callable[[np.ndarray], np.ndarray]
 def check_workdir(workdir: str):
   """An existing run's workdir, read from only (the results' folder is checked
   for writing where it is chosen)."""
-  checks.check_workdir(workdir, create=False, writable=False)
+  checks.check_directory(workdir, create=False, writable=False)
 
 
 def load_run_config(workdir: str) -> ml_collections.ConfigDict:
   """The config the run was trained with (DIR/config.json), unlocked."""
   check_workdir(workdir)
-  return checkpoint_lib.load_config(workdir)
+  return config_io.load_config(workdir)
 
 
 def load_run_tokenizer(config, workdir: str):
@@ -68,7 +68,7 @@ def load_run_tokenizer(config, workdir: str):
   from transformer.data import tokenizer as tokenizer_lib
 
   trained_path = os.path.join(workdir, "tokenizer", "spm.model")
-  saved = checkpoint_lib.load_config(workdir).data.get("tokenizer_path", "")
+  saved = config_io.load_config(workdir).data.get("tokenizer_path", "")
   trained_path = saved or trained_path
   if not config.data.tokenizer_path and not os.path.isfile(trained_path):
     # data.load_tokenizer would train a new vocabulary: never for evaluation.

@@ -44,7 +44,7 @@ import tempfile
 import numpy as np
 
 from transformer import checkpoint as checkpoint_lib
-from transformer import checks
+from transformer import checks, config_io
 from transformer.tokens import BOS_ID, EOS_ID, PAD_ID, UNK_ID
 
 # Rows of the sinusoidal position table written into the model: CTranslate2
@@ -256,7 +256,7 @@ def _check_out(out: str, overwrite: bool) -> str:
   if os.path.exists(out) and not os.path.isdir(out):
     raise ExportError(f"--out={out} is a file, not a folder; choose another --out.")
   parent = os.path.dirname(out)
-  checks.check_workdir(parent, create=True, what="The folder of --out")
+  checks.check_directory(parent, create=True, what="The folder of --out")
   return out
 
 
@@ -322,7 +322,7 @@ def export(workdir: str, out: str, *, average_last: int | None = None,
     raise ExportError(f"Unknown --quantization={quantization!r}; choose one of "
                       f"{', '.join(QUANTIZATIONS)}.")
   if config is None:
-    config, _ = checkpoint_lib.with_default_fields(evaluate_lib.load_run_config(workdir))
+    config, _ = config_io.with_default_fields(evaluate_lib.load_run_config(workdir))
   check_exportable(config.model)
   out = _check_out(out, overwrite)
   # An asked-for --average_last must be met; the config's is the ones kept
@@ -514,22 +514,19 @@ def score(translator, pieces: list[str], sources: list[list[int]],
 
 
 def main(argv):
+  """The command (run by cli.run: a ConfigError exits with 2; an ExportError,
+  a missing run or checkpoint with 1)."""
   from absl import flags
 
   f = flags.FLAGS
-  try:
-    if len(argv) > 1:
-      raise checks.ConfigError(f"Unexpected arguments: {argv[1:]}")
-    if not f.workdir or not f.out:
-      raise checks.ConfigError("--workdir (a train.py run) and --out (the folder to write) "
-                               "are required.")
-    metadata = export(f.workdir, f.out, average_last=f.average_last, step=f.step,
-                      quantization=f.quantization, overwrite=f.overwrite,
-                      command="python -m transformer.export " + " ".join(sys.argv[1:]))
-  except checks.ConfigError as e:
-    checks.exit_with_error(e, 2)
-  except (OSError, ValueError) as e:  # ExportError, a missing run or checkpoint.
-    checks.exit_with_error(e, 1)
+  if len(argv) > 1:
+    raise checks.ConfigError(f"Unexpected arguments: {argv[1:]}")
+  if not f.workdir or not f.out:
+    raise checks.ConfigError("--workdir (a train.py run) and --out (the folder to write) "
+                             "are required.")
+  metadata = export(f.workdir, f.out, average_last=f.average_last, step=f.step,
+                    quantization=f.quantization, overwrite=f.overwrite,
+                    command="python -m transformer.export " + " ".join(sys.argv[1:]))
   print(f"Wrote the CTranslate2 model of {f.workdir} (steps "
         f"{metadata['checkpoint_steps']}, {metadata['quantization']}) to "
         f"{os.path.abspath(f.out)}.")
@@ -547,18 +544,8 @@ def _define_flags():
   flags.DEFINE_bool("overwrite", False, "Replace --out if it exists.")
 
 
-def _parse_flags(argv):
-  """absl's parsing, every error one ``error:`` line and exit code 2."""
-  from absl import flags
-
-  try:
-    return flags.FLAGS(argv)
-  except flags.Error as e:
-    checks.exit_with_error(e, 2)
-
-
 if __name__ == "__main__":
-  from absl import app
+  from transformer import cli
 
   _define_flags()
-  app.run(main, flags_parser=_parse_flags)
+  cli.run(main, config_flag=None)  # Flag errors: one "error:" line, exit code 2.
