@@ -254,20 +254,19 @@ def beam_search_state(step_fn: StepFn, cache, max_lengths, *, beam_size: int,
     (B, W) float32, best first; seqs end with EOS followed by PAD_ID. step is
     the number of decoding steps run.
   """
-  k = beam_size
   max_lengths = jnp.clip(jnp.asarray(max_lengths, jnp.int32), 1, max_length)
   batch = max_lengths.shape[0]
-  cache = _map_per_hypothesis(lambda x: jnp.repeat(x, k, axis=0), cache)
+  cache = _map_per_hypothesis(lambda x: jnp.repeat(x, beam_size, axis=0), cache)
   lp_at_limit = length_penalty(max_lengths, alpha)  # (B,)
   state = BeamState(
       step=jnp.array(0, jnp.int32),
-      live_seqs=jnp.full((batch, k, max_length), PAD_ID, jnp.int32),
+      live_seqs=jnp.full((batch, beam_size, max_length), PAD_ID, jnp.int32),
       # Only beam 0 is real at the start; the others are copies that must
       # never be chosen.
       live_logprobs=jnp.tile(
-          jnp.array([0.0] + [NEG_INF] * (k - 1), jnp.float32), (batch, 1)),
-      finished_seqs=jnp.full((batch, k, max_length), PAD_ID, jnp.int32),
-      finished_scores=jnp.full((batch, k), NEG_INF, jnp.float32),
+          jnp.array([0.0] + [NEG_INF] * (beam_size - 1), jnp.float32), (batch, 1)),
+      finished_seqs=jnp.full((batch, beam_size, max_length), PAD_ID, jnp.int32),
+      finished_scores=jnp.full((batch, beam_size), NEG_INF, jnp.float32),
       done=jnp.zeros((batch,), bool),
       cache=cache)
 
@@ -276,16 +275,16 @@ def beam_search_state(step_fn: StepFn, cache, max_lengths, *, beam_size: int,
 
   def body(s):
     prev = _previous_tokens(s.live_seqs, s.step, bos_id)  # (B, W)
-    logits, cache = step_fn(prev.reshape(batch * k), s.cache, s.step)
+    logits, cache = step_fn(prev.reshape(batch * beam_size), s.cache, s.step)
     vocab_size = logits.shape[-1]
     logprobs, at_limit = _allowed_logprobs(
-        logits.reshape(batch, k, vocab_size), s.step, max_lengths,
+        logits.reshape(batch, beam_size, vocab_size), s.step, max_lengths,
         eos_id, min_length)  # (B, W, V)
 
     # The 2W best extensions of the W live hypotheses.
     candidates = s.live_logprobs[:, :, None] + logprobs  # (B, W, V)
     cand_logprobs, flat = jax.lax.top_k(
-        candidates.reshape(batch, k * vocab_size), 2 * k)  # (B, 2W)
+        candidates.reshape(batch, beam_size * vocab_size), 2 * beam_size)  # (B, 2W)
     cand_beam = flat // vocab_size  # (B, 2W)
     cand_token = (flat % vocab_size).astype(jnp.int32)  # (B, 2W)
     cand_seqs = _gather_beams(s.live_seqs, cand_beam)  # (B, 2W, L)
@@ -295,17 +294,17 @@ def beam_search_state(step_fn: StepFn, cache, max_lengths, *, beam_size: int,
 
     # Live: the W best candidates that do not end in EOS.
     live_logprobs, live_idx = jax.lax.top_k(
-        jnp.where(cand_eos, NEG_INF, cand_logprobs), k)  # (B, W)
+        jnp.where(cand_eos, NEG_INF, cand_logprobs), beam_size)  # (B, W)
     live_seqs = _gather_beams(cand_seqs, live_idx)
     live_beam = jnp.take_along_axis(cand_beam, live_idx, axis=1)  # (B, W)
 
     # Finished: EOS candidates ranked among the W best, scored log P / lp.
-    rank = jnp.arange(2 * k)
+    rank = jnp.arange(2 * beam_size)
     new_scores = jnp.where(
-        cand_eos & (rank < k),
+        cand_eos & (rank < beam_size),
         cand_logprobs / length_penalty(s.step + 1, alpha), NEG_INF)
     finished_scores, fin_idx = jax.lax.top_k(
-        jnp.concatenate([s.finished_scores, new_scores], axis=1), k)
+        jnp.concatenate([s.finished_scores, new_scores], axis=1), beam_size)
     finished_seqs = _gather_beams(
         jnp.concatenate([s.finished_seqs, cand_seqs], axis=1), fin_idx)
 
@@ -320,7 +319,7 @@ def beam_search_state(step_fn: StepFn, cache, max_lengths, *, beam_size: int,
       return jnp.where(s.done.reshape((-1,) + (1,) * (old.ndim - 1)), old, new)
 
     # Reorder the cache rows to follow their live hypotheses (row b*W + j).
-    rows = (jnp.arange(batch)[:, None] * k + live_beam).reshape(batch * k)
+    rows = (jnp.arange(batch)[:, None] * beam_size + live_beam).reshape(batch * beam_size)
     # The rows are always in range; mode="clip" makes this a plain gather
     # (the default "fill" adds a select over the whole cache at every step).
     cache = _map_per_hypothesis(
