@@ -461,6 +461,33 @@ def test_decoder_layer_vs_numpy(norm_position):
 
 
 @pytest.mark.parametrize("norm_position", ["post", "pre"])
+def test_decoder_layer_with_a_cache_equals_the_layer_over_the_whole_target(norm_position):
+  """Incremental decoding runs the same layer code: one position at a time,
+  each position's keys and values written to the cache and the earlier ones
+  read from it, it gives the teacher-forced layer's outputs."""
+  layer, _ = _layer(model_lib.DecoderLayer, norm_position)
+  rng = np.random.default_rng(2)
+  y = jnp.asarray(rng.normal(size=(2, 5, 16)), jnp.float32)  # (B, T, D)
+  memory = jnp.asarray(rng.normal(size=(2, 6, 16)), jnp.float32)  # (B, S, D)
+  source = (INPUTS != tokens.PAD_ID).astype(jnp.int32)
+  target = (TARGETS != tokens.PAD_ID).astype(jnp.int32)
+  full = nnx.jit(lambda m, y, memory: m(
+      y, memory, model_lib.attention_mask(target, target, causal=True),
+      model_lib.attention_mask(target, source)))(layer, y, memory)
+  cross_k, cross_v = layer.cross_attention.project_kv(memory)  # (B, H, S, K), (B, H, S, J)
+  cache = {"self_k_t": jnp.zeros((2, 2, 4, 5)), "self_v": jnp.zeros((2, 2, 5, 6)),
+           "cross_k_t": cross_k.swapaxes(2, 3), "cross_v": cross_v}
+  step = nnx.jit(lambda m, y_t, cache, t: m(
+      y_t, None, (jnp.arange(5) <= t)[None, None, None, :], (source != 0)[:, None, None, :],
+      cache=cache, cache_index=t))
+  for t in range(5):
+    out, cache = step(layer, y[:, t:t + 1], cache, t)  # (B, 1, D)
+    real = np.asarray(target[:, t]) == 1
+    np.testing.assert_allclose(np.asarray(out[:, 0])[real], np.asarray(full[:, t])[real],
+                               rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("norm_position", ["post", "pre"])
 def test_encoder_stack_vs_numpy(norm_position):
   """Embedding * sqrt(d_model) + sinusoids (§3.4, §3.5), N layers, and for
   pre-LN the final LayerNorm on the stack's output."""

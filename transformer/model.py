@@ -6,7 +6,8 @@ It computes the paper's function and nothing else: compute precision (the
 "auto" dtype, the mixed-precision ``matmul`` every projection uses, the
 attention kernel) is transformer/precision.py's, the checks of a config are
 transformer/checks.py's (a model trusts the config it is given), and the
-beam-search cache is decoding's (transformer/search.py).
+layout of the beam-search cache is decoding's (transformer/search.py, which
+runs the decoder one position at a time through ``Transformer.decode_step``).
 
 Dimension legend (einsum letters and shape comments):
   B batch                     D d_model
@@ -93,8 +94,8 @@ class Transformer(nnx.Module):
 
   Call it on a batch to get float32 logits (B, T, V) that predict ``targets``;
   the decoder input is ``targets`` shifted right. Generation
-  (transformer/search.py) calls ``encode``, ``embed_target``, the decoder
-  layers' sub-layers and ``logits``, and keeps its own key/value cache.
+  (transformer/search.py) calls ``encode`` once and then ``decode_step``, the
+  same decoder layers over a key/value cache that it lays out itself.
   """
 
   def __init__(self, cfg, *, rngs, platform=None):
@@ -193,23 +194,56 @@ class Transformer(nnx.Module):
       x = self.encoder_norm(x)
     return x
 
-  # -- decoder (teacher forcing) ----------------------------------------------
+  # -- decoder ----------------------------------------------------------------
+
+  def decoder(self, y, memory, self_mask, cross_mask, return_attention=False, cache=None,
+              cache_index=None):
+    """The decoder stack on the embedded decoder input y (B, T, D): the N
+    layers, then for pre-LN the final LayerNorm; memory (B, S, D) is the
+    encoder's output. ``cache``: incremental decoding's (see ``decode_step``),
+    one entry per layer; the stack then returns (y, the updated cache)."""
+    new_cache = None if cache is None else []
+    for i, layer in enumerate(self.decoder_layers):
+      if cache is None:
+        y = layer(y, memory, self_mask, cross_mask, return_attention)
+      else:
+        y, layer_cache = layer(y, memory, self_mask, cross_mask, cache=cache[i],
+                               cache_index=cache_index)
+        new_cache.append(layer_cache)
+    if self.cfg.norm_position == "pre":
+      y = self.decoder_norm(y)
+    return y if cache is None else (y, new_cache)  # (B, T, D)
 
   def decode(self, encoded, inputs_segmentation, targets, targets_segmentation=None,
              targets_position=None, return_attention=False, return_hidden=False):
-    """Decoder stack over the whole (shifted) target: float32 (B, T, V), or
-    with ``return_hidden`` its output (B, T, D) before the projection.
-    ``return_attention``: as in ``encode``."""
+    """Teacher forcing: the decoder stack over the whole (shifted) target,
+    float32 (B, T, V), or with ``return_hidden`` its output (B, T, D) before
+    the projection. ``return_attention``: as in ``encode``."""
     segments, positions = _segments_and_positions(
         targets, targets_segmentation, targets_position)
     y = self.embed_target(shift_right(targets, segments), positions)
     self_mask = attention_mask(segments, segments, causal=True)  # (B, 1, T, T)
     cross_mask = attention_mask(segments, inputs_segmentation)  # (B, 1, T, S)
-    for layer in self.decoder_layers:
-      y = layer(y, encoded, self_mask, cross_mask, return_attention)
-    if self.cfg.norm_position == "pre":
-      y = self.decoder_norm(y)
+    y = self.decoder(y, encoded, self_mask, cross_mask, return_attention)
     return y if return_hidden else self.logits(y)  # (B, T, D) or (B, T, V)
+
+  def decode_step(self, ids, positions, self_mask, cross_mask, cache, cache_index):
+    """Incremental decoding: the decoder stack at new positions only, their
+    self-attention reading the keys and values of the earlier ones from
+    ``cache``. Returns float32 logits (B, T, V) and the updated cache.
+
+    ids, positions: (B, T) the new positions' inputs (each one the token
+    output at the position before) and positions. cache: one entry per
+    decoder layer (``DecoderLayer.__call__``: its self-attention's key/value
+    slots and encoder-decoder attention's keys and values of the memory),
+    laid out by transformer/search.py (``init_cache``), which also gives the
+    masks: self_mask (B, 1, T, slots), cross_mask broadcastable to
+    (B, 1, T, S). The new positions write to slots cache_index onwards.
+    """
+    y = self.embed_target(ids, positions)  # (B, T, D)
+    y, cache = self.decoder(y, None, self_mask, cross_mask, cache=cache,
+                            cache_index=cache_index)
+    return self.logits(y), cache  # (B, T, V)
 
   def __call__(self, inputs, targets, inputs_segmentation=None,
                targets_segmentation=None, inputs_position=None,
@@ -325,13 +359,47 @@ class DecoderLayer(nnx.Module):
     self.feed_forward = _feed_forward(cfg, dtype, param_dtype, rngs)
     self.residual_3 = _sublayer_connection(cfg, dtype, param_dtype, rngs)
 
-  def __call__(self, y, memory, self_mask, cross_mask, return_weights=False):
-    """y: (B, T, D) decoder input, memory: (B, S, D) encoder output."""
-    y = self.residual_1(y, lambda y: self.self_attention(y, y, self_mask, return_weights))
-    y = self.residual_2(y, lambda y: self.cross_attention(y, memory, cross_mask,
-                                                          return_weights))
+  def __call__(self, y, memory, self_mask, cross_mask, return_weights=False, cache=None,
+               cache_index=None):
+    """y: (B, T, D) decoder input, memory: (B, S, D) encoder output.
+
+    Incremental decoding (``Transformer.decode_step``) passes ``cache``, this
+    layer's keys and values, and no memory; it gets (y, the updated cache):
+      "self_k_t" (B, H, K, slots), "self_v" (B, H, slots, J): self-attention's
+        keys and values of the earlier positions; the T positions of y write
+        theirs to slots cache_index ... cache_index + T - 1 and attend to
+        every slot self_mask (B, 1, T, slots) allows.
+      "cross_k_t" (B, H, K, S), "cross_v" (B, H, S, J): encoder-decoder
+        attention's keys and values of the memory (its ``project_kv``).
+    Keys lie transposed, (K, slots), so that Q K^T reads them as they lie.
+    """
+    if cache is None:
+      self_kv = self.self_attention.project_kv  # K W^K, V W^V of y itself
+      cross_kv = lambda: self.cross_attention.project_kv(memory)
+    else:
+      cache = dict(cache)
+      self_kv = functools.partial(_write_self_keys_values, self.self_attention, cache,
+                                  cache_index)
+      cross_kv = lambda: (cache["cross_k_t"].swapaxes(2, 3), cache["cross_v"])
+    y = self.residual_1(y, lambda y: self.self_attention.attend(
+        y, *self_kv(y), self_mask, return_weights))
+    y = self.residual_2(y, lambda y: self.cross_attention.attend(
+        y, *cross_kv(), cross_mask, return_weights))
     y = self.residual_3(y, self.feed_forward)
-    return sharding_lib.constrain(y, BTD)
+    y = sharding_lib.constrain(y, BTD)
+    return y if cache is None else (y, cache)
+
+
+def _write_self_keys_values(attention, cache, index, y):
+  """Incremental decoding's self-attention keys and values: those of the new
+  positions y (B, T, D) written to ``cache`` (a layer's, see
+  ``DecoderLayer.__call__``; updated in place) at slots index ... index + T - 1,
+  then those of every slot, (B, H, slots, K) and (B, H, slots, J)."""
+  k, v = attention.project_kv(y)  # (B, H, T, K), (B, H, T, J)
+  cache["self_k_t"] = jax.lax.dynamic_update_slice_in_dim(
+      cache["self_k_t"], k.swapaxes(2, 3), index, 3)
+  cache["self_v"] = jax.lax.dynamic_update_slice_in_dim(cache["self_v"], v, index, 2)
+  return cache["self_k_t"].swapaxes(2, 3), cache["self_v"]
 
 
 # ----------------------------------------------------------------------------

@@ -32,8 +32,9 @@ Three layers:
   which slot holds each position moves with the beams; see ``init_cache``).
   Tests drive them with hand-made step functions.
 * ``init_cache`` and ``decode_step`` are that step function for a
-  ``Transformer``: its decoder, one position at a time, with the key/value
-  cache this module owns.
+  ``Transformer``: its decoder one position at a time
+  (``Transformer.decode_step``, the layers training runs), over a key/value
+  cache whose layout this module owns.
 * ``translate_batch(model, inputs, ...)`` runs them on a ``Transformer``:
   encodes once, builds the cache with ``init_cache``, pads the batch to
   a few fixed shapes (powers of two) and returns token ids. It is jitted and
@@ -53,8 +54,6 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from transformer import model as model_lib
-from transformer import sharding as sharding_lib
 from transformer.tokens import BOS_ID, EOS_ID, PAD_ID, bucket
 
 # Score of an impossible hypothesis. Finite, so that sums never make NaNs.
@@ -363,6 +362,8 @@ def init_cache(model, encoded, inputs, max_length, beam_size=1):
        {"encoder_mask": (B, S) bool,
         "layers": [{"self_k_t": (B, H, K, L * W), "self_v": (B, H, L * W, J),
                     "cross_k_t": (B, H, K, S), "cross_v": (B, H, S, J)}, ...]}}
+    Each entry of "layers" is a decoder layer's cache as ``DecoderLayer``
+    reads and writes it.
   """
   batch = encoded.shape[0]
   layers = []
@@ -390,10 +391,11 @@ def decode_step(model, tokens_in, cache, step):
   b * W + j for hypothesis j of sentence b (W is init_cache's beam_size; 1
   for greedy decoding). ``step`` is the position being predicted (0 for the
   first token, whose input is BOS). A sentence's hypotheses run as the
-  queries of one decoder pass, through the decoder layers' own sub-layers
-  (Figure 1's decoder, as ``DecoderLayer.__call__`` runs it), with the
-  self-attention's keys and values read from and written to the cache. Equal,
-  to float tolerance, to the full forward pass's logits at that position.
+  queries of one pass of the model's own decoder (``Transformer.decode_step``),
+  writing their keys and values to their slots of ``step``; this function
+  only keeps the slots' bookkeeping (``origin``) and the masks it gives.
+  Equal, to float tolerance, to the full forward pass's logits at that
+  position.
   """
   shared = cache[SHARED]
   max_length = cache["origin"].shape[1]
@@ -410,32 +412,11 @@ def decode_step(model, tokens_in, cache, step):
       batch, 1, beams, max_length * beams)
   cross_mask = shared["encoder_mask"][:, None, None, :]  # (B, 1, 1, S)
   positions = jnp.full((batch, beams), step, jnp.int32)
-  y = model.embed_target(tokens_in.reshape(batch, beams), positions)  # (B, W, D)
-  new_layers = []
-  for layer, c in zip(model.decoder_layers, shared["layers"], strict=True):
-    new_c = dict(c)
-
-    def self_attention(y, attention=layer.self_attention, c=c, new_c=new_c):
-      # k (B, H, W, K), v (B, H, W, J): hypothesis j's new key and value go
-      # to slot (step, j); attention then reads all the slots.
-      k, v = attention.project_kv(y)
-      new_c["self_k_t"] = jax.lax.dynamic_update_slice_in_dim(
-          c["self_k_t"], k.swapaxes(2, 3), step * beams, 3)
-      new_c["self_v"] = jax.lax.dynamic_update_slice_in_dim(c["self_v"], v, step * beams, 2)
-      return attention.attend(y, new_c["self_k_t"].swapaxes(2, 3), new_c["self_v"], self_mask)
-
-    def cross_attention(y, attention=layer.cross_attention, c=c):
-      return attention.attend(y, c["cross_k_t"].swapaxes(2, 3), c["cross_v"], cross_mask)
-
-    y = layer.residual_1(y, self_attention)
-    y = layer.residual_2(y, cross_attention)
-    y = sharding_lib.constrain(layer.residual_3(y, layer.feed_forward), model_lib.BTD)
-    new_layers.append(new_c)
-  if model.cfg.norm_position == "pre":
-    y = model.decoder_norm(y)
-  logits = model.logits(y).reshape(batch * beams, -1)  # (B * W, V)
-  new_shared = {"encoder_mask": shared["encoder_mask"], "layers": new_layers}
-  return logits, {"origin": origin, SHARED: new_shared}
+  # Hypothesis j's key and value go to slot (step, j), entry step * W + j.
+  logits, layers = model.decode_step(tokens_in.reshape(batch, beams), positions, self_mask,
+                                     cross_mask, shared["layers"], cache_index=step * beams)
+  new_shared = {"encoder_mask": shared["encoder_mask"], "layers": layers}
+  return logits.reshape(batch * beams, -1), {"origin": origin, SHARED: new_shared}
 
 
 # ----------------------------------------------------------------------------
