@@ -5,21 +5,20 @@ import pytest
 from flax import nnx
 
 from benchmarks import benchmark
-from configs import common
 from transformer import model as model_lib
 from transformer import summary
 
+VOCAB = 300
 
-def tiny_config():
-  config = common.get_base_config("base")
-  config.model.update(dict(vocab_size=300, num_layers=1, d_model=32, d_ff=64,
-                           num_heads=2, d_k=16, d_v=16))
-  return config
+
+@pytest.fixture
+def config(tiny_config):
+  """The suite's tiny model (one layer, d_model 32) in the paper's base config."""
+  return tiny_config(base="paper", **{"model.vocab_size": VOCAB})
 
 
 @pytest.mark.slow
-def test_benchmark_figures():
-  config = tiny_config()
+def test_benchmark_figures(config):
   r = benchmark.run_benchmark(config, batch_size=4, seq_len=8, repeats=1,
                               decode_sentences=2, decode_steps=6, scaling_lengths=(8, 16),
                               scaling_tokens=32, decode_lengths=(4, 8))
@@ -38,10 +37,9 @@ def test_benchmark_figures():
 
 
 @pytest.mark.slow
-def test_recomputation_decodes_the_same_tokens_as_the_cache():
-  config = tiny_config()
+def test_recomputation_decodes_the_same_tokens_as_the_cache(config):
   model = model_lib.Transformer(config.model, rngs=nnx.Rngs(0))
-  inputs = jnp.asarray(benchmark.random_batch(2, 5, 300)["inputs"])
+  inputs = jnp.asarray(benchmark.random_batch(2, 5, VOCAB)["inputs"])
   for beam in (1, 4):
     cached = benchmark._decode_fixed(model, inputs, beam_size=beam, steps=6, cached=True)
     recomputed = benchmark._decode_fixed(model, inputs, beam_size=beam, steps=6,
@@ -51,8 +49,8 @@ def test_recomputation_decodes_the_same_tokens_as_the_cache():
 
 
 @pytest.mark.slow
-def test_dtype_comparison_reports_both_peaks_and_speedups():
-  r = benchmark.compare_dtypes(tiny_config(), ["float32", "bfloat16"], batch_size=4,
+def test_dtype_comparison_reports_both_peaks_and_speedups(config):
+  r = benchmark.compare_dtypes(config, ["float32", "bfloat16"], batch_size=4,
                                seq_len=8, repeats=1, decode_sentences=2, decode_steps=6,
                                skip=("scaling",))
   f32, bf16 = r["runs"]["float32"], r["runs"]["bfloat16"]

@@ -2,7 +2,7 @@
 
 The 8-device tests run this file as a script in a subprocess with
 XLA_FLAGS=--xla_force_host_platform_device_count=8 (it must be set before JAX
-starts). One trains a tiny Transformer for a few updates on 1 device, on 8
+starts), the configs given on its stdin as JSON. One trains a tiny Transformer for a few updates on 1 device, on 8
 data-parallel devices and on 8 FSDP devices, and compares the losses; the
 other compiles the update step for 8 data-parallel and 8 FSDP devices and
 reads the collectives and the memory of the compiled programs.
@@ -13,39 +13,40 @@ import os
 import subprocess
 import sys
 
+import ml_collections
 import numpy as np
 import pytest
 from jax.sharding import PartitionSpec as P
 
-from configs import common
 from transformer import sharding
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
-
-FSDP = {"fsdp": True, "mesh_shape": {"data": 1, "fsdp": -1, "tensor": 1}}
-
-
-def _tiny_config(**train):
-  config = common.get_base_config("base")
-  m = config.model
-  m.vocab_size, m.num_layers, m.d_model, m.d_ff = 32, 1, 16, 32
-  m.num_heads, m.d_k, m.d_v = 2, 8, 8
-  config.train.warmup_steps = 4
-  for k, v in train.items():
-    config.train[k] = v
-  return config
+# The suite's tiny model at half its width (d_model 16, vocabulary 32), in the
+# paper's base config: the overrides of conftest's tiny_config(base="paper").
+NARROW = {"model.vocab_size": 32, "model.d_model": 16, "model.d_ff": 32, "model.d_k": 8,
+          "model.d_v": 8, "train.warmup_steps": 4}
+FSDP = {"train.fsdp": True, "train.mesh_shape": {"data": 1, "fsdp": -1, "tensor": 1}}
 
 
-def test_rules_data_parallel_by_default():
-  rules = dict(sharding.logical_axis_rules(_tiny_config().train))
+@pytest.fixture(scope="module")
+def configs(tiny_config):
+  """The narrow tiny config, data parallel and FSDP (by default the mesh is
+  data parallel), as the 8-device scripts receive them."""
+  return {"data": tiny_config(base="paper", **NARROW).to_dict(),
+          "fsdp": tiny_config(base="paper", **NARROW, **FSDP).to_dict()}
+
+
+def test_rules_data_parallel_by_default(tiny_config):
+  rules = dict(sharding.logical_axis_rules(tiny_config(base="paper", **NARROW).train))
   assert rules["batch"] == ("data", "fsdp")
   assert rules["embed"] is None  # Parameters are replicated.
   assert sharding.logical_to_mesh(("vocab", "embed"), tuple(rules.items())) == P("tensor", None)
 
 
-def test_rules_fsdp_shards_embed():
-  rules = sharding.logical_axis_rules(_tiny_config(fsdp=True).train)
+def test_rules_fsdp_shards_embed(tiny_config):
+  rules = sharding.logical_axis_rules(
+      tiny_config(base="paper", **NARROW, **{"train.fsdp": True}).train)
   assert sharding.logical_to_mesh(("embed", "mlp"), rules) == P("fsdp", "tensor")
   assert sharding.batch_spec(rules, ndim=2) == P(("data", "fsdp"), None)
 
@@ -61,7 +62,7 @@ def test_resolve_mesh_shape():
     sharding.resolve_mesh_shape({"model": 2}, 2)
 
 
-def _run_equivalence():
+def _run_equivalence(configs):
   """Script body: losses of 3 updates on 1, 8 (data) and 8 (fsdp) devices."""
   import jax
 
@@ -76,8 +77,8 @@ def _run_equivalence():
     inputs[:, -1], targets[:, -3:] = 1, [1, 0, 0]
     batches.append({"inputs": inputs, "targets": targets})
 
-  def run(devices, **train_overrides):
-    config = _tiny_config(**train_overrides)
+  def run(devices, parallelism="data"):
+    config = ml_collections.ConfigDict(configs[parallelism])
     config.model.dropout_rate = 0.1  # Dropout masks must not depend on sharding.
     # float32: the tolerances below are float32's. With bfloat16 compute
     # (model.dtype="auto" on a CPU with AVX512-BF16 or AMX) each device's
@@ -97,7 +98,7 @@ def _run_equivalence():
 
   one, params_one, _ = run(jax.devices()[:1])
   data8, params_data8, _ = run(jax.devices())
-  fsdp8, params_fsdp8, state_fsdp8 = run(jax.devices(), **FSDP)
+  fsdp8, params_fsdp8, state_fsdp8 = run(jax.devices(), "fsdp")
   def diff(a, b):
     pairs = zip(jax.tree.leaves(a), jax.tree.leaves(b), strict=True)
     return max(float(np.max(np.abs(x - y))) for x, y in pairs)
@@ -112,7 +113,7 @@ def _run_equivalence():
   }))
 
 
-def _compile_data_parallel_and_fsdp():
+def _compile_data_parallel_and_fsdp(configs):
   """Script body: memory and collectives of the compiled update step over 8
   devices, data parallel and FSDP (compiled only, as transformer/plan.py does)."""
   import jax
@@ -120,8 +121,8 @@ def _compile_data_parallel_and_fsdp():
   from transformer import plan
 
   out = {}
-  for name, overrides in {"data8": {}, "fsdp8": FSDP}.items():
-    config = _tiny_config(**overrides)
+  for name, parallelism in {"data8": "data", "fsdp8": "fsdp"}.items():
+    config = ml_collections.ConfigDict(configs[parallelism])
     config.model.dtype = "bfloat16"  # As on a GPU (float32 hides the all-to-alls).
     config.data.max_length, config.data.batch_tokens = 12, 8 * 12  # 8 rows.
     mesh = sharding.make_mesh(config.train, devices=jax.devices())
@@ -132,23 +133,26 @@ def _compile_data_parallel_and_fsdp():
   print(json.dumps(out))
 
 
-def _run_on_eight_cpus(body):
+def _run_on_eight_cpus(body, configs):
+  """Runs the script body ``body`` with ``configs`` (on its stdin) over 8 CPU
+  devices; the JSON it printed last."""
   env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=8",
              JAX_PLATFORMS="cpu", PYTHONPATH=REPO)
   out = subprocess.run([sys.executable, os.path.abspath(__file__), body], env=env,
-                       cwd=REPO, capture_output=True, text=True, timeout=300)
+                       cwd=REPO, input=json.dumps(configs), capture_output=True, text=True,
+                       timeout=300)
   assert out.returncode == 0, out.stderr[-3000:]
   return json.loads(out.stdout.strip().splitlines()[-1])
 
 
 @pytest.mark.slow
-def test_fsdp_step_gathers_parameters_and_never_reshards_activations():
+def test_fsdp_step_gathers_parameters_and_never_reshards_activations(configs):
   """FSDP's update step moves parameters and gradients only. Before the model
   pinned its activations to the batch split (sharding.constrain), XLA carried
   FSDP's split of d_model into them: this step had 18 all-to-alls, gathered 4
   times the parameters' bytes, all-reduced 5 times the gradients' and took
   1.6 times data parallelism's temporary memory."""
-  result = _run_on_eight_cpus("compile")
+  result = _run_on_eight_cpus("compile", configs)
   data8, fsdp8 = result["data8"], result["fsdp8"]
   kinds = fsdp8["collectives"]
   assert "all-to-all" not in kinds and "collective-permute" not in kinds, kinds
@@ -168,8 +172,8 @@ def test_fsdp_step_gathers_parameters_and_never_reshards_activations():
 
 
 @pytest.mark.slow
-def test_one_device_equals_eight_devices():
-  result = _run_on_eight_cpus("equivalence")
+def test_one_device_equals_eight_devices(configs):
+  result = _run_on_eight_cpus("equivalence", configs)
   np.testing.assert_allclose(result["data8"], result["one"], rtol=1e-5)
   np.testing.assert_allclose(result["fsdp8"], result["one"], rtol=1e-5)
   # Parameters after 3 Adam updates: sharded reductions sum in another order,
@@ -185,4 +189,5 @@ def test_one_device_equals_eight_devices():
 
 
 if __name__ == "__main__":
-  {"equivalence": _run_equivalence, "compile": _compile_data_parallel_and_fsdp}[sys.argv[1]]()
+  {"equivalence": _run_equivalence,
+   "compile": _compile_data_parallel_and_fsdp}[sys.argv[1]](json.load(sys.stdin))
