@@ -53,3 +53,19 @@ def test_matmul_and_its_gradient_vs_numpy():
     np.testing.assert_allclose(out, xd @ wd, rtol=tol, atol=tol)
     np.testing.assert_allclose(dx, gd @ wd.T, rtol=tol, atol=tol)  # dL/dx = g W^T
     np.testing.assert_allclose(dw, np.einsum("btd,btf->df", xd, gd), rtol=tol, atol=tol)
+
+
+def test_cudnn_refusal_while_tracing_is_one_clear_error():
+  # float32 queries (and, on a machine without a GPU, no cuDNN library):
+  # cuDNN's own error, passed on with the shapes and the fix.
+  q = jnp.zeros((1, 2, 4, 8), jnp.float32)  # (B, H, Q, K)
+  mask = jnp.ones((1, 1, 4, 4), bool)
+  with pytest.raises(ValueError, match=r"cuDNN fused attention \(config.model.attention_impl="
+                     r"'dot_product_attention' on a GPU\) cannot take queries \(1, 2, 4, 8\)"
+                     r".*--config.model.attention_impl=xla") as error:
+    jax.eval_shape(functools.partial(precision.fused_attention, implementation="cudnn"),
+                   q, q, q, mask)
+  assert error.value.__cause__ is not None
+  # Under "auto" the refusal is no error: None, for the model's einsums.
+  assert precision.fused_attention(q, q, q, mask, implementation="cudnn",
+                                   attention_impl="auto") is None

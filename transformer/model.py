@@ -43,7 +43,13 @@ from flax import nnx
 
 from transformer import sharding as sharding_lib
 from transformer import tokens
-from transformer.precision import DTYPES, fused_attention_implementation, get_dtype, matmul
+from transformer.precision import (
+  DTYPES,
+  fused_attention,
+  fused_attention_implementation,
+  get_dtype,
+  matmul,
+)
 
 # Logical axes of the activations between sub-layers (B, T, D): rows split like
 # the batch, d_model whole. Training pins them there (sharding_lib.constrain);
@@ -323,8 +329,7 @@ def _attention(cfg, dtype, param_dtype, rngs, platform):
       cfg.d_model, cfg.num_heads, cfg.d_k, cfg.d_v,
       attention_dropout_rate=cfg.attention_dropout_rate,
       fused_implementation=fused_attention_implementation(cfg, platform),
-      fallback=cfg.attention_impl == "auto", dtype=dtype, param_dtype=param_dtype,
-      rngs=rngs)
+      attention_impl=cfg.attention_impl, dtype=dtype, param_dtype=param_dtype, rngs=rngs)
 
 
 def _feed_forward(cfg, dtype, param_dtype, rngs):
@@ -433,31 +438,6 @@ def scaled_dot_product_attention(q, k, v, mask, *, dropout=None):
   return out, weights
 
 
-def fused_attention(q, k, v, mask, *, implementation):
-  """Eq. (1) by ``jax.nn.dot_product_attention``: cuDNN's fused kernel
-  (``implementation="cudnn"``, GPU only; the (B, H, Q, M) weights are never
-  stored, forward or backward) or XLA's attention ("xla"). Arguments and the
-  (B, H, Q, J) output as in ``scaled_dot_product_attention``, no weights."""
-  batch, _, q_len, _ = q.shape
-  bthk = lambda x: x.swapaxes(1, 2)  # noqa: E731  It takes (B, T, H, K).
-  # cuDNN adds the mask as a bias of the whole (B, 1, Q, M) shape.
-  mask = jnp.broadcast_to(mask, (batch, 1, q_len, k.shape[2]))
-  try:
-    out = jax.nn.dot_product_attention(bthk(q), bthk(k), bthk(v), mask=mask,
-                                       implementation=implementation)
-  except (ValueError, NotImplementedError, RuntimeError) as e:
-    if implementation != "cudnn":
-      raise
-    raise ValueError(
-        "cuDNN fused attention (config.model.attention_impl='dot_product_attention' "
-        f"on a GPU) cannot take queries {q.shape} (B, H, Q, K) and keys {k.shape} "
-        f"(B, H, M, K) of {q.dtype}: {type(e).__name__}: {str(e).rstrip('.')}. It needs cuDNN "
-        "installed (pip install 'jax[cuda12]'), and in training even sequence "
-        "lengths (an even data.max_length); or use --config.model.attention_impl=xla."
-    ) from e
-  return bthk(out)
-
-
 class MultiHeadAttention(nnx.Module):
   """Multi-head attention (§3.2.2).
 
@@ -469,15 +449,16 @@ class MultiHeadAttention(nnx.Module):
   """
 
   def __init__(self, d_model, num_heads, d_k, d_v, *, attention_dropout_rate,
-               dtype, param_dtype, rngs, fused_implementation=None, fallback=False):
+               dtype, param_dtype, rngs, fused_implementation=None, attention_impl=None):
     self.dtype = dtype
-    # fused_implementation ("cudnn", "xla" or None: the einsums), from
-    # precision.fused_attention_implementation. Decoding with a cache takes it too (cuDNN
-    # compiles for a step's beams x (L * beams) slots). ``fallback``
-    # (attention_impl="auto"): shapes cuDNN refuses when traced (an odd length
-    # in training) take the einsums instead of raising.
+    # What computes Eq. (1) is transformer/precision.py's choice, for the
+    # config (fused_implementation: "cudnn", "xla" or None, the einsums, from
+    # precision.fused_attention_implementation) and, when traced, for the
+    # shapes (precision.fused_attention, given config.model.attention_impl).
+    # Decoding with a cache takes it too (cuDNN compiles for a step's beams x
+    # (L * beams) slots).
     self.fused_implementation = fused_implementation
-    self.fallback = fallback
+    self.attention_impl = attention_impl
     x_in = _xavier(in_axis=0, out_axis=(1, 2))  # fan_in = D, fan_out = H * K
     x_out = _xavier(in_axis=(0, 1), out_axis=2)  # fan_in = H * J, fan_out = D
     self.w_q = _param(rngs, x_in, (d_model, num_heads, d_k), ("embed", "heads", "kv"),
@@ -512,11 +493,9 @@ class MultiHeadAttention(nnx.Module):
     q = self._project(x_q, self.w_q)
     out = weights = None
     if self.fused_implementation and not return_weights:
-      try:
-        out = fused_attention(q, k, v, mask, implementation=self.fused_implementation)
-      except ValueError:
-        if not self.fallback:
-          raise
+      # None where the kernel declines these shapes: the einsums compute them.
+      out = fused_attention(q, k, v, mask, implementation=self.fused_implementation,
+                            attention_impl=self.attention_impl)
     if out is None:
       out, weights = scaled_dot_product_attention(
           q, k, v, mask, dropout=self.attention_dropout)

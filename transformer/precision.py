@@ -12,12 +12,15 @@ activations and matmul operands are the compute dtype, ``model.dtype``:
   gradient of the same form.
 
 * ``decode_dtype`` is decoding's own compute dtype (``config.decode.dtype``).
-* ``fused_attention_implementation`` picks what computes Eq. (1): cuDNN's
-  fused kernel, XLA's attention, or the model's einsums.
+* ``fused_attention_implementation`` picks what computes Eq. (1) for a
+  config: cuDNN's fused kernel, XLA's attention, or the model's einsums; and
+  ``fused_attention`` runs the fused kernel, or under "auto" declines the
+  shapes cuDNN refuses when traced (the einsums then compute them).
 
-The model (transformer/model.py) only calls ``matmul`` with the dtype and
-kernel it was built for; the policy lives here and is resolved once, where the
-config is (``checks.resolve_config``, checked by ``checks.check_config``).
+The model (transformer/model.py) only calls ``matmul`` with the dtype it was
+built for and ``fused_attention`` with the kernel chosen here; the policy
+lives here and is resolved once, where the config is
+(``checks.resolve_config``, checked by ``checks.check_config``).
 """
 
 import functools
@@ -107,9 +110,10 @@ def fused_attention_implementation(cfg, platform=None):
   by XLA) or None (the model's einsums, ``scaled_dot_product_attention``).
 
   "auto" is cuDNN on a GPU where the model allows it (see
-  ``check_fused_attention``), the einsums elsewhere: the same function, with
-  the (B, H, Q, M) weights never stored on a GPU, which makes the base train
-  step move about a fifth fewer bytes on an H100 (``python -m transformer.plan``)."""
+  ``check_fused_attention``) and, when traced, where cuDNN takes the shapes
+  (``fused_attention``); the einsums elsewhere: the same function, with the
+  (B, H, Q, M) weights never stored on a GPU, which makes the base train step
+  move about a fifth fewer bytes on an H100 (``python -m transformer.plan``)."""
   gpu = (platform or jax.default_backend()) == "gpu"
   if cfg.attention_impl == "dot_product_attention":
     return "cudnn" if gpu else "xla"
@@ -124,7 +128,7 @@ def fused_attention_implementation(cfg, platform=None):
 
 def check_fused_attention(cfg, platform=None):
   """Raises a ``ValueError`` for what ``attention_impl="dot_product_attention"``
-  cannot take. On a GPU it is cuDNN's fused kernel (``model.fused_attention``):
+  cannot take. On a GPU it is cuDNN's fused kernel (``fused_attention``):
   a 16-bit compute dtype, and a head size that is a multiple of 8, at most 256
   (at most 128 before Hopper: cuDNN says so itself when it traces, and
   ``fused_attention`` passes it on)."""
@@ -151,6 +155,38 @@ def check_fused_attention(cfg, platform=None):
         "config.model.attention_impl='dot_product_attention' is cuDNN's fused "
         "attention on a GPU, which needs a head size that is a multiple of 8, at "
         f"most 256 (config.model.d_k = d_v = {cfg.d_k}); change d_k and d_v, {fix}.")
+
+
+def fused_attention(q, k, v, mask, *, implementation, attention_impl=None):
+  """Eq. (1) by ``jax.nn.dot_product_attention``: cuDNN's fused kernel
+  (``implementation="cudnn"``, GPU only; the (B, H, Q, M) weights are never
+  stored, forward or backward) or XLA's attention ("xla"). Arguments and the
+  (B, H, Q, J) output as in ``model.scaled_dot_product_attention``, no weights.
+
+  cuDNN checks the shapes when it is traced, and refuses some that no config
+  check sees (in training, odd sequence lengths). Under
+  ``attention_impl="auto"`` it then returns None, for the caller's einsums;
+  otherwise the refusal is one clear error."""
+  batch, _, q_len, _ = q.shape
+  bthk = lambda x: x.swapaxes(1, 2)  # noqa: E731  It takes (B, T, H, K).
+  # cuDNN adds the mask as a bias of the whole (B, 1, Q, M) shape.
+  mask = jnp.broadcast_to(mask, (batch, 1, q_len, k.shape[2]))
+  try:
+    out = jax.nn.dot_product_attention(bthk(q), bthk(k), bthk(v), mask=mask,
+                                       implementation=implementation)
+  except (ValueError, NotImplementedError, RuntimeError) as e:
+    if implementation != "cudnn":
+      raise
+    if attention_impl == "auto":
+      return None
+    raise ValueError(
+        "cuDNN fused attention (config.model.attention_impl='dot_product_attention' "
+        f"on a GPU) cannot take queries {q.shape} (B, H, Q, K) and keys {k.shape} "
+        f"(B, H, M, K) of {q.dtype}: {type(e).__name__}: {str(e).rstrip('.')}. It needs cuDNN "
+        "installed (pip install 'jax[cuda12]'), and in training even sequence "
+        "lengths (an even data.max_length); or use --config.model.attention_impl=xla."
+    ) from e
+  return bthk(out)
 
 
 # ----------------------------------------------------------------------------
