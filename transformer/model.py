@@ -587,11 +587,8 @@ class FeedForward(nnx.Module):
 # ----------------------------------------------------------------------------
 
 class Embedding(nnx.Module):
-  """Token embedding, multiplied by sqrt(d_model) (§3.4).
-
-  ``attend`` is the pre-softmax linear transformation when the weights are
-  tied: logits = x E^T.
-  """
+  """Token embedding, multiplied by sqrt(d_model) (§3.4). Tied, its table E is
+  also the pre-softmax linear transformation (``Transformer.output_layer``)."""
 
   def __init__(self, vocab_size, d_model, *, dtype, param_dtype, rngs):
     init = jax.nn.initializers.normal(stddev=d_model ** -0.5)
@@ -606,9 +603,6 @@ class Embedding(nnx.Module):
     table = sharding_lib.constrain(self.embedding[...], ("vocab", None))  # (V, D)
     x = jnp.take(table, ids, axis=0)  # (B, T, D)
     return (x * math.sqrt(self.d_model)).astype(self.dtype)
-
-  def attend(self, x):
-    return matmul("BTD,VD->BTV", x, self.embedding[...], self.dtype)  # float32
 
 
 # ----------------------------------------------------------------------------
