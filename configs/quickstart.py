@@ -38,7 +38,7 @@ def get_config(arg=None):
                      "--config=configs/quickstart.py.")
   config = common.get_base_config("base")
   d = config.data
-  d.source = "synthetic"  # EN->DE, 50000/500/500 pairs (common.py's synthetic_* sizes).
+  d.source = "synthetic"  # EN->DE, 50000/500/500 pairs (fields.py's synthetic_* sizes).
   d.max_length = 64
   d.batch_tokens = 2048
   d.eval_batch_size = 128
@@ -61,6 +61,6 @@ def get_config(arg=None):
   t.checkpoint_every_steps = 100
   t.keep_checkpoints = 3
 
-  config.decode.average_last = 1  # Beam 4, alpha 0.6 as in the paper (common.py).
+  config.decode.average_last = 1  # Beam 4, alpha 0.6 as in the paper (fields.py).
   config.lock()
   return config
