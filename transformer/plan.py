@@ -553,16 +553,12 @@ def _define_flags():
 
 
 if __name__ == "__main__":
-  from absl import app
+  from transformer import cli
 
   _define_flags()
 
   def _main(argv):
-    try:
+    with cli.user_errors(PlanError, code=cli.EXIT_CONFIG):  # A target or device count.
       main(argv)
-    except checks.ConfigError as e:
-      checks.exit_with_error(e, 2)
-    except (PlanError, ValueError, OSError) as e:
-      checks.exit_with_error(e, 2 if isinstance(e, PlanError) else 1)
 
-  app.run(_main, flags_parser=checks.parse_flags)
+  cli.run(_main)

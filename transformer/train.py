@@ -41,7 +41,7 @@ from absl import logging
 from flax import nnx
 
 from transformer import checkpoint as checkpoint_lib
-from transformer import checks, multihost, optim, orbax_logs, precision
+from transformer import checks, config_io, multihost, optim, orbax_logs, precision
 from transformer import compiled as compiled_lib
 from transformer import data as data_lib
 from transformer import evaluate as evaluate_lib
@@ -71,11 +71,11 @@ RESUMABLE_MODEL_FIELDS = ("model.dtype", "model.attention_impl", "model.dropout_
 def _check_resumed_config(workdir: str, config: ml_collections.ConfigDict):
   """A workdir is resumed only with the same model (the fields that change the
   parameters' shapes or meaning); other changes are logged."""
-  path = os.path.join(workdir, checkpoint_lib.CONFIG_FILE)
+  path = os.path.join(workdir, config_io.CONFIG_FILE)
   if not os.path.exists(path):
     return
-  old = checkpoint_lib.load_config(workdir)
-  changed = checkpoint_lib.config_differences(old, config)
+  old = config_io.load_config(workdir)
+  changed = config_io.config_differences(old, config)
   model_changes = [k for k in changed
                    if k.startswith("model.") and k not in RESUMABLE_MODEL_FIELDS]
   if model_changes and checkpoint_lib.list_steps(workdir):
@@ -518,7 +518,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     writer.info("Resumed from step %d.", step)
   # Written only now that data, tokenizer, mesh and checkpoint all fit the
   # config, so a mistyped re-run never replaces a good run's config.json.
-  checkpoint_lib.save_config(config, workdir)
+  config_io.save_config(config, workdir)
   step = int(state["step"])
 
   # -- loop -------------------------------------------------------------------
