@@ -41,8 +41,8 @@ import jax.numpy as jnp
 import ml_collections
 from flax import nnx
 
+from transformer import choices, tokens
 from transformer import sharding as sharding_lib
-from transformer import tokens
 from transformer.precision import (
   DTYPES,
   fused_attention,
@@ -62,22 +62,24 @@ BTD = ("batch", None, None)
 # Registries: swappable parts are strings in config, resolved here.
 # ----------------------------------------------------------------------------
 
-# Activation of the position-wise feed-forward network. relu is Eq. (2).
-# Their names are also checks.py's choices for config.model.activation.
-# Deviation from the paper (config switch model.activation): the others.
-ACTIVATIONS = {
-    "relu": jax.nn.relu,
-    "gelu": functools.partial(jax.nn.gelu, approximate=False),
-    "elu": jax.nn.elu,
-    "silu": jax.nn.silu,
-}
+# Activation of the position-wise feed-forward network, by the names of
+# transformer/choices.py (config.model.activation's choices), in its order.
+# relu is Eq. (2). Deviation from the paper (config switch model.activation):
+# the others.
+ACTIVATIONS = dict(zip(choices.ACTIVATIONS, (
+    jax.nn.relu,
+    functools.partial(jax.nn.gelu, approximate=False),  # Exact, not tanh's.
+    jax.nn.elu,
+    jax.nn.silu,
+), strict=True))
 # Gated linear units (Shazeer 2020, "GLU Variants Improve Transformer"):
-# FFN(x) = (act(x W) * x W') W_2, without biases, hidden size d_ff.
-GATED_ACTIVATIONS = {
-    "reglu": jax.nn.relu,
-    "geglu": functools.partial(jax.nn.gelu, approximate=False),
-    "swiglu": jax.nn.silu,
-}
+# FFN(x) = (act(x W) * x W') W_2, without biases, hidden size d_ff; ReGLU,
+# GEGLU, SwiGLU in choices.GATED_ACTIVATIONS' order.
+GATED_ACTIVATIONS = dict(zip(choices.GATED_ACTIVATIONS, (
+    jax.nn.relu,
+    functools.partial(jax.nn.gelu, approximate=False),
+    jax.nn.silu,
+), strict=True))
 
 
 def _param(rngs, init, shape, names, dtype):

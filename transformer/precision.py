@@ -29,7 +29,9 @@ import re
 import jax
 import jax.numpy as jnp
 
-DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
+from transformer import choices
+
+DTYPES = {name: getattr(jnp, name) for name in choices.DTYPES}  # transformer/choices.py's names.
 
 # Read by cpu_has_bf16_matmul (tests point it at a stand-in file).
 CPUINFO = "/proc/cpuinfo"
