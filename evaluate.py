@@ -95,35 +95,34 @@ def _define_flags(argv):
       "compute type (default: as exported; int8, float32, ...).")
 
 
-def main(argv):
-  if len(argv) > 1:
-    raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
-  from transformer import checkpoint, evaluate, orbax_logs  # After flag parsing: JAX starts here.
+def _resolved_config(f) -> ml_collections.ConfigDict:
+  """The run's config with this command's decoding flags in it, checked
+  (a flag's bad value is named by its flag)."""
+  from transformer import evaluate
 
-  orbax_logs.quiet()  # Orbax's INFO lines of every restore.
-  f = flags.FLAGS
-
-  workdir = f.workdir
-  evaluate.check_workdir(workdir)
-  evaluate.load_run_config(workdir)  # Names a missing or malformed config.json.
-  # Every field of the config, with this command's decoding flags in it.
+  evaluate.check_workdir(f.workdir)
+  evaluate.load_run_config(f.workdir)  # Names a missing or malformed config.json.
   config = ml_collections.ConfigDict(f.config.to_dict())
-  flag_values = {"beam_size": f.beam_size, "alpha": f.alpha,
-                 "average_last": f.average_last}
+  flag_values = {"beam_size": f.beam_size, "alpha": f.alpha, "average_last": f.average_last}
   for field, value in flag_values.items():
     if value is not None:
       config.decode[field] = value
   try:
-    config = checks.resolve_config(config)
+    return checks.resolve_config(config)
   except checks.ConfigError as e:
-    flag = next((f for f, v in flag_values.items()
-                 if v is not None and str(e).startswith(f"config.decode.{f}=")), None)
+    flag = next((name for name, v in flag_values.items()
+                 if v is not None and str(e).startswith(f"config.decode.{name}=")), None)
     raise checks.ConfigError(f"--{flag}: {e}" if flag else str(e)) from e
-  d = config.decode  # Decoding and averaging settings, flags included: from here only.
-  # An asked-for number of checkpoints must be there; the config's own
-  # decode.average_last averages the ones kept (checkpoint.select_steps).
-  exact_average = f.average_last is not None or f.step is not None
-  translate = f.translate or (f.source and not f.reference)
+
+
+def _is_translation(f) -> bool:
+  """--translate, or --source without --reference: text out, no BLEU."""
+  return bool(f.translate or (f.source and not f.reference))
+
+
+def _check_inputs(f):
+  """The files and flag combinations, and that results can be written, before
+  any checkpoint is read or sentence decoded."""
   if f.plot_attention is not None and not f.sentence:
     raise ValueError("--plot_attention needs --sentence=\"...\" to translate.")
   if f.step is not None and f.step < 1:
@@ -137,19 +136,15 @@ def main(argv):
   if f.params and not os.path.isdir(f.params):
     raise FileNotFoundError(f"--params={f.params!r} is not a folder written by "
                             "--save_averaged.")
-  # Where the results go must be writable before anything is decoded.
   if f.plot_attention is not None:
     checks.check_directory(os.path.dirname(os.path.abspath(f.plot_attention)), create=False,
                            what="The folder of --plot_attention")
-  elif not translate:
-    checks.check_directory(os.path.join(workdir, "eval"), create=True,
+  elif not _is_translation(f):
+    checks.check_directory(os.path.join(f.workdir, "eval"), create=True,
                            what="The evaluation folder")
-
-  ct2 = f.engine == "ctranslate2"
-  if ct2:
+  if f.engine == "ctranslate2":
     fixed = {"--plot_attention": f.plot_attention, "--save_averaged": f.save_averaged or None,
-             "--params": f.params, "--step": f.step,
-             "--average_last": f.average_last}
+             "--params": f.params, "--step": f.step, "--average_last": f.average_last}
     bad = [name for name, value in fixed.items() if value is not None]
     if bad:
       raise ValueError(
@@ -159,58 +154,65 @@ def main(argv):
     if not f.ctranslate2_model:
       raise ValueError(
           "--engine=ctranslate2 needs --ctranslate2_model=FOLDER, a model written by "
-          f"python -m transformer.export --workdir={workdir} --out=FOLDER.")
+          f"python -m transformer.export --workdir={f.workdir} --out=FOLDER.")
   elif f.ctranslate2_model or f.ctranslate2_compute_type != "default":
     raise ValueError("--ctranslate2_model and --ctranslate2_compute_type need "
                      "--engine=ctranslate2.")
 
-  if ct2:
-    from transformer import export
 
-    tokenizer = evaluate.load_run_tokenizer(config, workdir)
-    translate_fn, metadata = export.load_translate_fn(
-        f.ctranslate2_model, tokenizer, d, compute_type=f.ctranslate2_compute_type)
-    if translate:
-      stream = open(f.source, encoding="utf-8") if f.source else sys.stdin
-      with stream:
-        evaluate.translate_stream(translate_fn, tokenizer, stream, sys.stdout,
-                                  batch_size=d.batch_size)
-      return
-    report = evaluate.evaluate(
-        config, workdir, split=f.split, source=f.source,
-        reference=f.reference, name=f.name, translate_fn=translate_fn,
-        steps=metadata["checkpoint_steps"],
-        engine={"engine": "ctranslate2", "dtype": translate_fn.compute_type,
-                "ctranslate2_model": os.path.abspath(f.ctranslate2_model),
-                "quantization": metadata["quantization"]})
-    print(evaluate.summary(report))
-    return
+def _engine(f, config, tokenizer):
+  """--engine's translation engine: the run's checkpoints (the last
+  decode.average_last averaged, up to --step, or --params) or the exported
+  CTranslate2 model."""
+  from transformer import export, translation
 
-  if f.plot_attention is not None or translate:
-    tokenizer = evaluate.load_run_tokenizer(config, workdir)
-    model, steps = checkpoint.restore_model(
-        config.model, workdir, average_last=d.average_last, step=f.step,
-        params_path=f.params, exact=exact_average)
-    if f.plot_attention is not None:
-      translation = evaluate.write_attention_plot(
-          model, tokenizer, f.sentence, f.plot_attention, d)
-      print(translation)
-      print(f"Attention grids written to {f.plot_attention}", file=sys.stderr)
-      return
-    translate_fn = evaluate.make_translate_fn(model, d)
-    if f.source:
-      with open(f.source, encoding="utf-8") as lines:
-        evaluate.translate_stream(translate_fn, tokenizer, lines, sys.stdout,
-                                  batch_size=d.batch_size)
-    else:
-      evaluate.translate_stream(translate_fn, tokenizer, sys.stdin, sys.stdout,
-                                batch_size=d.batch_size)
-    return
+  if f.engine == "ctranslate2":
+    return export.ctranslate2_engine(f.ctranslate2_model, tokenizer, config.decode,
+                                     compute_type=f.ctranslate2_compute_type)
+  # An asked-for number of checkpoints must be there; the config's own
+  # decode.average_last averages the ones kept (checkpoint.select_steps).
+  exact = f.average_last is not None or f.step is not None
+  return translation.restore_jax_engine(config, f.workdir, step=f.step, params_path=f.params,
+                                        exact=exact)
 
-  report = evaluate.evaluate(
-      config, workdir, split=f.split, source=f.source, reference=f.reference,
-      name=f.name, step=f.step, save_averaged=f.save_averaged,
-      params_path=f.params, exact_average=exact_average)
+
+def _translate(f, config, engine, tokenizer):
+  """Translations of --source (or stdin) to stdout, batch by batch."""
+  from transformer import translation
+
+  stream = open(f.source, encoding="utf-8") if f.source else sys.stdin
+  with stream:
+    translation.translate_stream(engine, tokenizer, stream, sys.stdout,
+                                 batch_size=config.decode.batch_size)
+
+
+def _plot_attention(f, config, engine, tokenizer):
+  """--sentence's translation on stdout, its attention grids in --plot_attention."""
+  from transformer import evaluate
+
+  print(evaluate.write_attention_plot(engine.model, tokenizer, f.sentence, f.plot_attention,
+                                      config.decode))
+  print(f"Attention grids written to {f.plot_attention}", file=sys.stderr)
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+  from transformer import evaluate, orbax_logs  # After flag parsing: JAX starts here.
+
+  orbax_logs.quiet()  # Orbax's INFO lines of every restore.
+  f = flags.FLAGS
+  config = _resolved_config(f)  # Decoding and averaging settings, flags included.
+  _check_inputs(f)
+  tokenizer = evaluate.load_run_tokenizer(config, f.workdir)
+  engine = _engine(f, config, tokenizer)
+  if f.plot_attention is not None:
+    return _plot_attention(f, config, engine, tokenizer)
+  if _is_translation(f):
+    return _translate(f, config, engine, tokenizer)
+  report = evaluate.evaluate(config, f.workdir, engine, split=f.split, source=f.source,
+                             reference=f.reference, name=f.name,
+                             save_averaged=f.save_averaged)
   print(evaluate.summary(report))
 
 

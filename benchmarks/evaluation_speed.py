@@ -7,7 +7,7 @@ r"""Decoding speed of what users run: evaluate.py's path, per engine and dtype.
 The run's model (the mean of its last ``decode.average_last`` checkpoints, as
 evaluate.py restores it) translates the whole split with the run's search
 (``config.decode``: beam 4, alpha 0.6, its batch size), through
-``transformer.evaluate.translate_sentences``: tokenization, padding to the
+``transformer.translation.translate_sentences``: tokenization, padding to the
 compiled shapes, decoding and detokenization, as evaluate.py times them. Each
 dtype is ``decode.dtype`` in turn. One warm-up round compiles every shape;
 then ``repeats`` rounds alternate the dtypes (A, B, A, B, ...), so that a
@@ -33,10 +33,10 @@ import time
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))  # the repo root
 
 import numpy as np
-from absl import app, flags
+from absl import flags
 
 from transformer import bleu as bleu_lib
-from transformer import checkpoint, data, precision
+from transformer import data, translation
 from transformer import evaluate as evaluate_lib
 from transformer import export as export_lib
 
@@ -70,31 +70,28 @@ def run_benchmark(config, workdir: str, *, split: str | None = None,
   sources, references = data.load_split_text(config.data, split, workdir=workdir)
   sources, references = list(sources), list(references)
   tokenizer = evaluate_lib.load_run_tokenizer(config, workdir)
-  model, steps = checkpoint.restore_model(config.model, workdir,
-                                          average_last=config.decode.average_last, exact=False)
-  translate_fns = {}  # name -> (engine, computes in, translate_fn)
+  jax_engine = translation.restore_jax_engine(config, workdir)
+  engines = {}  # name -> translation.Engine
   for name in dtypes:
     decode_config = config.decode.copy_and_resolve_references()
     decode_config.dtype = name
-    translate_fns[name] = ("jax", precision.decode_dtype(decode_config, config.model),
-                           evaluate_lib.make_translate_fn(model, decode_config))
+    engines[name] = translation.jax_engine(jax_engine.model, decode_config, jax_engine.steps)
   with tempfile.TemporaryDirectory() as folder:
     if ctranslate2_compute_types:
-      export_lib.write_model(model, tokenizer, folder,
+      export_lib.write_model(jax_engine.model, tokenizer, folder,
                              {"tokenizer_fingerprint": tokenizer.fingerprint,
-                              "checkpoint_steps": [int(s) for s in steps]})
+                              "checkpoint_steps": list(jax_engine.steps)})
     for compute_type in ctranslate2_compute_types:
-      fn, _ = export_lib.load_translate_fn(folder, tokenizer, config.decode,
-                                           compute_type=compute_type)
-      translate_fns[f"ctranslate2:{compute_type}"] = ("ctranslate2", fn.compute_type, fn)
-    names = list(translate_fns)
+      engines[f"ctranslate2:{compute_type}"] = export_lib.ctranslate2_engine(
+          folder, tokenizer, config.decode, compute_type=compute_type)
+    names = list(engines)
     seconds = {name: [] for name in names}
     hypotheses = {}
     for round_ in range(repeats + 1):  # Round 0 compiles.
       for name in names:
         start = time.perf_counter()
-        hypotheses[name] = evaluate_lib.translate_sentences(
-            translate_fns[name][2], tokenizer, sources, batch_size=config.decode.batch_size)
+        hypotheses[name] = translation.translate_sentences(
+            engines[name], tokenizer, sources, batch_size=config.decode.batch_size)
         if round_:
           seconds[name].append(time.perf_counter() - start)
   first = names[0]
@@ -103,8 +100,8 @@ def run_benchmark(config, workdir: str, *, split: str | None = None,
   for name in names:
     median = float(np.median(seconds[name]))
     rows.append({
-        "engine": translate_fns[name][0], "decode_dtype": name,
-        "computes_in": translate_fns[name][1],
+        "engine": engines[name].name, "decode_dtype": name,
+        "computes_in": engines[name].dtype,
         "seconds_median": median, "seconds": seconds[name],
         "sentences_per_second": len(sources) / median,
         "time_vs_float32": median / base if base else None,
@@ -113,7 +110,7 @@ def run_benchmark(config, workdir: str, *, split: str | None = None,
             a == b for a, b in zip(hypotheses[name], hypotheses[first], strict=True)),
     })
   return {"workdir": workdir, "split": split, "num_sentences": len(sources),
-          "checkpoint_steps": [int(s) for s in steps], "model_dtype": config.model.dtype,
+          "checkpoint_steps": list(jax_engine.steps), "model_dtype": config.model.dtype,
           "beam_size": config.decode.beam_size, "alpha": config.decode.alpha,
           "batch_size": config.decode.batch_size, "repeats": repeats, "results": rows}
 
@@ -145,5 +142,7 @@ def main(argv):
 
 
 if __name__ == "__main__":
+  from transformer import cli
+
   define_flags()
-  app.run(main)
+  cli.run(main, config_flag=None)

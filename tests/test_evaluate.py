@@ -18,7 +18,7 @@ from flax import nnx
 
 from configs import common
 from transformer import checkpoint as checkpoint_lib
-from transformer import config_io, data, precision, search
+from transformer import config_io, data, precision, search, translation
 from transformer import evaluate as ev
 from transformer.data import synthetic
 from transformer.model import Transformer
@@ -70,6 +70,10 @@ def run(tmp_path_factory):
 def copy_translate(inputs):
   """A stand-in decoder that "translates" by copying the source ids."""
   return np.asarray(inputs)
+
+
+# The copying decoder as an engine, for evaluate().
+COPY = translation.Engine(copy_translate, name="copy", dtype="int32")
 
 
 def test_averaging_gives_the_elementwise_mean(run):
@@ -147,7 +151,7 @@ def test_translate_ids_covers_every_sentence_once(run):
   sources = [np.append(rng.integers(4, VOCAB, size=n), EOS_ID).astype(np.int32)
              for n in rng.integers(1, 20, size=21)]
   seen = {}
-  for index, ids in ev.translate_ids(copy_translate, sources, batch_size=4):
+  for index, ids in translation.translate_ids(copy_translate, sources, batch_size=4):
     assert index not in seen
     seen[index] = ids
   assert sorted(seen) == list(range(21))
@@ -158,8 +162,7 @@ def test_translate_ids_covers_every_sentence_once(run):
 
 def test_evaluation_covers_every_sentence_once_in_order(run):
   tokenizer = run["tokenizer"]
-  report = ev.evaluate(run["config"], run["workdir"], split="test", name="copy",
-                       translate_fn=copy_translate)
+  report = ev.evaluate(run["config"], run["workdir"], COPY, split="test", name="copy")
   sources, references = data.load_split_text(run["config"].data, "test", workdir=run["workdir"])
   with open(report["hypotheses"], encoding="utf-8") as f:
     hypotheses = f.read().splitlines()
@@ -195,8 +198,8 @@ def test_evaluate_source_and_reference_files_with_the_averaged_model(run, tmp_pa
     assert len(f.read().splitlines()) == 3
   # Each line is what the model gives that sentence alone.
   model, _ = checkpoint_lib.restore_model(run["config"].model, run["workdir"], average_last=2)
-  fn = ev.make_translate_fn(model, config.decode)
-  alone = ev.translate_sentences(fn, run["tokenizer"], ["He is happy."])
+  alone = translation.translate_sentences(translation.jax_engine(model, config.decode),
+                                          run["tokenizer"], ["He is happy."])
   with open(report["hypotheses"], encoding="utf-8") as f:
     assert f.read().splitlines()[2] == alone[0]
 
@@ -218,8 +221,9 @@ def test_report_counts_empty_outputs_warns_and_gives_lowercase_bleu(run, tmp_pat
   config = run["config"].copy_and_resolve_references()
   config.decode.batch_size = 4
   with caplog.at_level("WARNING"):
-    report = ev.evaluate(config, run["workdir"], source=str(source), reference=str(reference),
-                         translate_fn=empty_odd_rows, name="empty")
+    report = ev.evaluate(config, run["workdir"],
+                         translation.Engine(empty_odd_rows, name="copy", dtype="int32"),
+                         source=str(source), reference=str(reference), name="empty")
   with open(report["hypotheses"], encoding="utf-8") as f:
     hypotheses = f.read().splitlines()
   assert sum(h == "" for h in hypotheses) == 2 and report["empty_outputs"] == 2
@@ -255,11 +259,11 @@ def test_a_bfloat16_model_decodes_in_the_decode_dtype(run):
   sources = [np.array([5, 6, 7, 8, EOS_ID]), np.array([9, 10, EOS_ID])]
   config.model.dtype = "float32"
   model32, _ = checkpoint_lib.restore_model(config.model, workdir, average_last=1)
-  want = [ids.tolist() for _, ids in ev.translate_ids(
-      ev.make_translate_fn(model32, config.decode), sources, batch_size=8)]
+  want = [ids.tolist() for _, ids in translation.translate_ids(
+      translation.jax_engine(model32, config.decode), sources, batch_size=8)]
   config.decode.dtype = "auto"  # float32 on this CPU.
-  got = [ids.tolist() for _, ids in ev.translate_ids(
-      ev.make_translate_fn(model, config.decode), sources, batch_size=8)]
+  got = [ids.tolist() for _, ids in translation.translate_ids(
+      translation.jax_engine(model, config.decode), sources, batch_size=8)]
   assert got == want
   assert model.dtype == jnp.bfloat16  # The caller's model is left as it was.
 
@@ -288,8 +292,7 @@ def test_empty_source_file_is_a_clear_error(run, tmp_path):
   empty = tmp_path / "empty.en"
   empty.write_text("")
   with pytest.raises(ValueError, match="is empty"):
-    ev.evaluate(run["config"], run["workdir"], source=str(empty),
-                translate_fn=copy_translate)
+    ev.evaluate(run["config"], run["workdir"], COPY, source=str(empty))
 
 
 class RecordingOut(io.StringIO):
@@ -312,7 +315,8 @@ def test_translate_mode_round_trips_and_streams(run):
         assert out.getvalue().count("\n") == 2
       yield line + "\n"
 
-  count = ev.translate_stream(copy_translate, run["tokenizer"], source(), out, batch_size=2)
+  count = translation.translate_stream(copy_translate, run["tokenizer"], source(), out,
+                                       batch_size=2)
   assert count == 5
   assert out.getvalue().splitlines() == lines
   assert out.flushed == [2, 4, 5]
@@ -327,7 +331,7 @@ def test_translate_mode_warns_about_empty_translations(run, caplog):
 
   out = io.StringIO()
   with caplog.at_level("WARNING"):
-    count = ev.translate_stream(empty_first_row, run["tokenizer"],
+    count = translation.translate_stream(empty_first_row, run["tokenizer"],
                                 ["The dog sees the car.", "He is happy.", "We follow."], out,
                                 batch_size=2)
   assert count == 3 and out.getvalue().splitlines().count("") == 2
@@ -348,7 +352,7 @@ def test_attention_plot_is_a_valid_png(run, tmp_path):
 @pytest.mark.slow
 def test_attention_weights_are_distributions(run):
   model, _ = checkpoint_lib.restore_model(run["config"].model, run["workdir"], average_last=1)
-  translation, attention, src, tgt, dec_in = ev.attention_for_sentence(
+  translated, attention, src, tgt, dec_in = ev.attention_for_sentence(
       model, run["tokenizer"], "The dog sees the car.", run["config"].decode, beam_size=1)
   assert src[-1] == "</s>" and tgt[-1] == "</s>" and dec_in[0] == "<s>"
   assert len(dec_in) == len(tgt)
@@ -359,9 +363,9 @@ def test_attention_weights_are_distributions(run):
   np.testing.assert_allclose(cross.sum(-1), 1.0, rtol=1e-5)
   assert np.all(np.triu(dec[0], k=1) == 0)  # Decoder self-attention sees the past only.
   greedy = search.translate_batch(
-      model, ev.encode_sources(run["tokenizer"], ["The dog sees the car."])[0][None],
+      model, translation.encode_sources(run["tokenizer"], ["The dog sees the car."])[0][None],
       beam_size=1, max_extra_length=5)
-  assert translation == run["tokenizer"].detokenize(greedy[0])
+  assert translated == run["tokenizer"].detokenize(greedy[0])
 
 
 def _cli(*args, stdin=""):

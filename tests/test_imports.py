@@ -42,8 +42,8 @@ LAYERS = (
     # Each needs the model and none needs training: decoding, checkpoints,
     # the parameter summary.
     ("model users", ("transformer.search", "transformer.checkpoint", "transformer.summary")),
-    # Translating and scoring a trained model, with JAX or CTranslate2.
-    ("evaluation", ("transformer.evaluate", "transformer.export")),
+    # Translating (one engine interface: JAX or CTranslate2) and scoring a trained model.
+    ("evaluation", ("transformer.translation", "transformer.evaluate", "transformer.export")),
     # Memory, collectives and cost of a compiled program: training checks its
     # memory with it, so it imports nothing of training.
     ("compiled-program analysis", ("transformer.compiled",)),

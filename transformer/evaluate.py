@@ -3,24 +3,21 @@
 Used by the root ``evaluate.py``; every piece is importable:
 
   config = load_run_config(workdir)                       # DIR/config.json
-  model, steps = checkpoint.restore_model(config.model, workdir, average_last=5)
   tokenizer = load_run_tokenizer(config, workdir)
-  translate_fn = make_translate_fn(model, config.decode)   # beam 4, alpha 0.6
-  hyps = translate_sentences(translate_fn, tokenizer, sources)
+  engine = translation.restore_jax_engine(config, workdir)  # beam 4, alpha 0.6
+  hyps = translation.translate_sentences(engine, tokenizer, sources)
   report = evaluate(config, workdir, split="test")       # DIR/eval/test.avg5.json
 
 Checkpoints are chosen, restored and averaged by transformer/checkpoint.py
-(``restore_model``); this module translates and scores.
-
-Sentences are decoded in batches of ``decode.batch_size`` sorted by source
-length (less padding, fewer steps per batch), and put back in input order.
-Translation results do not depend on the batching (see transformer/search.py).
+(``restore_model``), sentences translated by an engine of
+transformer/translation.py (this project's search, or CTranslate2's with
+``export.ctranslate2_engine``); this module scores and reports.
 """
 
 import json
 import os
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable
 
 import jax
 import jax.numpy as jnp
@@ -31,14 +28,9 @@ from flax import nnx
 
 from transformer import bleu as bleu_lib
 from transformer import checkpoint as checkpoint_lib
-from transformer import checks, config_io, precision, search
+from transformer import checks, config_io, search, translation
 from transformer import loss as loss_lib
-from transformer import model as model_lib
-from transformer.tokens import EOS_ID, PAD_ID
-
-# (B, S) source ids -> (B, L) output ids; search.translate_batch by default.
-TranslateFn = Callable[[np.ndarray], np.ndarray]
-
+from transformer.tokens import EOS_ID
 
 # ----------------------------------------------------------------------------
 # The run: config, tokenizer, checkpoints.
@@ -90,130 +82,11 @@ def load_run_tokenizer(config, workdir: str):
 
 
 # ----------------------------------------------------------------------------
-# Translation.
-# ----------------------------------------------------------------------------
-
-
-def encode_sources(tokenizer, sentences: list[str]) -> list[np.ndarray]:
-  """Source ids, each ending with EOS (as the data pipeline feeds them)."""
-  encoded = tokenizer.encode_batch(sentences) if sentences else []
-  return [np.asarray(list(ids) + [EOS_ID], np.int32) for ids in encoded]
-
-
-def _pad(rows: list[np.ndarray]) -> np.ndarray:
-  out = np.full((len(rows), max(len(r) for r in rows)), PAD_ID, np.int32)
-  for i, r in enumerate(rows):
-    out[i, :len(r)] = r
-  return out
-
-
-def decode_options(decode_config, **overrides) -> dict:
-  """The search's arguments of ``search.translate_batch`` from a ``config.decode``
-  section (beam_size, alpha, max_extra_length, min_length); ``overrides`` win."""
-  options = {key: decode_config[key]
-             for key in ("beam_size", "alpha", "max_extra_length", "min_length")}
-  unknown = set(overrides) - set(options)
-  if unknown:
-    raise TypeError(f"Unknown decoding options {sorted(unknown)}.")
-  options.update(overrides)
-  return options
-
-
-def make_translate_fn(model, decode_config, **overrides) -> TranslateFn:
-  """(B, S) source ids -> (B, L) output ids, searched as ``config.decode`` says
-  (``overrides``, e.g. ``beam_size=1``, replace single fields), computing in
-  ``precision.decode_dtype`` (the model's parameters, in that compute dtype)."""
-  options = decode_options(decode_config, **overrides)
-  model = model_lib.with_compute_dtype(model, precision.decode_dtype(decode_config, model.cfg))
-
-  def translate(inputs):
-    return search.translate_batch(model, inputs, **options)
-  return translate
-
-
-def translate_ids(translate_fn: TranslateFn, sources: list[np.ndarray], *,
-                  batch_size: int, sort: bool = True) -> Iterator[tuple[int, np.ndarray]]:
-  """Yields (index, output ids) for every source once, batch by batch.
-
-  With ``sort``, batches hold sentences of similar length (longest first);
-  results come in batch order, each with its input index.
-  """
-  if batch_size < 1:
-    raise ValueError(f"decode.batch_size must be >= 1, got {batch_size}.")
-  order = list(range(len(sources)))
-  if sort:
-    order.sort(key=lambda i: -len(sources[i]))
-  for start in range(0, len(order), batch_size):
-    indices = order[start:start + batch_size]
-    ids = translate_fn(_pad([sources[i] for i in indices]))
-    yield from zip(indices, ids, strict=True)
-
-
-def translate_sentences(translate_fn: TranslateFn, tokenizer, sentences: list[str], *,
-                        batch_size: int = 64) -> list[str]:
-  """Detokenized translations of ``sentences``, in input order."""
-  sources = encode_sources(tokenizer, sentences)
-  hypotheses = [None] * len(sources)
-  for index, ids in translate_ids(translate_fn, sources, batch_size=batch_size):
-    hypotheses[index] = tokenizer.detokenize(ids)
-  return hypotheses
-
-
-def _is_empty(hypothesis: str) -> bool:
-  return not hypothesis.strip()
-
-
-def warn_if_empty(is_empty: list[bool], what: str) -> list[int]:
-  """Line numbers (from 1) of the empty translations; logs one warning naming
-  them (the first 10) and ``what`` when there are any."""
-  empty = [i + 1 for i, e in enumerate(is_empty) if e]
-  if empty:
-    logging.warning(
-        "%d of %d translations are empty (lines %s%s of %s). With decode.min_length=0 "
-        "(the paper's search) a model may prefer ending at once; decode.min_length=1 "
-        "forbids it.", len(empty), len(is_empty), ", ".join(map(str, empty[:10])),
-        " ..." if len(empty) > 10 else "", what)
-  return empty
-
-
-def translate_stream(translate_fn: TranslateFn, tokenizer, lines: Iterable[str], out, *,
-                     batch_size: int = 64) -> int:
-  """Translates lines as they come, ``batch_size`` at a time, in order.
-
-  Writes one translation per input line to ``out`` and flushes after every
-  batch, so that a long file (or a pipe) starts producing output at once.
-  Returns the number of lines translated; warns (log) when any is empty.
-  """
-  count = 0
-  empty = []  # Whether each translation is empty, for the warning at the end.
-  batch = []
-
-  def flush(batch):
-    for hypothesis in translate_sentences(translate_fn, tokenizer, batch,
-                                          batch_size=batch_size):
-      empty.append(_is_empty(hypothesis))
-      out.write(hypothesis + "\n")
-    out.flush()
-
-  for line in lines:
-    batch.append(line.rstrip("\n"))
-    if len(batch) == batch_size:
-      flush(batch)
-      count += len(batch)
-      batch = []
-  if batch:
-    flush(batch)
-    count += len(batch)
-  warn_if_empty(empty, "the input")
-  return count
-
-
-# ----------------------------------------------------------------------------
 # Evaluation reports.
 # ----------------------------------------------------------------------------
 
 
-def read_lines(path: str, what: str) -> list[str]:
+def read_sentence_file(path: str, what: str) -> list[str]:
   """A source or reference file, read exactly as the data pipeline reads splits."""
   from transformer import data
 
@@ -225,12 +98,10 @@ def read_lines(path: str, what: str) -> list[str]:
   return lines
 
 
-def evaluate(config, workdir: str, *, split: str | None = None, source: str | None = None,
+def evaluate(config, workdir: str, engine: translation.Engine | None = None, *,
+             split: str | None = None, source: str | None = None,
              reference: str | None = None, name: str | None = None,
-             step: int | None = None,
-             save_averaged: bool = False, params_path: str | None = None,
-             exact_average: bool = False, translate_fn: TranslateFn | None = None,
-             model=None, steps=None, engine: dict | None = None) -> dict:
+             save_averaged: bool = False) -> dict:
   """Translates a split (or a source file) and writes BLEU reports.
 
   Writes ``DIR/eval/<name>.hyp.txt`` (detokenized hypotheses, one per line, in
@@ -238,25 +109,26 @@ def evaluate(config, workdir: str, *, split: str | None = None, source: str | No
   the split or the source file's name, with ``.avg<N>`` when N > 1
   checkpoints are averaged.
 
-  The search and the checkpoint averaging are ``config.decode``'s (the
-  checkpoints as ``checkpoint.select_steps`` chooses them; ``exact_average``
-  for an asked-for ``--average_last``); the split left None is
+  The search is ``config.decode``'s; the split left None is
   ``config.data.test_split``. The report counts the empty
   hypotheses (``empty_outputs``) and gives sacreBLEU with ``-lc``
   (``bleu_lowercase``, the figure Multi30k papers print) beside the cased one.
   ``decode_seconds`` is the wall time of translating (tokenization, decoding
   and detokenization), compilation of the few padded shapes included.
-  ``translate_fn``/``model``/``steps`` let tests inject a decoder, and
-  another engine: ``engine`` then describes it for the report (its "engine"
-  and "dtype" fields), e.g. an exported CTranslate2 model (transformer/export.py).
+  ``engine`` translates (``translation.Engine``: this project's search or an
+  exported CTranslate2 model); None: the run's JAX model as ``config.decode``
+  says (``translation.restore_jax_engine``). The report names the engine, what
+  it computes in and its checkpoints; an engine other than "jax" adds its name
+  to ``name``. ``save_averaged``: also save the JAX engine's parameters to
+  ``DIR/eval/<name>.params``.
   """
   from transformer import data
 
   check_workdir(workdir)
   d = config.decode
   if source:
-    sources = read_lines(source, "Source")
-    references = read_lines(reference, "Reference") if reference else None
+    sources = read_sentence_file(source, "Source")
+    references = read_sentence_file(reference, "Reference") if reference else None
     if references is not None and len(references) != len(sources):
       raise ValueError(f"{source} has {len(sources)} lines but {reference} has "
                        f"{len(references)}; they must be parallel.")
@@ -267,29 +139,27 @@ def evaluate(config, workdir: str, *, split: str | None = None, source: str | No
     sources, references = list(sources), list(references)
     base = split
   tokenizer = load_run_tokenizer(config, workdir)
-  if translate_fn is None:
-    if model is None:
-      model, steps = checkpoint_lib.restore_model(
-          config.model, workdir, average_last=d.average_last, step=step,
-          params_path=params_path, exact=exact_average)
-    translate_fn = make_translate_fn(model, d)
-  steps = list(steps or [])
+  if engine is None:
+    engine = translation.restore_jax_engine(config, workdir)
+  steps = list(engine.steps)
   if name is None:
     name = base + (f".avg{len(steps)}" if len(steps) > 1 else "")
-    name += f".{engine['engine']}" if engine else ""
+    name += "" if engine.name == "jax" else f".{engine.name}"
   out_dir = os.path.join(workdir, "eval")
   # Every process of a multi-host run decodes (the model may be sharded over
   # all of them); only process 0 writes.
   writer = jax.process_index() == 0
   if writer:
     os.makedirs(out_dir, exist_ok=True)
-  if save_averaged and model is not None:  # Orbax: every process takes part.
+  if save_averaged and engine.model is not None:  # Orbax: every process takes part.
     path = os.path.join(out_dir, f"{name}.params")
-    checkpoint_lib.save_params(nnx.to_pure_dict(nnx.state(model, nnx.Param)), path, steps)
+    checkpoint_lib.save_params(nnx.to_pure_dict(nnx.state(engine.model, nnx.Param)), path,
+                               steps)
     logging.info("Saved the averaged parameters of steps %s to %s.", steps, path)
 
   start = time.time()
-  hypotheses = translate_sentences(translate_fn, tokenizer, sources, batch_size=d.batch_size)
+  hypotheses = translation.translate_sentences(engine, tokenizer, sources,
+                                               batch_size=d.batch_size)
   seconds = time.time() - start
   report = {"name": name, "split": None if source else split, "source": source,
             "reference": reference}
@@ -297,7 +167,8 @@ def evaluate(config, workdir: str, *, split: str | None = None, source: str | No
     report.update(bleu_lib.compute_bleu(hypotheses, references, lang=config.data.target_lang))
     report["bleu_lowercase"], report["sacrebleu_signature_lowercase"] = (
         bleu_lib.sacrebleu_bleu(hypotheses, references, lowercase=True))
-  empty = warn_if_empty([_is_empty(h) for h in hypotheses], source or f"split {split}")
+  empty = translation.warn_if_empty([not h.strip() for h in hypotheses],
+                                    source or f"split {split}")
   report.update({
       "num_sentences": len(hypotheses),
       "empty_outputs": len(empty),
@@ -307,13 +178,13 @@ def evaluate(config, workdir: str, *, split: str | None = None, source: str | No
       "alpha": d.alpha,
       "max_extra_length": d.max_extra_length,
       "min_length": d.min_length,
-      "engine": "jax",
-      "dtype": precision.decode_dtype(d, config.model),
+      "engine": engine.name,
+      "dtype": engine.dtype,
       "decode_seconds": seconds,
       "sentences_per_second": len(hypotheses) / max(seconds, 1e-9),
       "device": jax.devices()[0].device_kind,
+      **engine.report,
   })
-  report.update(engine or {})
   hyp_path = os.path.join(out_dir, f"{name}.hyp.txt")
   report["hypotheses"] = hyp_path
   if writer:
@@ -369,9 +240,9 @@ def dev_metrics(loss_sums: Callable[[dict], dict], model, tokenizer, batches, so
   sentences; ``config.decode`` with beam_size=1)."""
   row = {f"dev/{k}": v for k, v in loss_metrics(loss_sums, batches).items()}
   if sources:
-    translate_fn = make_translate_fn(model, decode_config, beam_size=1)
-    hypotheses = translate_sentences(translate_fn, tokenizer, sources,
-                                     batch_size=decode_config.batch_size)
+    engine = translation.jax_engine(model, decode_config, beam_size=1)
+    hypotheses = translation.translate_sentences(engine, tokenizer, sources,
+                                                 batch_size=decode_config.batch_size)
     row["dev/bleu"], _ = bleu_lib.sacrebleu_bleu(hypotheses, references)
     row["dev/bleu_sentences"] = len(hypotheses)
   return row
@@ -395,8 +266,8 @@ def test_metrics(model, config, workdir: str, step: int) -> dict:
     if len(steps) > 1:
       model, steps = checkpoint_lib.restore_model(
           config.model, workdir, average_last=len(steps), step=step)
-  report = evaluate(config, workdir, split=config.data.test_split,
-                    name=config.data.test_split, model=model, steps=steps)
+  report = evaluate(config, workdir, translation.jax_engine(model, config.decode, steps),
+                    split=config.data.test_split, name=config.data.test_split)
   return {"test/bleu": report["bleu"], "test/bleu_tokenized": report["bleu_tokenized"],
           "test/bleu_lowercase": report["bleu_lowercase"],
           "test/empty_outputs": report["empty_outputs"],
@@ -420,8 +291,8 @@ def attention_for_sentence(model, tokenizer, sentence: str, decode_config, **ove
   """
   from transformer.tokens import BOS_ID
 
-  source = encode_sources(tokenizer, [sentence])[0]
-  ids = make_translate_fn(model, decode_config, **overrides)(source[None])[0]
+  source = translation.encode_sources(tokenizer, [sentence])[0]
+  ids = translation.jax_engine(model, decode_config, **overrides)(source[None])[0]
   target = np.asarray(search.strip_eos(ids) + [EOS_ID], np.int32)
   _, attention = nnx.jit(lambda m, x, y: m(x, y, return_attention=True))(
       model, jnp.asarray(source[None]), jnp.asarray(target[None]))

@@ -421,9 +421,8 @@ def load_translator(model_dir: str, *, compute_type: str = "default",
 
 def make_translate_fn(translator, pieces: list[str], decode_config, *,
                       batch_size: int = 64, **overrides):
-  """(B, S) source ids -> (B, L) output ids by CTranslate2: the same
-  ``TranslateFn`` as ``evaluate.make_translate_fn``, so ``evaluate.evaluate``
-  and ``translate_sentences`` run either engine.
+  """(B, S) source ids -> (B, L) output ids by CTranslate2, the translate
+  function of ``ctranslate2_engine``, searched as the JAX engine is.
 
   Each sentence gets the JAX path's limits: at most its source length (EOS
   included) + ``max_extra_length`` tokens with the EOS, at least
@@ -435,9 +434,9 @@ def make_translate_fn(translator, pieces: list[str], decode_config, *,
   decode an empty source line and returns an empty translation, where the
   JAX search (min_length=1) still emits a token.
   """
-  from transformer import evaluate as evaluate_lib
+  from transformer import translation
 
-  search = evaluate_lib.decode_options(decode_config, **overrides)
+  search = translation.decode_options(decode_config, **overrides)
   extra = search["max_extra_length"]
   options = {"beam_size": search["beam_size"],
              # CTranslate2's penalty: log P / |Y|^alpha (ours is GNMT's, see above).
@@ -475,16 +474,19 @@ def make_translate_fn(translator, pieces: list[str], decode_config, *,
       out[i, :len(row)] = row
     return out
 
-  translate.compute_type = translator.compute_type  # What CTranslate2 runs in.
   return translate
 
 
-def load_translate_fn(model_dir: str, tokenizer, decode_config, *,
-                      compute_type: str = "default", threads: int | None = None,
-                      **overrides):
-  """(translate_fn, metadata) for an exported model, searched as
-  ``config.decode`` says; ``tokenizer`` must be the one the model was
-  exported with (the run's), or the ids would mean other pieces."""
+def ctranslate2_engine(model_dir: str, tokenizer, decode_config, *,
+                       compute_type: str = "default", threads: int | None = None,
+                       **overrides):
+  """An exported model as a ``translation.Engine`` ("ctranslate2"), searched
+  as ``config.decode`` says (``overrides`` replace single fields);
+  ``tokenizer`` must be the one the model was exported with (the run's), or
+  the ids would mean other pieces. Its steps are the checkpoints chosen at
+  export."""
+  from transformer import translation
+
   metadata = load_metadata(model_dir)
   if metadata.get("tokenizer_fingerprint") != tokenizer.fingerprint:
     raise ExportError(
@@ -493,9 +495,13 @@ def load_translate_fn(model_dir: str, tokenizer, decode_config, *,
         f"{tokenizer.fingerprint}): it is not this run's model. Export this run again.")
   translator = load_translator(model_dir, compute_type=compute_type, threads=threads)
   pieces = [tokenizer.id_to_piece(i) for i in range(tokenizer.vocab_size)]
-  translate_fn = make_translate_fn(translator, pieces, decode_config,
-                                   batch_size=decode_config.batch_size, **overrides)
-  return translate_fn, metadata
+  translate = make_translate_fn(translator, pieces, decode_config,
+                                batch_size=decode_config.batch_size, **overrides)
+  return translation.Engine(
+      translate, name="ctranslate2", dtype=translator.compute_type,
+      steps=tuple(int(s) for s in metadata["checkpoint_steps"]),
+      report={"ctranslate2_model": os.path.abspath(model_dir),
+              "quantization": metadata.get("quantization")})
 
 
 def score(translator, pieces: list[str], sources: list[list[int]],
