@@ -46,7 +46,7 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
-from absl import app, flags
+from absl import flags
 from flax import nnx
 from ml_collections import config_flags
 
@@ -383,22 +383,21 @@ def format_comparison(result):
 
 
 def main(argv):
-  del argv
+  """The command (run by cli.run: a config error is one line and exit code 2,
+  another bad value, e.g. float16 on a CPU, exit code 1)."""
+  if len(argv) > 1:
+    raise ValueError(f"Unexpected arguments: {argv[1:]}")
   config = _CONFIG.value
-  if config is None:
-    sys.exit("Pass --config=configs/<file>.py[:variant].")
   kwargs = dict(
       batch_size=_BATCH.value, seq_len=_SEQ_LEN.value, repeats=_REPEATS.value,
       decode_sentences=_DECODE_SENTENCES.value, decode_steps=_DECODE_STEPS.value,
       scaling_lengths=[int(n) for n in _SCALING.value],
       scaling_tokens=_SCALING_TOKENS.value,
       decode_lengths=[int(n) for n in _DECODE_LENGTHS.value], skip=_SKIP.value)
-  try:  # A bad model field or dtype (unknown, or float16 on CPU) fails before any run.
-    checks.check_model_config(config.model)
-    for name in _DTYPES.value or [config.model.dtype]:
-      precision.dtype_name(name)
-  except ValueError as e:
-    sys.exit(f"error: {e}")
+  # A bad model field or dtype (unknown, or float16 on CPU) fails before any run.
+  checks.check_model_config(config.model)
+  for name in _DTYPES.value or [config.model.dtype]:
+    precision.dtype_name(name)
   if _DTYPES.value:
     result = compare_dtypes(config, _DTYPES.value, **kwargs)
     print(json.dumps(result) if _JSON.value else format_comparison(result))
@@ -408,4 +407,7 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  app.run(main)
+  from transformer import cli
+
+  flags.mark_flags_as_required(["config"])
+  cli.run(main)

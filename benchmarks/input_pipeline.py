@@ -581,5 +581,7 @@ def main(argv):
 
 
 if __name__ == "__main__":
+  from transformer import cli
+
   _define_flags()
-  app.run(main)
+  cli.run(main, config_flag=None)

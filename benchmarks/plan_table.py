@@ -22,7 +22,7 @@ toolchain.use()  # Before JAX starts: it finds the CUDA plugin and libtpu then.
 import datetime  # noqa: E402
 import json  # noqa: E402
 
-from absl import app, flags  # noqa: E402
+from absl import flags  # noqa: E402
 
 from configs import wmt14_ende  # noqa: E402
 from transformer import plan as plan_lib  # noqa: E402
@@ -88,4 +88,6 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  app.run(main)
+  from transformer import cli
+
+  cli.run(main, config_flag=None)

@@ -14,7 +14,7 @@ import os
 import pathlib
 import sys
 
-from absl import app, flags
+from absl import flags
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))  # the repo root
 from transformer import metrics  # noqa: E402
@@ -79,8 +79,6 @@ def table(rows, workdir):
 
 def main(argv):
   del argv
-  if not _WORKDIR.value:
-    sys.exit("Pass --workdir=DIR.")
   rows = read_metrics(_WORKDIR.value)
   out = _OUT.value or os.path.join(_WORKDIR.value, "curve.png")
   os.makedirs(os.path.dirname(out) or ".", exist_ok=True)
@@ -90,4 +88,7 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  app.run(main)
+  from transformer import cli
+
+  flags.mark_flags_as_required(["workdir"])
+  cli.run(main, config_flag=None)

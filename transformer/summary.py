@@ -14,10 +14,9 @@ against XLA's own cost analysis of the compiled forward pass.
 
 import collections
 import json
-import sys
 
 import jax
-from absl import app, flags
+from absl import flags
 from flax import nnx
 from ml_collections import config_flags
 
@@ -107,16 +106,13 @@ def _define_flags():
 
 
 def main(argv):
-  del argv
-  config = _CONFIG.value
-  if config is None:
-    sys.exit("Pass --config=configs/<file>.py[:variant].")
+  """The command (run by cli.run: a config error is one line and exit code 2)."""
+  if len(argv) > 1:
+    raise ValueError(f"Unexpected arguments: {argv[1:]}")
   from transformer import checks
 
-  try:
-    checks.check_model_config(config.model)
-  except checks.ConfigError as e:
-    sys.exit(f"error: {e}")
+  config = _CONFIG.value
+  checks.check_model_config(config.model)
   summary = summarize(config.model, _SEQ_LEN.value)
   if _JSON.value:
     print(json.dumps(summary))
@@ -125,6 +121,9 @@ def main(argv):
 
 
 if __name__ == "__main__":
+  from transformer import cli
+
   jax.config.update("jax_platforms", "cpu")
   _define_flags()
-  app.run(main)
+  flags.mark_flags_as_required(["config"])
+  cli.run(main)
