@@ -2,8 +2,9 @@
 
 The 8-device tests run this file as a script in a subprocess with
 XLA_FLAGS=--xla_force_host_platform_device_count=8 (it must be set before JAX
-starts), the configs given on its stdin as JSON. One trains a tiny Transformer for a few updates on 1 device, on 8
-data-parallel devices and on 8 FSDP devices, and compares the losses; the
+starts), the configs given on its stdin as JSON. One trains a tiny
+Transformer for a few updates on 1 device, on 8 data-parallel devices and on 8
+FSDP devices, and compares the losses; the
 other compiles the update step for 8 data-parallel and 8 FSDP devices and
 reads the collectives and the memory of the compiled programs.
 """
