@@ -164,7 +164,7 @@ def _engine(f, config, tokenizer):
   """--engine's translation engine: the run's checkpoints (the last
   decode.average_last averaged, up to --step, or --params) or the exported
   CTranslate2 model."""
-  from transformer import export, translation
+  from transformer import evaluate, export
 
   if f.engine == "ctranslate2":
     return export.ctranslate2_engine(f.ctranslate2_model, tokenizer, config.decode,
@@ -172,17 +172,17 @@ def _engine(f, config, tokenizer):
   # An asked-for number of checkpoints must be there; the config's own
   # decode.average_last averages the ones kept (checkpoint.select_steps).
   exact = f.average_last is not None or f.step is not None
-  return translation.restore_jax_engine(config, f.workdir, step=f.step, params_path=f.params,
+  return evaluate.restore_jax_engine(config, f.workdir, step=f.step, params_path=f.params,
                                         exact=exact)
 
 
 def _translate(f, config, engine, tokenizer):
   """Translations of --source (or stdin) to stdout, batch by batch."""
-  from transformer import translation
+  from transformer import evaluate
 
   stream = open(f.source, encoding="utf-8") if f.source else sys.stdin
   with stream:
-    translation.translate_stream(engine, tokenizer, stream, sys.stdout,
+    evaluate.translate_stream(engine, tokenizer, stream, sys.stdout,
                                  batch_size=config.decode.batch_size)
 
 

@@ -7,7 +7,7 @@ r"""Decoding speed of what users run: evaluate.py's path, per engine and dtype.
 The run's model (the mean of its last ``decode.average_last`` checkpoints, as
 evaluate.py restores it) translates the whole split with the run's search
 (``config.decode``: beam 4, alpha 0.6, its batch size), through
-``transformer.translation.translate_sentences``: tokenization, padding to the
+``transformer.evaluate_lib.translate_sentences``: tokenization, padding to the
 compiled shapes, decoding and detokenization, as evaluate.py times them. Each
 dtype is ``decode.dtype`` in turn. One warm-up round compiles every shape;
 then ``repeats`` rounds alternate the dtypes (A, B, A, B, ...), so that a
@@ -36,7 +36,7 @@ import numpy as np
 from absl import flags
 
 from transformer import bleu as bleu_lib
-from transformer import data, translation
+from transformer import data
 from transformer import evaluate as evaluate_lib
 from transformer import export as export_lib
 
@@ -70,12 +70,12 @@ def run_benchmark(config, workdir: str, *, split: str | None = None,
   sources, references = data.load_split_text(config.data, split, workdir=workdir)
   sources, references = list(sources), list(references)
   tokenizer = evaluate_lib.load_run_tokenizer(config, workdir)
-  jax_engine = translation.restore_jax_engine(config, workdir)
-  engines = {}  # name -> translation.Engine
+  jax_engine = evaluate_lib.restore_jax_engine(config, workdir)
+  engines = {}  # name -> evaluate_lib.Engine
   for name in dtypes:
     decode_config = config.decode.copy_and_resolve_references()
     decode_config.dtype = name
-    engines[name] = translation.jax_engine(jax_engine.model, decode_config, jax_engine.steps)
+    engines[name] = evaluate_lib.jax_engine(jax_engine.model, decode_config, jax_engine.steps)
   with tempfile.TemporaryDirectory() as folder:
     if ctranslate2_compute_types:
       export_lib.write_model(jax_engine.model, tokenizer, folder,
@@ -90,7 +90,7 @@ def run_benchmark(config, workdir: str, *, split: str | None = None,
     for round_ in range(repeats + 1):  # Round 0 compiles.
       for name in names:
         start = time.perf_counter()
-        hypotheses[name] = translation.translate_sentences(
+        hypotheses[name] = evaluate_lib.translate_sentences(
             engines[name], tokenizer, sources, batch_size=config.decode.batch_size)
         if round_:
           seconds[name].append(time.perf_counter() - start)

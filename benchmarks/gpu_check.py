@@ -27,7 +27,7 @@ versions and the device, and printed as a short table:
   quickstart   configs/quickstart.py trained for its 400 steps
                (train.train_and_evaluate: dev evals, checkpoints, beam-4 test
                BLEU; the CPU reference is 93.56 in float32), then beam-4
-               decoding of its test split timed (translation.translate_sentences).
+               decoding of its test split timed (evaluate_lib.translate_sentences).
 
 It needs the project's runtime packages without TensorFlow: the quickstart
 corpus is generated, and nothing imported here imports tensorflow (the JSON
@@ -318,7 +318,7 @@ def determinism(config, batch_tokens, steps, args, log, retry=True) -> dict:
 def quickstart(tiny: bool, workdir: str, log) -> dict:
   from configs import quickstart as quickstart_config
   from transformer import bleu as bleu_lib
-  from transformer import data, translation
+  from transformer import data
   from transformer import evaluate as evaluate_lib
   from transformer import train as train_lib
   config = quickstart_config.get_config()
@@ -335,11 +335,11 @@ def quickstart(tiny: bool, workdir: str, log) -> dict:
   sources, references = data.load_split_text(config.data, split, workdir=workdir)
   sources, references = list(sources), list(references)
   tokenizer = evaluate_lib.load_run_tokenizer(config, workdir)
-  engine = translation.restore_jax_engine(config, workdir)
+  engine = evaluate_lib.restore_jax_engine(config, workdir)
   rounds = []
   for _ in range(3):  # The first compiles.
     t = time.perf_counter()
-    hyps = translation.translate_sentences(engine, tokenizer, sources,
+    hyps = evaluate_lib.translate_sentences(engine, tokenizer, sources,
                                            batch_size=config.decode.batch_size)
     rounds.append(time.perf_counter() - t)
   decode_s = _median(rounds[1:])

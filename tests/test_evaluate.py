@@ -18,7 +18,7 @@ from flax import nnx
 
 from configs import common
 from transformer import checkpoint as checkpoint_lib
-from transformer import config_io, data, precision, search, translation
+from transformer import config_io, data, precision, search
 from transformer import evaluate as ev
 from transformer.data import synthetic
 from transformer.model import Transformer
@@ -73,7 +73,7 @@ def copy_translate(inputs):
 
 
 # The copying decoder as an engine, for evaluate().
-COPY = translation.Engine(copy_translate, name="copy", dtype="int32")
+COPY = ev.Engine(copy_translate, name="copy", dtype="int32")
 
 
 def test_averaging_gives_the_elementwise_mean(run):
@@ -151,7 +151,7 @@ def test_translate_ids_covers_every_sentence_once(run):
   sources = [np.append(rng.integers(4, VOCAB, size=n), EOS_ID).astype(np.int32)
              for n in rng.integers(1, 20, size=21)]
   seen = {}
-  for index, ids in translation.translate_ids(copy_translate, sources, batch_size=4):
+  for index, ids in ev.translate_ids(copy_translate, sources, batch_size=4):
     assert index not in seen
     seen[index] = ids
   assert sorted(seen) == list(range(21))
@@ -198,7 +198,7 @@ def test_evaluate_source_and_reference_files_with_the_averaged_model(run, tmp_pa
     assert len(f.read().splitlines()) == 3
   # Each line is what the model gives that sentence alone.
   model, _ = checkpoint_lib.restore_model(run["config"].model, run["workdir"], average_last=2)
-  alone = translation.translate_sentences(translation.jax_engine(model, config.decode),
+  alone = ev.translate_sentences(ev.jax_engine(model, config.decode),
                                           run["tokenizer"], ["He is happy."])
   with open(report["hypotheses"], encoding="utf-8") as f:
     assert f.read().splitlines()[2] == alone[0]
@@ -222,7 +222,7 @@ def test_report_counts_empty_outputs_warns_and_gives_lowercase_bleu(run, tmp_pat
   config.decode.batch_size = 4
   with caplog.at_level("WARNING"):
     report = ev.evaluate(config, run["workdir"],
-                         translation.Engine(empty_odd_rows, name="copy", dtype="int32"),
+                         ev.Engine(empty_odd_rows, name="copy", dtype="int32"),
                          source=str(source), reference=str(reference), name="empty")
   with open(report["hypotheses"], encoding="utf-8") as f:
     hypotheses = f.read().splitlines()
@@ -259,11 +259,11 @@ def test_a_bfloat16_model_decodes_in_the_decode_dtype(run):
   sources = [np.array([5, 6, 7, 8, EOS_ID]), np.array([9, 10, EOS_ID])]
   config.model.dtype = "float32"
   model32, _ = checkpoint_lib.restore_model(config.model, workdir, average_last=1)
-  want = [ids.tolist() for _, ids in translation.translate_ids(
-      translation.jax_engine(model32, config.decode), sources, batch_size=8)]
+  want = [ids.tolist() for _, ids in ev.translate_ids(
+      ev.jax_engine(model32, config.decode), sources, batch_size=8)]
   config.decode.dtype = "auto"  # float32 on this CPU.
-  got = [ids.tolist() for _, ids in translation.translate_ids(
-      translation.jax_engine(model, config.decode), sources, batch_size=8)]
+  got = [ids.tolist() for _, ids in ev.translate_ids(
+      ev.jax_engine(model, config.decode), sources, batch_size=8)]
   assert got == want
   assert model.dtype == jnp.bfloat16  # The caller's model is left as it was.
 
@@ -315,7 +315,7 @@ def test_translate_mode_round_trips_and_streams(run):
         assert out.getvalue().count("\n") == 2
       yield line + "\n"
 
-  count = translation.translate_stream(copy_translate, run["tokenizer"], source(), out,
+  count = ev.translate_stream(copy_translate, run["tokenizer"], source(), out,
                                        batch_size=2)
   assert count == 5
   assert out.getvalue().splitlines() == lines
@@ -331,7 +331,7 @@ def test_translate_mode_warns_about_empty_translations(run, caplog):
 
   out = io.StringIO()
   with caplog.at_level("WARNING"):
-    count = translation.translate_stream(empty_first_row, run["tokenizer"],
+    count = ev.translate_stream(empty_first_row, run["tokenizer"],
                                 ["The dog sees the car.", "He is happy.", "We follow."], out,
                                 batch_size=2)
   assert count == 3 and out.getvalue().splitlines().count("") == 2
@@ -363,7 +363,7 @@ def test_attention_weights_are_distributions(run):
   np.testing.assert_allclose(cross.sum(-1), 1.0, rtol=1e-5)
   assert np.all(np.triu(dec[0], k=1) == 0)  # Decoder self-attention sees the past only.
   greedy = search.translate_batch(
-      model, translation.encode_sources(run["tokenizer"], ["The dog sees the car."])[0][None],
+      model, ev.encode_sources(run["tokenizer"], ["The dog sees the car."])[0][None],
       beam_size=1, max_extra_length=5)
   assert translated == run["tokenizer"].detokenize(greedy[0])
 

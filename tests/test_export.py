@@ -22,7 +22,7 @@ from flax import nnx
 
 from configs import common
 from transformer import checkpoint as checkpoint_lib
-from transformer import config_io, export, search, translation
+from transformer import config_io, export, search
 from transformer import evaluate as ev
 from transformer import model as model_lib
 from transformer.tokens import EOS_ID, PAD_ID
@@ -65,7 +65,7 @@ def sentences(num, seed=0, max_len=9):
 
 def our_logprobs(model, sources, targets):
   """log P(y_t | y_<t, x) per target token (EOS included), teacher forced."""
-  pad = lambda rows: translation._pad([np.asarray(r + [EOS_ID], np.int32) for r in rows])  # noqa: E731
+  pad = lambda rows: ev._pad([np.asarray(r + [EOS_ID], np.int32) for r in rows])  # noqa: E731
   x, y = pad(sources), pad(targets)
   logits = nnx.jit(lambda m, x, y: m(x, y))(model, jnp.asarray(x), jnp.asarray(y))
   logprobs = np.asarray(jax.nn.log_softmax(logits.astype(jnp.float32)), np.float64)
@@ -104,7 +104,7 @@ def test_ctranslate2_scores_and_greedy_equal_ours(switch, tmp_path):
     assert len(ct2) == len(ours)
     np.testing.assert_allclose(ct2, ours, atol=1e-4, rtol=0)
 
-  inputs = translation._pad([np.asarray(s + [EOS_ID], np.int32) for s in sources])
+  inputs = ev._pad([np.asarray(s + [EOS_ID], np.int32) for s in sources])
   decode_config = common.decode_config()
   want = search.translate_batch(model, inputs, beam_size=1, min_length=1,
                                 max_extra_length=decode_config.max_extra_length)
@@ -167,7 +167,7 @@ def test_int8_model_loads_and_translates(tmp_path):
   model = random_model()
   translator = save_spec(model, tmp_path / "ct2", quantization="int8")
   sources, _ = sentences(4)
-  inputs = translation._pad([np.asarray(s + [EOS_ID], np.int32) for s in sources])
+  inputs = ev._pad([np.asarray(s + [EOS_ID], np.int32) for s in sources])
   out = export.make_translate_fn(translator, PIECES, common.decode_config())(inputs)
   assert out.shape[0] == 4 and (out == EOS_ID).sum(axis=1).tolist() == [1] * 4
   assert translator.compute_type.startswith("int8")
@@ -213,9 +213,9 @@ def test_exported_run_scores_and_greedy_equal_evaluate_py(run, tmp_path):
                                      beam_size=1)
   assert export.load_metadata(str(tmp_path / "ct2")) == metadata
   assert (engine.name, engine.steps) == ("ctranslate2", tuple(metadata["checkpoint_steps"]))
-  ours = translation.translate_sentences(
-      translation.jax_engine(model, config.decode, beam_size=1), tokenizer, sources)
-  theirs = translation.translate_sentences(engine, tokenizer, sources)
+  ours = ev.translate_sentences(
+      ev.jax_engine(model, config.decode, beam_size=1), tokenizer, sources)
+  theirs = ev.translate_sentences(engine, tokenizer, sources)
   assert theirs == ours
 
   pieces = [tokenizer.id_to_piece(i) for i in range(tokenizer.vocab_size)]
@@ -352,7 +352,7 @@ def test_cli_export_then_evaluate_with_ctranslate2(run, tmp_path):
   config, _ = config_io.with_default_fields(ev.load_run_config(run))
   tokenizer = ev.load_run_tokenizer(config, run)
   engine = export.ctranslate2_engine(out, tokenizer, config.decode, beam_size=1)
-  want = translation.translate_sentences(engine, tokenizer, lines.splitlines())
+  want = ev.translate_sentences(engine, tokenizer, lines.splitlines())
   assert streamed.stdout.splitlines() == want
 
   bad = _cli(f"--workdir={run}", "--engine=ctranslate2", f"--ctranslate2_model={out}",

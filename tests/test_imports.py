@@ -31,7 +31,7 @@ LAYERS = (
     ("data", ("transformer.data", "transformer.data.synthetic", "transformer.data.sources",
               "transformer.data.encode_worker", "transformer.data.packing",
               "transformer.data.token_cache", "transformer.data.tokenizer",
-              "transformer.data.eval_batches", "transformer.data.train_iterator")),
+              "transformer.data.train_iterator")),
     # The config's fields (one table), its checks before any work, its file
     # I/O and the command lines' flags and exit codes: they may look at the
     # data's sources, the dtypes and the mesh, but not at the model they guard.
@@ -43,7 +43,7 @@ LAYERS = (
     # the parameter summary.
     ("model users", ("transformer.search", "transformer.checkpoint", "transformer.summary")),
     # Translating (one engine interface: JAX or CTranslate2) and scoring a trained model.
-    ("evaluation", ("transformer.translation", "transformer.evaluate", "transformer.export")),
+    ("evaluation", ("transformer.evaluate", "transformer.export")),
     # Memory, collectives and cost of a compiled program: training checks its
     # memory with it, so it imports nothing of training.
     ("compiled-program analysis", ("transformer.compiled",)),

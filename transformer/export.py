@@ -434,9 +434,9 @@ def make_translate_fn(translator, pieces: list[str], decode_config, *,
   decode an empty source line and returns an empty translation, where the
   JAX search (min_length=1) still emits a token.
   """
-  from transformer import translation
+  from transformer import evaluate as evaluate_lib
 
-  search = translation.decode_options(decode_config, **overrides)
+  search = evaluate_lib.decode_options(decode_config, **overrides)
   extra = search["max_extra_length"]
   options = {"beam_size": search["beam_size"],
              # CTranslate2's penalty: log P / |Y|^alpha (ours is GNMT's, see above).
@@ -480,12 +480,12 @@ def make_translate_fn(translator, pieces: list[str], decode_config, *,
 def ctranslate2_engine(model_dir: str, tokenizer, decode_config, *,
                        compute_type: str = "default", threads: int | None = None,
                        **overrides):
-  """An exported model as a ``translation.Engine`` ("ctranslate2"), searched
+  """An exported model as a ``evaluate_lib.Engine`` ("ctranslate2"), searched
   as ``config.decode`` says (``overrides`` replace single fields);
   ``tokenizer`` must be the one the model was exported with (the run's), or
   the ids would mean other pieces. Its steps are the checkpoints chosen at
   export."""
-  from transformer import translation
+  from transformer import evaluate as evaluate_lib
 
   metadata = load_metadata(model_dir)
   if metadata.get("tokenizer_fingerprint") != tokenizer.fingerprint:
@@ -497,7 +497,7 @@ def ctranslate2_engine(model_dir: str, tokenizer, decode_config, *,
   pieces = [tokenizer.id_to_piece(i) for i in range(tokenizer.vocab_size)]
   translate = make_translate_fn(translator, pieces, decode_config,
                                 batch_size=decode_config.batch_size, **overrides)
-  return translation.Engine(
+  return evaluate_lib.Engine(
       translate, name="ctranslate2", dtype=translator.compute_type,
       steps=tuple(int(s) for s in metadata["checkpoint_steps"]),
       report={"ctranslate2_model": os.path.abspath(model_dir),

@@ -7,14 +7,15 @@ One module per job:
   tokenizer.py       the shared SentencePiece tokenizer, trained once on a
                      uniform sample of the whole training split
   token_cache.py     token ids of each split, tokenized once, streamed to
-                     disk, mmapped
+                     disk, mmapped; a whole split once, in order, for
+                     evaluation (eval_batches)
   encode_worker.py   the worker processes that encode the text for it, one
                      per usable core
-  packing.py         the batch format; where pairs go in a batch (first-fit)
-                     and the copy into batch arrays, both compiled (numba)
+  packing.py         the batch format; where pairs go in a batch (first-fit,
+                     or one per row for evaluation) and the copy into batch
+                     arrays, both compiled (numba)
   train_iterator.py  shuffled, packed, resumable training batches, assembled
                      by worker threads
-  eval_batches.py    a whole split once, in order, for evaluation
 
 Sources (``config.data.source``):
   "tfds"       a TFDS translate builder by name (``data.tfds_name``), e.g.
@@ -89,10 +90,9 @@ than ``data.max_length`` tokens (EOS included) on either side, are dropped and
 counted in the log.
 """
 
-from transformer.data.eval_batches import eval_batches
 from transformer.data.packing import FEATURES, padding_efficiency
 from transformer.data.sources import load_split_text, read_lines
-from transformer.data.token_cache import TokenizedSplit, tokenize_split
+from transformer.data.token_cache import TokenizedSplit, eval_batches, tokenize_split
 from transformer.data.tokenizer import load_tokenizer
 from transformer.data.train_iterator import TrainIterator, make_train_iterator, rows_for
 

@@ -128,3 +128,22 @@ def fill_one_per_row(data, pairs, rows, source_length, target_length):
   zeros = np.zeros(len(pairs), np.int32)
   return fill(data, pairs, np.arange(len(pairs), dtype=np.int32), zeros, zeros,
               zeros + 1, rows, source_length, target_length)
+
+
+def one_per_row_batches(data, batch_size: int) -> list[dict]:
+  """Evaluation's batches: every pair of ``data`` (a tokenized split) once,
+  in order, alone in its row, nothing dropped or truncated; ``batch_size``
+  rows per batch, each side padded to the power-of-two bucket of its longest
+  sentence (EOS included). ``index`` is each row's pair, -1 on filler rows."""
+  source_lengths = data.source_lengths + 1  # EOS.
+  target_lengths = data.target_lengths + 1
+  batches = []
+  for start in range(0, len(data), batch_size):
+    indices = np.arange(start, min(start + batch_size, len(data)))
+    batch = fill_one_per_row(
+        data, indices, batch_size, tokens.bucket(source_lengths[indices].max()),
+        tokens.bucket(target_lengths[indices].max()))
+    batch["index"] = np.full((batch_size,), -1, np.int32)
+    batch["index"][:len(indices)] = indices
+    batches.append(batch)
+  return batches

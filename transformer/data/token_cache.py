@@ -31,7 +31,7 @@ import numpy as np
 from absl import logging
 
 from transformer import atomic
-from transformer.data import encode_worker
+from transformer.data import encode_worker, packing
 from transformer.data import sources as sources_lib
 
 _FORMAT = "v2"
@@ -207,3 +207,12 @@ def _build(data_config, tokenizer, workdir, split, directory):
   with open(os.path.join(directory, "meta.json"), "w", encoding="utf-8") as f:
     json.dump(meta, f)
   return meta
+
+
+def eval_batches(data_config, tokenizer, workdir, split, *, batch_size):
+  """Every sentence of ``split`` once, in order, in padded batches of
+  ``batch_size`` rows (``packing.one_per_row_batches``): evaluation's input."""
+  if batch_size < 1:
+    raise ValueError(f"eval batch_size must be positive, got {batch_size}.")
+  return packing.one_per_row_batches(
+      tokenize_split(data_config, tokenizer, workdir, split), batch_size)
