@@ -57,8 +57,10 @@ TINY = {
 }
 
 
-def _tiny_config(base="quickstart", **overrides):
-  """The tiny config, then ``overrides`` ({"section.field": value}).
+def make_tiny_config(base="quickstart", **overrides):
+  """The tiny config, then ``overrides`` ({"section.field": value}): the
+  suite's one tiny-config helper (the ``tiny_config`` fixture; test modules
+  that need it outside a fixture call ``conftest.make_tiny_config``).
 
   base="quickstart": ``TINY`` over configs/quickstart.py, the tiny training
   run. base="paper": ``TINY_MODEL`` in the paper's base config
@@ -97,7 +99,7 @@ def tiny_config():
   """``tiny_config(base="quickstart", **{"section.field": value})``: the
   tiny training config (``TINY`` over the quickstart), or the tiny model in the
   paper's base config (base="paper"), with overrides."""
-  return _tiny_config
+  return make_tiny_config
 
 
 @pytest.fixture(scope="session")
@@ -133,5 +135,5 @@ def trained_run(tmp_path_factory):
   from transformer import train
 
   workdir = str(tmp_path_factory.mktemp("trained") / "run")
-  train.train_and_evaluate(_tiny_config(), workdir)
+  train.train_and_evaluate(make_tiny_config(), workdir)
   return workdir

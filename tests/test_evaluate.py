@@ -10,6 +10,7 @@ import os
 import subprocess
 import sys
 
+import conftest
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -30,15 +31,12 @@ STEPS = (1, 2, 3)
 
 
 def tiny_config(data_dir):
-  config = common.get_base_config("base")
-  config.data.source = "text"
-  config.data.dir = data_dir
-  config.model.update(dict(vocab_size=VOCAB, num_layers=1, d_model=16, d_ff=32, num_heads=2,
-                           d_k=8, d_v=8, max_len=128))
-  config.decode.batch_size = 8
-  config.decode.average_last = 2
-  config.decode.max_extra_length = 5
-  return config
+  """conftest's tiny model in the paper's base config, narrower, on the text
+  files of ``data_dir``."""
+  return conftest.make_tiny_config("paper", **{
+      "model.vocab_size": VOCAB, "model.d_model": 16, "model.d_ff": 32, "model.d_k": 8,
+      "model.d_v": 8, "model.max_len": 128, "data.source": "text", "data.dir": data_dir,
+      "decode.batch_size": 8, "decode.average_last": 2, "decode.max_extra_length": 5})
 
 
 def model_params(config, seed):

@@ -3,13 +3,13 @@
 import math
 import re
 
+import conftest
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 from flax import nnx
 
-from configs import common
 from transformer import loss, precision, search, tokens
 from transformer import model as model_lib
 
@@ -17,12 +17,13 @@ VOCAB = 23
 
 
 def tiny_config(**overrides):
-  cfg = common.model_config("base")
+  """The model section of conftest's tiny config in the paper's base config,
+  narrower and with d_k != d_v, then ``overrides`` (model fields)."""
   # float32 whatever this CPU's bfloat16 support ("auto" would follow it).
-  cfg.update(dict(vocab_size=VOCAB, num_layers=2, d_model=16, d_ff=32, num_heads=2,
-                  d_k=4, d_v=6, max_len=32, dtype="float32"))
-  cfg.update(overrides)
-  return cfg
+  model = {**dict(vocab_size=VOCAB, num_layers=2, d_model=16, d_ff=32, num_heads=2, d_k=4,
+                  d_v=6, max_len=32, dtype="float32"), **overrides}
+  return conftest.make_tiny_config(
+      "paper", **{f"model.{k}": v for k, v in model.items()}).model
 
 
 def build(seed=0, **overrides):
