@@ -17,6 +17,7 @@ Writes DIR/eval/<name>.hyp.txt and DIR/eval/<name>.json (sacreBLEU ``bleu``
 and its signature, paper-comparable ``bleu_tokenized``, steps averaged, speed).
 """
 
+import functools
 import os
 import sys
 
@@ -24,7 +25,7 @@ import ml_collections
 from absl import app, flags
 from ml_collections import config_flags
 
-from transformer import checks, cli, config_io
+from transformer import checks, choices, cli, config_io
 
 
 def _load_saved_config(argv) -> ml_collections.ConfigDict:
@@ -84,7 +85,7 @@ def _define_flags(argv):
                       "to this PNG.")
   flags.DEFINE_string("sentence", None, "The sentence for --plot_attention.")
   flags.DEFINE_enum(
-      "engine", "jax", ["jax", "ctranslate2"], "Decode with this project's JAX search, or "
+      "engine", "jax", list(choices.ENGINES), "Decode with this project's JAX search, or "
       "with the run exported to CTranslate2 (--ctranslate2_model; beam search ranks "
       "finished hypotheses differently, see transformer/export.py).")
   flags.DEFINE_string(
@@ -204,15 +205,17 @@ def main(argv):
   f = flags.FLAGS
   config = _resolved_config(f)  # Decoding and averaging settings, flags included.
   _check_inputs(f)
-  tokenizer = evaluate.load_run_tokenizer(config, f.workdir)
-  engine = _engine(f, config, tokenizer)
-  if f.plot_attention is not None:
-    return _plot_attention(f, config, engine, tokenizer)
-  if _is_translation(f):
+  if f.plot_attention is not None or _is_translation(f):
+    tokenizer = evaluate.load_run_tokenizer(config, f.workdir)
+    engine = _engine(f, config, tokenizer)
+    if f.plot_attention is not None:
+      return _plot_attention(f, config, engine, tokenizer)
     return _translate(f, config, engine, tokenizer)
-  report = evaluate.evaluate(config, f.workdir, engine, split=f.split, source=f.source,
-                             reference=f.reference, name=f.name,
-                             save_averaged=f.save_averaged)
+  # The engine is built once the text to evaluate is read (a bad input costs
+  # no checkpoint restore).
+  report = evaluate.evaluate(config, f.workdir, functools.partial(_engine, f, config),
+                             split=f.split, source=f.source, reference=f.reference,
+                             name=f.name, save_averaged=f.save_averaged)
   print(evaluate.summary(report))
 
 

@@ -7,7 +7,7 @@ r"""Decoding speed of what users run: evaluate.py's path, per engine and dtype.
 The run's model (the mean of its last ``decode.average_last`` checkpoints, as
 evaluate.py restores it) translates the whole split with the run's search
 (``config.decode``: beam 4, alpha 0.6, its batch size), through
-``transformer.evaluate_lib.translate_sentences``: tokenization, padding to the
+``transformer.evaluate.translate_sentences``: tokenization, padding to the
 compiled shapes, decoding and detokenization, as evaluate.py times them. Each
 dtype is ``decode.dtype`` in turn. One warm-up round compiles every shape;
 then ``repeats`` rounds alternate the dtypes (A, B, A, B, ...), so that a

@@ -27,7 +27,7 @@ versions and the device, and printed as a short table:
   quickstart   configs/quickstart.py trained for its 400 steps
                (train.train_and_evaluate: dev evals, checkpoints, beam-4 test
                BLEU; the CPU reference is 93.56 in float32), then beam-4
-               decoding of its test split timed (evaluate_lib.translate_sentences).
+               decoding of its test split timed (evaluate.translate_sentences).
 
 It needs the project's runtime packages without TensorFlow: the quickstart
 corpus is generated, and nothing imported here imports tensorflow (the JSON

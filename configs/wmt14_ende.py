@@ -34,7 +34,7 @@ from configs import common
 
 def get_config(arg=None):
   size = common.parse_variant(arg, ("base", "big"), "base")
-  # configs/common.py's defaults are this experiment: wmt14_translate/de-en,
+  # The defaults (transformer/fields.py) are this experiment: wmt14_translate/de-en,
   # EN->DE, a shared 37000-piece BPE vocabulary (§5.1); nothing differs.
   config = common.get_base_config(size)
   config.lock()

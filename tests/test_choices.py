@@ -1,8 +1,8 @@
 """Tests for transformer/choices.py: the registries are keyed by its names.
 
-transformer/model.py and transformer/precision.py keep their own dicts (name
--> function, name -> dtype); until they build them from choices.py, these
-tests hold the keys to the declared names.
+transformer/model.py and transformer/precision.py build their dicts (name ->
+function, name -> dtype) from choices.py's lists, in their order; these tests
+hold them to it, and export's CTranslate2 names to a subset.
 """
 
 from transformer import choices

@@ -10,7 +10,6 @@ import os
 import subprocess
 import sys
 
-import conftest
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -18,6 +17,7 @@ import pytest
 from flax import nnx
 
 from configs import common
+from tests.tiny_configs import make_tiny_config
 from transformer import checkpoint as checkpoint_lib
 from transformer import config_io, data, precision, search
 from transformer import evaluate as ev
@@ -33,7 +33,7 @@ STEPS = (1, 2, 3)
 def tiny_config(data_dir):
   """conftest's tiny model in the paper's base config, narrower, on the text
   files of ``data_dir``."""
-  return conftest.make_tiny_config("paper", **{
+  return make_tiny_config("paper", **{
       "model.vocab_size": VOCAB, "model.d_model": 16, "model.d_ff": 32, "model.d_k": 8,
       "model.d_v": 8, "model.max_len": 128, "data.source": "text", "data.dir": data_dir,
       "decode.batch_size": 8, "decode.average_last": 2, "decode.max_extra_length": 5})

@@ -108,7 +108,7 @@ def test_ctranslate2_scores_and_greedy_equal_ours(switch, tmp_path):
   decode_config = common.decode_config()
   want = search.translate_batch(model, inputs, beam_size=1, min_length=1,
                                 max_extra_length=decode_config.max_extra_length)
-  got = export.make_translate_fn(translator, PIECES, decode_config, beam_size=1)(inputs)
+  got = export.ctranslate2_translate_fn(translator, PIECES, decode_config, beam_size=1)(inputs)
   assert [search.strip_eos(r) for r in got] == [search.strip_eos(r) for r in want]
 
 
@@ -134,7 +134,8 @@ def test_min_length_and_the_length_limit_agree_with_min_decoding_length(min_leng
   inputs = np.array([[7, 8, 9, EOS_ID], [7, EOS_ID, PAD_ID, PAD_ID]], np.int32)
   options = dict(beam_size=1, min_length=min_length, max_extra_length=3)
   want = search.translate_batch(model, inputs, **options)
-  got = export.make_translate_fn(translator, PIECES, common.decode_config(), **options)(inputs)
+  got = export.ctranslate2_translate_fn(translator, PIECES, common.decode_config(),
+                                        **options)(inputs)
   # Limits 7 and 5 tokens with the EOS: min_length 20 is cut there.
   expected = {0: [[], []], 1: [[5], [5]], 3: [[5] * 3, [5] * 3], 20: [[5] * 6, [5] * 4]}
   assert [search.strip_eos(r) for r in want] == expected[min_length]
@@ -157,7 +158,8 @@ def test_a_sentence_longer_than_the_position_table_is_a_clear_error(tmp_path):
   translator = save_spec(random_model(), tmp_path / "ct2")
   inputs = np.full((1, export.SINUSOIDAL_POSITIONS + 1), 5, np.int32)
   inputs[0, -1] = EOS_ID
-  translate = export.make_translate_fn(translator, PIECES, common.decode_config(), beam_size=1)
+  translate = export.ctranslate2_translate_fn(translator, PIECES, common.decode_config(),
+                                              beam_size=1)
   with pytest.raises(export.ExportError, match="No position encodings .* translate longer "
                      "sentences with --engine=jax"):
     translate(inputs)
@@ -168,7 +170,7 @@ def test_int8_model_loads_and_translates(tmp_path):
   translator = save_spec(model, tmp_path / "ct2", quantization="int8")
   sources, _ = sentences(4)
   inputs = ev._pad([np.asarray(s + [EOS_ID], np.int32) for s in sources])
-  out = export.make_translate_fn(translator, PIECES, common.decode_config())(inputs)
+  out = export.ctranslate2_translate_fn(translator, PIECES, common.decode_config())(inputs)
   assert out.shape[0] == 4 and (out == EOS_ID).sum(axis=1).tolist() == [1] * 4
   assert translator.compute_type.startswith("int8")
 

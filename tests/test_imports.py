@@ -22,11 +22,13 @@ REPO = pathlib.Path(__file__).resolve().parents[1]
 LAYERS = (
     # Import nothing of the project: token ids, atomic files, processes, mesh
     # rules, dtypes, Orbax's logs, the metrics file, the optimiser, BLEU, plots,
-    # where the planner's toolchain lives, the names of the swappable parts.
+    # where the planner's toolchain lives, the names of the swappable parts, what a
+    # compiled program holds (training checks its memory with it).
     ("leaves", ("transformer", "transformer.tokens", "transformer.atomic", "transformer.choices",
                 "transformer.multihost", "transformer.orbax_logs", "transformer.sharding",
                 "transformer.precision", "transformer.metrics", "transformer.optim",
-                "transformer.bleu", "transformer.plot", "transformer.toolchain")),
+                "transformer.bleu", "transformer.plot", "transformer.toolchain",
+                "transformer.compiled")),
     # The input pipeline, text to token batches: knows nothing of the model.
     ("data", ("transformer.data", "transformer.data.synthetic", "transformer.data.sources",
               "transformer.data.encode_worker", "transformer.data.packing",
@@ -44,9 +46,6 @@ LAYERS = (
     ("model users", ("transformer.search", "transformer.checkpoint", "transformer.summary")),
     # Translating (one engine interface: JAX or CTranslate2) and scoring a trained model.
     ("evaluation", ("transformer.evaluate", "transformer.export")),
-    # Memory, collectives and cost of a compiled program: training checks its
-    # memory with it, so it imports nothing of training.
-    ("compiled-program analysis", ("transformer.compiled",)),
     # The train state, the update step and the loop.
     ("training", ("transformer.train",)),
     # The planner CLI compiles training's real step for absent devices: it

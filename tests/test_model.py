@@ -3,13 +3,13 @@
 import math
 import re
 
-import conftest
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 from flax import nnx
 
+from tests.tiny_configs import make_tiny_config
 from transformer import loss, precision, search, tokens
 from transformer import model as model_lib
 
@@ -22,7 +22,7 @@ def tiny_config(**overrides):
   # float32 whatever this CPU's bfloat16 support ("auto" would follow it).
   model = {**dict(vocab_size=VOCAB, num_layers=2, d_model=16, d_ff=32, num_heads=2, d_k=4,
                   d_v=6, max_len=32, dtype="float32"), **overrides}
-  return conftest.make_tiny_config(
+  return make_tiny_config(
       "paper", **{f"model.{k}": v for k, v in model.items()}).model
 
 

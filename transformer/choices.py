@@ -22,7 +22,12 @@ ATTENTION_IMPLS = ("auto", "xla", "dot_product_attention")
 # takes "auto", config.decode.dtype "auto" and "model".
 DTYPES = ("float32", "bfloat16", "float16")
 DECODE_DTYPES = ("auto", "model", *DTYPES)
+# config.data.source (transformer/data/sources.py) and config.data.batching.
+SOURCES = ("tfds", "text", "synthetic")
+BATCHINGS = ("pack", "bucket")
 # config.data.tokenizer_type: SentencePiece's model types.
 TOKENIZER_TYPES = ("bpe", "unigram")
+# evaluate.py --engine: this project's JAX search, or an exported CTranslate2 model.
+ENGINES = ("jax", "ctranslate2")
 # The axes of config.train.mesh_shape (transformer/sharding.py).
 MESH_AXES = ("data", "fsdp", "tensor")

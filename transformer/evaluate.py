@@ -31,10 +31,13 @@ from flax import nnx
 
 from transformer import bleu as bleu_lib
 from transformer import checkpoint as checkpoint_lib
-from transformer import checks, config_io, precision, search
+from transformer import checks, config_io, fields, precision, search
 from transformer import loss as loss_lib
 from transformer import model as model_lib
 from transformer.tokens import EOS_ID, PAD_ID
+
+# config.decode.batch_size's default (transformer/fields.py).
+_DECODE_BATCH_SIZE = fields.defaults("decode").batch_size
 
 # ----------------------------------------------------------------------------
 # The run: config, tokenizer, checkpoints.
@@ -202,7 +205,7 @@ def translate_ids(engine: TranslateFn, sources: list[np.ndarray], *,
 
 
 def translate_sentences(engine: TranslateFn, tokenizer, sentences: list[str], *,
-                        batch_size: int = 64) -> list[str]:
+                        batch_size: int = _DECODE_BATCH_SIZE) -> list[str]:
   """Detokenized translations of ``sentences``, in input order."""
   sources = encode_sources(tokenizer, sentences)
   hypotheses = [None] * len(sources)
@@ -229,7 +232,7 @@ def warn_if_empty(is_empty: list[bool], what: str) -> list[int]:
 
 
 def translate_stream(engine: TranslateFn, tokenizer, lines: Iterable[str], out, *,
-                     batch_size: int = 64) -> int:
+                     batch_size: int = _DECODE_BATCH_SIZE) -> int:
   """Translates lines as they come, ``batch_size`` at a time, in order.
 
   Writes one translation per input line to ``out`` and flushes after every
@@ -277,7 +280,7 @@ def read_sentence_file(path: str, what: str) -> list[str]:
   return lines
 
 
-def evaluate(config, workdir: str, engine: Engine | None = None, *,
+def evaluate(config, workdir: str, engine: Engine | Callable | None = None, *,
              split: str | None = None, source: str | None = None,
              reference: str | None = None, name: str | None = None,
              save_averaged: bool = False) -> dict:
@@ -294,9 +297,11 @@ def evaluate(config, workdir: str, engine: Engine | None = None, *,
   (``bleu_lowercase``, the figure Multi30k papers print) beside the cased one.
   ``decode_seconds`` is the wall time of translating (tokenization, decoding
   and detokenization), compilation of the few padded shapes included.
-  ``engine`` translates (``Engine``: this project's search or an
-  exported CTranslate2 model); None: the run's JAX model as ``config.decode``
-  says (``restore_jax_engine``). The report names the engine, what
+  ``engine`` translates (an ``Engine``: this project's search or an
+  exported CTranslate2 model), or is a function of the run's tokenizer that
+  returns one, called once the text and the tokenizer are read (so that a bad
+  input costs no checkpoint restore); None: the run's JAX model as
+  ``config.decode`` says (``restore_jax_engine``). The report names the engine, what
   it computes in and its checkpoints; an engine other than "jax" adds its name
   to ``name``. ``save_averaged``: also save the JAX engine's parameters to
   ``DIR/eval/<name>.params``.
@@ -320,6 +325,8 @@ def evaluate(config, workdir: str, engine: Engine | None = None, *,
   tokenizer = load_run_tokenizer(config, workdir)
   if engine is None:
     engine = restore_jax_engine(config, workdir)
+  elif not isinstance(engine, Engine):  # Built now that the text and the tokenizer are read.
+    engine = engine(tokenizer)
   steps = list(engine.steps)
   if name is None:
     name = base + (f".avg{len(steps)}" if len(steps) > 1 else "")
@@ -346,8 +353,7 @@ def evaluate(config, workdir: str, engine: Engine | None = None, *,
     report.update(bleu_lib.compute_bleu(hypotheses, references, lang=config.data.target_lang))
     report["bleu_lowercase"], report["sacrebleu_signature_lowercase"] = (
         bleu_lib.sacrebleu_bleu(hypotheses, references, lowercase=True))
-  empty = warn_if_empty([not h.strip() for h in hypotheses],
-                                    source or f"split {split}")
+  empty = warn_if_empty([_is_empty(h) for h in hypotheses], source or f"split {split}")
   report.update({
       "num_sentences": len(hypotheses),
       "empty_outputs": len(empty),

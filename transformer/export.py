@@ -419,10 +419,11 @@ def load_translator(model_dir: str, *, compute_type: str = "default",
         "export the run again if the folder is damaged.") from None
 
 
-def make_translate_fn(translator, pieces: list[str], decode_config, *,
-                      batch_size: int = 64, **overrides):
+def ctranslate2_translate_fn(translator, pieces: list[str], decode_config, *,
+                             batch_size: int | None = None, **overrides):
   """(B, S) source ids -> (B, L) output ids by CTranslate2, the translate
-  function of ``ctranslate2_engine``, searched as the JAX engine is.
+  function of ``ctranslate2_engine``, searched as the JAX engine is, in
+  batches of ``batch_size`` (default ``decode.batch_size``) sentences.
 
   Each sentence gets the JAX path's limits: at most its source length (EOS
   included) + ``max_extra_length`` tokens with the EOS, at least
@@ -437,6 +438,7 @@ def make_translate_fn(translator, pieces: list[str], decode_config, *,
   from transformer import evaluate as evaluate_lib
 
   search = evaluate_lib.decode_options(decode_config, **overrides)
+  batch_size = decode_config.batch_size if batch_size is None else batch_size
   extra = search["max_extra_length"]
   options = {"beam_size": search["beam_size"],
              # CTranslate2's penalty: log P / |Y|^alpha (ours is GNMT's, see above).
@@ -480,7 +482,7 @@ def make_translate_fn(translator, pieces: list[str], decode_config, *,
 def ctranslate2_engine(model_dir: str, tokenizer, decode_config, *,
                        compute_type: str = "default", threads: int | None = None,
                        **overrides):
-  """An exported model as a ``evaluate_lib.Engine`` ("ctranslate2"), searched
+  """An exported model as an ``evaluate.Engine`` ("ctranslate2"), searched
   as ``config.decode`` says (``overrides`` replace single fields);
   ``tokenizer`` must be the one the model was exported with (the run's), or
   the ids would mean other pieces. Its steps are the checkpoints chosen at
@@ -495,8 +497,7 @@ def ctranslate2_engine(model_dir: str, tokenizer, decode_config, *,
         f"{tokenizer.fingerprint}): it is not this run's model. Export this run again.")
   translator = load_translator(model_dir, compute_type=compute_type, threads=threads)
   pieces = [tokenizer.id_to_piece(i) for i in range(tokenizer.vocab_size)]
-  translate = make_translate_fn(translator, pieces, decode_config,
-                                batch_size=decode_config.batch_size, **overrides)
+  translate = ctranslate2_translate_fn(translator, pieces, decode_config, **overrides)
   return evaluate_lib.Engine(
       translate, name="ctranslate2", dtype=translator.compute_type,
       steps=tuple(int(s) for s in metadata["checkpoint_steps"]),

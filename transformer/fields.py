@@ -254,8 +254,9 @@ TRAIN = {
                         "Mesh axis sizes."),
     "fsdp": Field(False, bool, ANY, "True: shard parameters and optimizer state over \"fsdp\"."),
     # On a GPU or TPU, compile the train step before any data work and stop with
-    # one error naming the bytes needed and available if it does not fit (one
-    # extra compile; CPUs report no memory limit and skip it). The same check
+    # one error naming the bytes needed and available if it does not fit (the
+    # programs the loop then runs, so no extra compile; CPUs report no memory
+    # limit and skip it). The same check
     # ahead of time, without the devices: python -m transformer.plan.
     "check_memory": Field(True, bool, ANY, "Check that the train step fits the devices."),
     # Logging (console, DIR/metrics.jsonl, TensorBoard), evaluation, checkpoints.

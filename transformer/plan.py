@@ -151,11 +151,14 @@ def compile_only_devices(target_name: str, num_devices: int):
   target = TARGETS[target_name]
   from jax.experimental import topologies
   if target.platform == "cuda":
-    if toolchain.cuda_plugin() is None:
+    plugin = toolchain.cuda_plugin()
+    if plugin is None:
       raise PlanError(
           f"Compiling for {target.name} needs JAX's CUDA plugin "
           f"(jax-cuda13-plugin=={jax.__version__}, with jax-cuda13-pjrt and ptxas from "
           f"nvidia-cuda-nvcc); install it with: {INSTALL}")
+    if problem := toolchain.not_on_path(plugin):
+      raise PlanError(problem)
     with open(os.path.join(TARGET_DIR, target.spec)) as f:
       spec = f.read()
     topology = gpu_topology(num_devices)
@@ -176,6 +179,8 @@ def compile_only_devices(target_name: str, num_devices: int):
   if not toolchain.has_libtpu():
     raise PlanError(f"Compiling for {target.name} needs libtpu (the one of jax[tpu]=="
                     f"{jax.__version__}); install it with: {INSTALL}")
+  if problem := toolchain.not_on_path("libtpu"):
+    raise PlanError(problem)
   # Without a TPU VM's metadata libtpu warns that it cannot find the slice's
   # type and hosts; the planner names them (they do not change the compile).
   os.environ.setdefault("TPU_ACCELERATOR_TYPE", {

@@ -90,7 +90,7 @@ def decode_dtype(decode_config, model_config, platform: str | None = None) -> st
   AMD EPYC with AVX512-BF16 (docs/benchmarks.md). "model": ``model.dtype`` as
   trained. Parameters are the same either way.
   """
-  name = decode_config.get("dtype", "auto")
+  name = decode_config.dtype
   cpu = (platform or jax.default_backend()) == "cpu"
   if name == "model" or (name == "auto" and not cpu):
     name = model_config.dtype

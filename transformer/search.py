@@ -54,7 +54,11 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from transformer import fields
 from transformer.tokens import BOS_ID, EOS_ID, PAD_ID, bucket
+
+# config.decode's defaults (transformer/fields.py): the paper's search (§6.1).
+_DECODE = fields.defaults("decode")
 
 # Score of an impossible hypothesis. Finite, so that sums never make NaNs.
 NEG_INF = -1.0e9
@@ -456,9 +460,10 @@ def output_limits(inputs, max_extra_length: int):
   return np.where(lengths > 0, lengths + max_extra_length, 1).astype(np.int32)
 
 
-def translate_batch(model, inputs, *, beam_size: int = 4, alpha: float = 0.6,
-                    max_extra_length: int = 50, min_length: int = 1,
-                    return_scores: bool = False):
+def translate_batch(model, inputs, *, beam_size: int = _DECODE.beam_size,
+                    alpha: float = _DECODE.alpha,
+                    max_extra_length: int = _DECODE.max_extra_length,
+                    min_length: int = _DECODE.min_length, return_scores: bool = False):
   """Translates a batch of source sentences with a Transformer.
 
   Args:

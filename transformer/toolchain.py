@@ -58,3 +58,17 @@ def cuda_plugin() -> str | None:
 def has_libtpu() -> bool:
   """Whether libtpu is on the path or in the toolchain's folder."""
   return _find("libtpu")
+
+
+def not_on_path(module: str) -> str | None:
+  """Why ``module``, found in the toolchain's folder, cannot be loaded: the
+  folder is not on the path, and JAX has started without it. None when
+  ``module`` is importable."""
+  try:
+    if importlib.util.find_spec(module) is not None:
+      return None
+  except ModuleNotFoundError:  # Its parent package is not on the path either.
+    pass
+  return (f"{module} is in {folder()} but not on the path: call "
+          "transformer.toolchain.use() before JAX is imported (python -m transformer.plan "
+          "and benchmarks/plan_table.py do).")

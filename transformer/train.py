@@ -118,6 +118,12 @@ def _make_model(model_config, seed, platform):
     return model_lib.build_model(model_config, seed=seed, platform=platform)
 
 
+def _with_shardings(tree, shardings):
+  """ShapeDtypeStructs of ``tree``'s leaves, each with its sharding."""
+  return jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
+                      tree, shardings)
+
+
 def setup_state(config, mesh, *, abstract: bool = False) -> TrainSetup:
   """Shapes, shardings and step machinery for the train state (no arrays yet).
 
@@ -152,10 +158,7 @@ def setup_state(config, mesh, *, abstract: bool = False) -> TrainSetup:
              "rng": jax.random.key_data(jax.random.PRNGKey(seed))}
     return state, rest
 
-  abstract_state, _ = jax.eval_shape(init)
-  abstract_state = jax.tree.map(
-      lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
-      abstract_state, state_shardings)
+  abstract_state = _with_shardings(jax.eval_shape(init)[0], state_shardings)
   if abstract:
     rest = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=replicated),
                         jax.eval_shape(lambda: init()[1]))
@@ -282,13 +285,9 @@ class Update:
       return {"update": self.fused.lower(state, self.setup.rest, batch)}
     replicated = sharding_lib.replicated(self.setup.mesh)
 
-    def placed(tree, shardings):
-      return jax.tree.map(
-          lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), tree, shardings)
-
     grads, sums = jax.eval_shape(self.zeros, state)
-    acc = (placed(grads, self.setup.state_shardings["params"]),
-           placed(sums, jax.tree.map(lambda _: replicated, sums)))
+    acc = (_with_shardings(grads, self.setup.state_shardings["params"]),
+           _with_shardings(sums, jax.tree.map(lambda _: replicated, sums)))
     index = jax.ShapeDtypeStruct((), jnp.int32, sharding=replicated)
     return {"accumulate": self.accumulate.lower(state, self.setup.rest, batch, index, acc),
             "apply": self.apply.lower(state, acc)}

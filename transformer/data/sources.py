@@ -13,20 +13,19 @@ import time
 
 from absl import logging
 
+from transformer import choices
 from transformer.data import synthetic
 
-SOURCES = ("tfds", "text", "synthetic")
-BATCHINGS = ("pack", "bucket")
 CHUNK = 20_000  # Pairs per chunk of the stream.
 
 
 def check_config(data_config):
   """The data fields every entry point of the pipeline relies on."""
-  if data_config.source not in SOURCES:
-    raise ValueError(f"Unknown data.source {data_config.source!r}; use one of {SOURCES}.")
-  if data_config.batching not in BATCHINGS:
+  if data_config.source not in choices.SOURCES:
+    raise ValueError(f"Unknown data.source {data_config.source!r}; use one of {choices.SOURCES}.")
+  if data_config.batching not in choices.BATCHINGS:
     raise ValueError(
-        f"Unknown data.batching {data_config.batching!r}; use one of {BATCHINGS}.")
+        f"Unknown data.batching {data_config.batching!r}; use one of {choices.BATCHINGS}.")
   if data_config.source_lang == data_config.target_lang:
     raise ValueError(
         f"data.source_lang and data.target_lang are both {data_config.source_lang!r}.")

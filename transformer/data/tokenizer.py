@@ -104,7 +104,8 @@ def train_tokenizer(sentences, model_path, *, vocab_size, model_type="bpe",
   """
   if model_type not in choices.TOKENIZER_TYPES:
     raise ValueError(
-        f"Unknown data.tokenizer_type {model_type!r}; use 'bpe' or 'unigram'.")
+        f"Unknown data.tokenizer_type {model_type!r}; use "
+        + " or ".join(repr(t) for t in choices.TOKENIZER_TYPES) + ".")
   sentences = [s for s in sentences if s]
   if not sentences:
     raise ValueError("No text to train the tokenizer on: the training split "
