@@ -184,7 +184,7 @@ def _translate(f, config, engine, tokenizer):
   stream = open(f.source, encoding="utf-8") if f.source else sys.stdin
   with stream:
     evaluate.translate_stream(engine, tokenizer, stream, sys.stdout,
-                                 batch_size=config.decode.batch_size)
+                              batch_size=config.decode.batch_size)
 
 
 def _plot_attention(f, config, engine, tokenizer):

@@ -340,7 +340,7 @@ def quickstart(tiny: bool, workdir: str, log) -> dict:
   for _ in range(3):  # The first compiles.
     t = time.perf_counter()
     hyps = evaluate_lib.translate_sentences(engine, tokenizer, sources,
-                                           batch_size=config.decode.batch_size)
+                                            batch_size=config.decode.batch_size)
     rounds.append(time.perf_counter() - t)
   decode_s = _median(rounds[1:])
   return {"steps": int(final["step"]), "test_bleu": final.get("test/bleu"),

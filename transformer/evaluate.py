@@ -4,7 +4,7 @@ Used by the root ``evaluate.py``; every piece is importable:
 
   config = load_run_config(workdir)                       # DIR/config.json
   tokenizer = load_run_tokenizer(config, workdir)
-  engine = restore_jax_engine(config, workdir)  # beam 4, alpha 0.6
+  engine = restore_jax_engine(config, workdir)           # beam 4, alpha 0.6
   hyps = translate_sentences(engine, tokenizer, sources)
   report = evaluate(config, workdir, split="test")       # DIR/eval/test.avg5.json
 
@@ -344,8 +344,7 @@ def evaluate(config, workdir: str, engine: Engine | Callable | None = None, *,
     logging.info("Saved the averaged parameters of steps %s to %s.", steps, path)
 
   start = time.time()
-  hypotheses = translate_sentences(engine, tokenizer, sources,
-                                               batch_size=d.batch_size)
+  hypotheses = translate_sentences(engine, tokenizer, sources, batch_size=d.batch_size)
   seconds = time.time() - start
   report = {"name": name, "split": None if source else split, "source": source,
             "reference": reference}
@@ -427,7 +426,7 @@ def dev_metrics(loss_sums: Callable[[dict], dict], model, tokenizer, batches, so
   if sources:
     engine = jax_engine(model, decode_config, beam_size=1)
     hypotheses = translate_sentences(engine, tokenizer, sources,
-                                                 batch_size=decode_config.batch_size)
+                                     batch_size=decode_config.batch_size)
     row["dev/bleu"], _ = bleu_lib.sacrebleu_bleu(hypotheses, references)
     row["dev/bleu_sentences"] = len(hypotheses)
   return row
