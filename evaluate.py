@@ -174,7 +174,7 @@ def _engine(f, config, tokenizer):
   # decode.average_last averages the ones kept (checkpoint.select_steps).
   exact = f.average_last is not None or f.step is not None
   return evaluate.restore_jax_engine(config, f.workdir, step=f.step, params_path=f.params,
-                                        exact=exact)
+                                     exact=exact)
 
 
 def _translate(f, config, engine, tokenizer):
