@@ -9,6 +9,7 @@ import signal
 import numpy as np
 import pytest
 
+from tests.data import processes
 from transformer.data import encode_worker
 
 
@@ -28,22 +29,6 @@ def test_usable_cores_are_this_process_affinity():
     assert cores == len(os.sched_getaffinity(0))
 
 
-def _children():
-  """Process ids of this process's live children (Linux)."""
-  path = f"/proc/{os.getpid()}/task/{os.getpid()}/children"
-  if not os.path.exists(path):
-    pytest.skip(f"{path} is not available on this system.")
-  with open(path) as f:
-    children = set(map(int, f.read().split()))
-  def alive(pid):
-    try:
-      with open(f"/proc/{pid}/stat") as f:
-        return f.read().rsplit(")", 1)[1].split()[0] != "Z"  # Not a zombie.
-    except FileNotFoundError:
-      return False
-  return {pid for pid in children if alive(pid)}
-
-
 @pytest.mark.parametrize("dtype", [np.uint16, np.int32])
 def test_workers_encode_as_this_process_does_in_order(corpus_dir, tok, dtype):
   english = (corpus_dir / "train.en").read_text("utf-8").splitlines()
@@ -51,11 +36,11 @@ def test_workers_encode_as_this_process_does_in_order(corpus_dir, tok, dtype):
   # list, an empty sentence and one the vocabulary covers poorly.
   texts_lists = [english[0:7], english[7:8], [], english[8:20], ["", "Zürich ÄÖÜ ß €"],
                  english[20:23]]
-  before = _children()
+  before = processes.children()
   with encode_worker.Pool(tok, dtype, workers=2) as pool:
-    assert len(_children() - before) == 2
+    assert len(processes.children() - before) == 2
     answers = list(pool.imap(texts_lists))
-  assert _children() == before  # The workers are gone.
+  assert processes.children() == before  # The workers are gone.
   assert len(answers) == len(texts_lists)
   for texts, (ids, lengths) in zip(texts_lists, answers, strict=True):
     assert (ids.dtype, lengths.dtype) == (np.dtype(dtype), np.int64)
@@ -66,12 +51,12 @@ def test_workers_encode_as_this_process_does_in_order(corpus_dir, tok, dtype):
 
 
 def test_a_dead_worker_is_one_clear_error(tok):
-  before = _children()
+  before = processes.children()
   with encode_worker.Pool(tok, np.uint16, workers=1) as pool:
-    (worker,) = _children() - before
+    (worker,) = processes.children() - before
     os.kill(worker, signal.SIGKILL)  # As the kernel's out-of-memory killer.
     with pytest.raises(RuntimeError, match=rf"tokenization worker \(pid {worker}\) exited "
                        r"with code -9 before finishing its chunk .* usually out of memory; "
                        r"the cache was not written"):
       list(pool.imap([["The dog sees the car."], ["A cat."]]))
-  assert _children() == before
+  assert processes.children() == before

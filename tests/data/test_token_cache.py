@@ -12,6 +12,7 @@ import time
 import numpy as np
 import pytest
 
+from tests.data import processes
 from transformer import data
 
 TRAIN_SIZE = 300  # The corpus_dir fixture's training pairs.
@@ -31,24 +32,6 @@ def test_token_ids_are_cached(corpus_dir, workdir, tok, monkeypatch, data_config
   assert len(cached) == 1 and cached[0].startswith("text-corpus")
   entries = os.listdir(os.path.join(workdir, "data_cache", cached[0]))
   assert f"train.en-de.{tok.fingerprint}.v2" in entries
-
-
-def _children(pid=None):
-  """Process ids of the live children of ``pid`` (default: this process; Linux)."""
-  pid = pid or os.getpid()
-  path = f"/proc/{pid}/task/{pid}/children"
-  if not os.path.exists(path):
-    pytest.skip(f"{path} is not available on this system.")
-  with open(path) as f:
-    return {child for child in map(int, f.read().split()) if _alive(child)}
-
-
-def _alive(pid):
-  try:
-    with open(f"/proc/{pid}/stat") as f:
-      return f.read().rsplit(")", 1)[1].split()[0] != "Z"  # Not a zombie.
-  except FileNotFoundError:
-    return False
 
 
 def _interrupted_stream(monkeypatch, at_chunk, action):
@@ -73,9 +56,9 @@ def test_worker_processes_encode_exactly_what_the_tokenizer_does(corpus_dir, tmp
   def fail(*args, **kwargs):
     raise AssertionError("encoded in this process")
   monkeypatch.setattr(tok, "encode_batch", fail)
-  before = _children()
+  before = processes.children()
   pooled = data.tokenize_split(config.data, tok, str(tmp_path / "pooled"), "train")
-  assert _children() == before  # The workers are gone.
+  assert processes.children() == before  # The workers are gone.
   assert len(pooled) == len(here) == TRAIN_SIZE
   for i in range(TRAIN_SIZE):
     assert list(pooled.source(i)) == tok.encode(sources[i])
@@ -92,10 +75,10 @@ def test_killed_tokenization_leaves_no_trusted_cache(corpus_dir, tmp_path, tok, 
   def interrupt():
     raise KeyboardInterrupt  # As Ctrl-C in the middle of the build.
   _interrupted_stream(monkeypatch, 3, interrupt)
-  before = _children()
+  before = processes.children()
   with pytest.raises(KeyboardInterrupt):
     data.tokenize_split(config.data, tok, workdir, "train")
-  assert _children() == before  # No worker outlives the build.
+  assert processes.children() == before  # No worker outlives the build.
   monkeypatch.undo()
   root = os.path.join(workdir, "data_cache")
   (key,) = os.listdir(root)
@@ -123,15 +106,15 @@ def test_killed_tokenization_leaves_no_trusted_cache(corpus_dir, tmp_path, tok, 
 def test_a_killed_worker_is_one_clear_error(corpus_dir, tmp_path, tok, monkeypatch, data_config):
   config = data_config(corpus_dir)
   monkeypatch.setattr(data.sources, "CHUNK", 50)
-  before = _children()
+  before = processes.children()
   def kill_a_worker():
-    (worker, *_) = _children() - before
+    (worker, *_) = processes.children() - before
     os.kill(worker, signal.SIGKILL)  # As the kernel's out-of-memory killer.
   _interrupted_stream(monkeypatch, 3, kill_a_worker)
   with pytest.raises(RuntimeError, match=r"tokenization worker \(pid \d+\) exited with "
                      r"code -9 .*out of memory; the cache was not written"):
     data.tokenize_split(config.data, tok, str(tmp_path), "train")
-  assert _children() == before
+  assert processes.children() == before
   root = os.path.join(str(tmp_path), "data_cache")
   (key,) = os.listdir(root)
   assert os.listdir(os.path.join(root, key)) == []
@@ -164,7 +147,7 @@ data.tokenize_split(config.data, tokenizer.Tokenizer({tok.path!r}), {workdir!r},
   process = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True)
   try:
     assert process.stdout.readline() == "building\n"
-    workers = _children(process.pid)
+    workers = processes.children(process.pid)
     assert len(workers) == data.encode_worker.usable_cores()
     (key,) = os.listdir(os.path.join(workdir, "data_cache"))
     folder = os.path.join(workdir, "data_cache", key)
@@ -174,9 +157,9 @@ data.tokenize_split(config.data, tokenizer.Tokenizer({tok.path!r}), {workdir!r},
     process.kill()
     process.wait()
   deadline = time.time() + 30
-  while any(map(_alive, workers)) and time.time() < deadline:
+  while any(map(processes.alive, workers)) and time.time() < deadline:
     time.sleep(0.1)
-  assert not any(map(_alive, workers))
+  assert not any(map(processes.alive, workers))
   config = data_config(corpus_dir)
   built = data.tokenize_split(config.data, tok, workdir, "train")
   assert os.listdir(folder) == [f"train.en-de.{tok.fingerprint}.v2"]
