@@ -284,7 +284,6 @@ class Update:
     if self.setup.train_config.accumulate_steps == 1:
       return {"update": self.fused.lower(state, self.setup.rest, batch)}
     replicated = sharding_lib.replicated(self.setup.mesh)
-
     grads, sums = jax.eval_shape(self.zeros, state)
     acc = (_with_shardings(grads, self.setup.state_shardings["params"]),
            _with_shardings(sums, jax.tree.map(lambda _: replicated, sums)))
