@@ -22,6 +22,11 @@ ATTENTION_IMPLS = ("auto", "xla", "dot_product_attention")
 # takes "auto", config.decode.dtype "auto" and "model".
 DTYPES = ("float32", "bfloat16", "float16")
 DECODE_DTYPES = ("auto", "model", *DTYPES)
+# config.model.matmul_output (precision.matmul_output_dtype): the dtype the
+# activation-sized matmul products are written in.
+MATMUL_OUTPUTS = ("auto", "float32", "compute")
+# config.train.remat (train.py): what each layer's backward pass recomputes.
+REMAT_POLICIES = ("none", "matmuls", "full")
 # config.data.source (transformer/data/sources.py) and config.data.batching.
 SOURCES = ("tfds", "text", "synthetic")
 BATCHINGS = ("pack", "bucket")

@@ -45,10 +45,12 @@ from transformer import choices, tokens
 from transformer import sharding as sharding_lib
 from transformer.precision import (
   DTYPES,
+  add_bias,
   fused_attention,
   fused_attention_implementation,
   get_dtype,
   matmul,
+  matmul_output_dtype,
 )
 
 # Logical axes of the activations between sub-layers (B, T, D): rows split like
@@ -106,15 +108,19 @@ class Transformer(nnx.Module):
   same decoder layers over a key/value cache that it lays out itself.
   """
 
-  def __init__(self, cfg, *, rngs, platform=None):
+  def __init__(self, cfg, *, rngs, platform=None, remat="none"):
     """``platform``: the kind of device the model is compiled for ("cpu",
     "gpu", "tpu"; default: JAX's default backend). It resolves
-    ``dtype="auto"`` and the fused attention kernel. ``cfg`` is trusted: the
-    entry points check it (``checks.check_config``)."""
+    ``dtype="auto"`` and the fused attention kernel. ``remat``: what each
+    layer's backward pass recomputes (``REMAT_POLICIES``; training's
+    ``train.remat``). ``cfg`` is trusted: the entry points check it
+    (``checks.check_config``)."""
     platform = platform or jax.default_backend()
     self.cfg = cfg
+    self.remat = remat
     dtype, param_dtype = get_dtype(cfg.dtype, platform), DTYPES[cfg.param_dtype]
     self.dtype = dtype
+    self.products = matmul_output_dtype(cfg, platform)  # Of the logits' input gradient.
     embed = functools.partial(Embedding, cfg.vocab_size, cfg.d_model, dtype=dtype,
                               param_dtype=param_dtype, rngs=rngs)
     # Three-way weight tying (§3.4), each tie switchable.
@@ -178,7 +184,8 @@ class Transformer(nnx.Module):
       w, spec = self.target_embedding.embedding[...], "BTD,VD->BTV"
     else:
       w, spec = self.output_projection[...], "BTD,DV->BTV"
-    return w, lambda w, y: matmul(spec, y, w, self.dtype)
+    # float32 logits (the loss's log-softmax); y's gradient is activation-sized.
+    return w, lambda w, y: matmul(spec, y, w, self.dtype, grads=self.products)
 
   def logits(self, y):
     """The pre-softmax linear transformation, float32 logits (B, T, V)."""
@@ -197,7 +204,10 @@ class Transformer(nnx.Module):
     x = self.embed_source(inputs, positions)
     mask = attention_mask(segments, segments)  # (B, 1, S, S)
     for layer in self.encoder_layers:
-      x = layer(x, mask, return_attention)
+      if return_attention:
+        x = layer(x, mask, return_attention)
+      else:
+        x = _rematerialized(EncoderLayer.__call__, self.remat)(layer, x, mask)
     if self.cfg.norm_position == "pre":
       x = self.encoder_norm(x)
     return x
@@ -212,8 +222,11 @@ class Transformer(nnx.Module):
     one entry per layer; the stack then returns (y, the updated cache)."""
     new_cache = None if cache is None else []
     for i, layer in enumerate(self.decoder_layers):
-      if cache is None:
+      if return_attention:
         y = layer(y, memory, self_mask, cross_mask, return_attention)
+      elif cache is None:
+        y = _rematerialized(DecoderLayer.__call__, self.remat)(
+            layer, y, memory, self_mask, cross_mask)
       else:
         y, layer_cache = layer(y, memory, self_mask, cross_mask, cache=cache[i],
                                cache_index=cache_index)
@@ -331,13 +344,45 @@ def _attention(cfg, dtype, param_dtype, rngs, platform):
       cfg.d_model, cfg.num_heads, cfg.d_k, cfg.d_v,
       attention_dropout_rate=cfg.attention_dropout_rate,
       fused_implementation=fused_attention_implementation(cfg, platform),
-      attention_impl=cfg.attention_impl, dtype=dtype, param_dtype=param_dtype, rngs=rngs)
+      attention_impl=cfg.attention_impl, dtype=dtype, param_dtype=param_dtype,
+      products=matmul_output_dtype(cfg, platform), rngs=rngs)
 
 
-def _feed_forward(cfg, dtype, param_dtype, rngs):
+def _feed_forward(cfg, dtype, param_dtype, rngs, platform):
   return FeedForward(cfg.d_model, cfg.d_ff, activation=cfg.activation,
                      ffn_dropout_rate=cfg.ffn_dropout_rate, dtype=dtype,
-                     param_dtype=param_dtype, rngs=rngs)
+                     param_dtype=param_dtype, products=matmul_output_dtype(cfg, platform),
+                     rngs=rngs)
+
+
+# train.remat's policies: what a layer keeps from its forward pass for the
+# backward pass; the rest is recomputed (the same gradients). "matmuls": the
+# products of precision.matmul (named "matmul"), so the backward pass
+# recomputes only the element-wise work; "full": nothing but the layer's input.
+REMAT_POLICIES = dict(zip(choices.REMAT_POLICIES, (
+    None,
+    jax.checkpoint_policies.save_only_these_names("matmul"),
+    jax.checkpoint_policies.nothing_saveable,
+), strict=True))
+
+
+def _rematerialized(call, policy):
+  """``call`` (a layer's) under rematerialization ``policy`` (REMAT_POLICIES)."""
+  if policy == "none":
+    return call
+
+  def rematerialized(layer, *args):
+    graphdef, state = nnx.split(layer)
+
+    def pure(state, *args):  # The layer as a function of its state (RNG counts too).
+      layer = nnx.merge(graphdef, state)
+      return call(layer, *args), nnx.state(layer)
+
+    out, state = jax.checkpoint(pure, policy=REMAT_POLICIES[policy])(state, *args)
+    nnx.update(layer, state)
+    return out
+
+  return rematerialized
 
 
 class EncoderLayer(nnx.Module):
@@ -346,7 +391,7 @@ class EncoderLayer(nnx.Module):
   def __init__(self, cfg, *, dtype, param_dtype, rngs, platform=None):
     self.self_attention = _attention(cfg, dtype, param_dtype, rngs, platform)
     self.residual_1 = _sublayer_connection(cfg, dtype, param_dtype, rngs)
-    self.feed_forward = _feed_forward(cfg, dtype, param_dtype, rngs)
+    self.feed_forward = _feed_forward(cfg, dtype, param_dtype, rngs, platform)
     self.residual_2 = _sublayer_connection(cfg, dtype, param_dtype, rngs)
 
   def __call__(self, x, mask, return_weights=False):
@@ -363,7 +408,7 @@ class DecoderLayer(nnx.Module):
     self.residual_1 = _sublayer_connection(cfg, dtype, param_dtype, rngs)
     self.cross_attention = _attention(cfg, dtype, param_dtype, rngs, platform)
     self.residual_2 = _sublayer_connection(cfg, dtype, param_dtype, rngs)
-    self.feed_forward = _feed_forward(cfg, dtype, param_dtype, rngs)
+    self.feed_forward = _feed_forward(cfg, dtype, param_dtype, rngs, platform)
     self.residual_3 = _sublayer_connection(cfg, dtype, param_dtype, rngs)
 
   def __call__(self, y, memory, self_mask, cross_mask, return_weights=False, cache=None,
@@ -413,7 +458,7 @@ def _write_self_keys_values(attention, cache, index, y):
 # Attention (§3.2)
 # ----------------------------------------------------------------------------
 
-def scaled_dot_product_attention(q, k, v, mask, *, dropout=None):
+def scaled_dot_product_attention(q, k, v, mask, *, dropout=None, products=jnp.float32):
   """Eq. (1): Attention(Q, K, V) = softmax(Q K^T / sqrt(d_k)) V.
 
   Heads lead the sequence axis (B, H, T, ...) so that each head's keys and
@@ -424,19 +469,21 @@ def scaled_dot_product_attention(q, k, v, mask, *, dropout=None):
     q: (B, H, Q, K) queries.   k: (B, H, M, K) keys.   v: (B, H, M, J) values.
     mask: bool, broadcastable to (B, H, Q, M); True where attending is allowed.
     dropout: optional callable applied to the attention weights.
+    products: the dtype P V and the gradients of Q and K are written in
+      (``precision.matmul_output_dtype``); Q K^T is float32 either way.
   Returns:
     (B, H, Q, J) outputs and float32 (B, H, Q, M) attention weights.
   """
   d_k = q.shape[-1]
   # Q K^T / sqrt(d_k), accumulated and soft-maxed in float32.
-  logits = matmul("BHQK,BHMK->BHQM", q, k, q.dtype)
+  logits = matmul("BHQK,BHMK->BHQM", q, k, q.dtype, grads=products)
   logits = logits / math.sqrt(d_k)
   # Masked positions get the lowest float: a row with no allowed key (padding
   # queries) becomes uniform instead of NaN, and is itself masked downstream.
   logits = jnp.where(mask, logits, jnp.finfo(jnp.float32).min)
   weights = jax.nn.softmax(logits, axis=-1)  # (B, H, Q, M)
   probs = dropout(weights) if dropout is not None else weights
-  out = matmul("BHQM,BHMJ->BHQJ", probs, v, v.dtype).astype(v.dtype)
+  out = matmul("BHQM,BHMJ->BHQJ", probs, v, v.dtype, out=products).astype(v.dtype)
   return out, weights
 
 
@@ -451,8 +498,10 @@ class MultiHeadAttention(nnx.Module):
   """
 
   def __init__(self, d_model, num_heads, d_k, d_v, *, attention_dropout_rate,
-               dtype, param_dtype, rngs, fused_implementation=None, attention_impl=None):
+               dtype, param_dtype, rngs, fused_implementation=None, attention_impl=None,
+               products=jnp.float32):
     self.dtype = dtype
+    self.products = products  # The dtype its products are written in (precision.py).
     # What computes Eq. (1) is transformer/precision.py's choice, for the
     # config (fused_implementation: "cudnn", "xla" or None, the einsums, from
     # precision.fused_attention_implementation) and, when traced, for the
@@ -478,7 +527,7 @@ class MultiHeadAttention(nnx.Module):
     """x (B, T, D) times a projection w (D, H, ·): (B, H, T, ·)."""
     # Projected as (B, T, H, ·), then heads moved forward: XLA then keeps the
     # weight as it is stored instead of transposing it at every decoding step.
-    xw = matmul("BTD,DHX->BTHX", x, w[...], self.dtype).astype(self.dtype)
+    xw = matmul("BTD,DHX->BTHX", x, w[...], self.dtype, out=self.products).astype(self.dtype)
     return xw.swapaxes(1, 2)
 
   def project_kv(self, x):
@@ -500,11 +549,12 @@ class MultiHeadAttention(nnx.Module):
                             attention_impl=self.attention_impl)
     if out is None:
       out, weights = scaled_dot_product_attention(
-          q, k, v, mask, dropout=self.attention_dropout)
+          q, k, v, mask, dropout=self.attention_dropout, products=self.products)
     if return_weights:
       self.sow(nnx.Intermediate, "attention_weights", weights)
     # Concat(head_1, ..., head_h) W^O
-    return matmul("BHQJ,HJD->BQD", out, self.w_o[...], self.dtype).astype(self.dtype)
+    return matmul("BHQJ,HJD->BQD", out, self.w_o[...], self.dtype,
+                  out=self.products).astype(self.dtype)
 
   def __call__(self, x_q, x_kv, mask, return_weights=False):
     """MultiHead(x_q, x_kv, x_kv): (B, Q, D)."""
@@ -555,8 +605,10 @@ class FeedForward(nnx.Module):
   """FFN(x) = max(0, x W_1 + b_1) W_2 + b_2, Eq. (2); inner size d_ff."""
 
   def __init__(self, d_model, d_ff, *, activation, ffn_dropout_rate, dtype,
-               param_dtype, rngs):
+               param_dtype, rngs, products=jnp.float32):
     self.dtype = dtype
+    # The dtype the products, biases and activation are computed in (precision.py).
+    self.products = products
     self.gated = activation in GATED_ACTIVATIONS
     self.activation = (GATED_ACTIVATIONS if self.gated else ACTIVATIONS)[activation]
     init = _xavier()
@@ -573,14 +625,14 @@ class FeedForward(nnx.Module):
     self.hidden_dropout = nnx.Dropout(ffn_dropout_rate, rngs=rngs)
 
   def __call__(self, x):
-    xw = lambda x, p: matmul("BTD,DF->BTF", x, p[...], self.dtype)  # noqa: E731
-    hw = lambda h, p: matmul("BTF,FD->BTD", h, p[...], self.dtype)  # noqa: E731
+    xw = lambda x, p: matmul("BTD,DF->BTF", x, p[...], self.dtype, out=self.products)  # noqa: E731
+    hw = lambda h, p: matmul("BTF,FD->BTD", h, p[...], self.dtype, out=self.products)  # noqa: E731
     if self.gated:
       # act(x W_1) * (x W_gate)
       h = self.activation(xw(x, self.w_1)) * xw(x, self.w_gate)  # (B, T, F)
       return hw(self.hidden_dropout(h.astype(self.dtype)), self.w_2).astype(self.dtype)
-    h = self.activation(xw(x, self.w_1) + self.b_1[...])  # max(0, x W_1 + b_1)
-    y = hw(self.hidden_dropout(h.astype(self.dtype)), self.w_2) + self.b_2[...]
+    h = self.activation(add_bias(xw(x, self.w_1), self.b_1[...]))  # max(0, x W_1 + b_1)
+    y = add_bias(hw(self.hidden_dropout(h.astype(self.dtype)), self.w_2), self.b_2[...])
     return y.astype(self.dtype)  # (B, T, D)
 
 
@@ -643,17 +695,19 @@ class LearnedPositionalEmbedding(nnx.Module):
 
 
 
-def build_model(model_config, *, seed: int = 0, platform: str | None = None) -> Transformer:
+def build_model(model_config, *, seed: int = 0, platform: str | None = None,
+                remat: str = "none") -> Transformer:
   """The Transformer of a ``config.model`` section: the one place a model is
   built (training, evaluation, the summary and the benchmarks call it).
 
   Parameters are drawn from the PRNG stream ``params`` seeded with ``seed``,
   dropout masks from the stream ``dropout`` seeded with ``seed + 1``. Wrap it
   in ``nnx.eval_shape`` for the shapes alone. ``platform``: the kind of
-  device it is compiled for (default: JAX's default backend).
+  device it is compiled for (default: JAX's default backend). ``remat``:
+  training's rematerialization policy (``train.remat``).
   """
   return Transformer(model_config, rngs=nnx.Rngs(params=seed, dropout=seed + 1),
-                     platform=platform)
+                     platform=platform, remat=remat)
 
 
 def with_compute_dtype(model: Transformer, dtype: str) -> Transformer:

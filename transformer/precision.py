@@ -8,8 +8,10 @@ activations and matmul operands are the compute dtype, ``model.dtype``:
   bfloat16 matrix engine (``cpu_has_bf16_matmul``: AMX-BF16 or AVX512-BF16),
   float32 on other CPUs, where XLA emulates bfloat16 matmuls.
 * ``matmul`` is every heavy einsum of the model and the loss: operands in the
-  compute dtype, float32 accumulation and output (mixed precision), and a
-  gradient of the same form.
+  compute dtype, float32 accumulation, output in float32 or, for the
+  activation-sized products, in ``matmul_output_dtype`` (the compute dtype on
+  GPU and TPU), and a gradient of the same form; ``add_bias`` adds a bias in
+  the product's dtype with a float32 bias gradient.
 
 * ``decode_dtype`` is decoding's own compute dtype (``config.decode.dtype``).
 * ``fused_attention_implementation`` picks what computes Eq. (1) for a
@@ -28,6 +30,7 @@ import re
 
 import jax
 import jax.numpy as jnp
+from jax.ad_checkpoint import checkpoint_name
 
 from transformer import choices
 
@@ -195,40 +198,82 @@ def fused_attention(q, k, v, mask, *, implementation, attention_impl=None):
 # Matmuls in the compute dtype
 # ----------------------------------------------------------------------------
 
-def matmul(spec, x, y, dtype):
-  """einsum(spec, x, y) with operands in the compute ``dtype`` and float32
-  accumulation and output: the form a matrix engine (GPU/TPU tensor cores,
-  AMX on CPU) runs fastest, and the one every heavy matmul here uses.
+def matmul_output_dtype(cfg, platform=None):
+  """The dtype the activation-sized matmul products are written in, for
+  ``config.model.matmul_output``: the compute dtype (``model.dtype``) for
+  "compute", and for "auto" on GPU and TPU; float32 for "float32" and for
+  "auto" on a CPU (whose programs stay as they were). The products are
+  accumulated in float32 either way (cuBLAS, the MXU, XLA's CPU dots)."""
+  cpu = (platform or jax.default_backend()) == "cpu"
+  if cfg.matmul_output == "compute" or (cfg.matmul_output == "auto" and not cpu):
+    return get_dtype(cfg.dtype, platform)
+  return jnp.float32
 
-  The gradient's two matmuls take the same form, with the float32 cotangent
-  cast to ``dtype`` first; plain autodiff would multiply it in float32, the
-  slow form. Gradients come back in x's and y's own dtypes, so a float32
-  parameter gets its float32-accumulated gradient, never rounded to bfloat16.
+
+def matmul(spec, x, y, dtype, out=jnp.float32, grads=None):
+  """einsum(spec, x, y) with operands in the compute ``dtype``, accumulated in
+  float32 and written in ``out``: float32 (mixed precision's classic form, and
+  what Q K^T and the logits always use) or the compute dtype (an
+  activation-sized product, ``matmul_output_dtype``), which halves the bytes it
+  moves; the form a matrix engine (GPU/TPU tensor cores, AMX on CPU) runs
+  fastest.
+
+  The gradient's two matmuls take the same form, with the cotangent cast to
+  ``dtype`` first; plain autodiff would multiply it in float32, the slow form.
+  A float32 operand (a parameter) gets its float32-accumulated gradient in
+  float32, never rounded to bfloat16; a narrower one (an activation) gets its
+  gradient written in ``grads`` (default ``out``), then in its own dtype.
   """
-  return _mixed_einsum(spec, dtype, (x.dtype, y.dtype), x, y)
+  grads = out if grads is None else grads
+  product = _mixed_einsum(spec, dtype, jnp.dtype(out), jnp.dtype(grads), (x.dtype, y.dtype),
+                          x, y)
+  # What train.remat="matmuls" keeps (model.REMAT_POLICIES); no-op otherwise.
+  return checkpoint_name(product, "matmul")
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(0, 1, 2))
-def _mixed_einsum(spec, dtype, grad_dtypes, x, y):
-  del grad_dtypes  # Used by the backward pass only.
-  return jnp.einsum(spec, x.astype(dtype), y.astype(dtype),
-                    preferred_element_type=jnp.float32)
+@functools.partial(jax.custom_vjp, nondiff_argnums=(0, 1, 2, 3, 4))
+def _mixed_einsum(spec, dtype, out, grads, operand_dtypes, x, y):
+  del grads, operand_dtypes  # Used by the backward pass only.
+  return jnp.einsum(spec, x.astype(dtype), y.astype(dtype), preferred_element_type=out)
 
 
-def _mixed_einsum_fwd(spec, dtype, grad_dtypes, x, y):
+def _mixed_einsum_fwd(spec, dtype, out, grads, operand_dtypes, x, y):
   x, y = x.astype(dtype), y.astype(dtype)  # Saved for the backward pass as cast.
-  return jnp.einsum(spec, x, y, preferred_element_type=jnp.float32), (x, y)
+  return jnp.einsum(spec, x, y, preferred_element_type=out), (x, y)
 
 
-def _mixed_einsum_bwd(spec, dtype, grad_dtypes, residuals, g):
+def _mixed_einsum_bwd(spec, dtype, out, grads, operand_dtypes, residuals, g):
   # For "xy,yz->xz": dx = einsum("xz,yz->xy", g, y), dy = einsum("xy,xz->yz", x, g).
   # (Every index of an operand is in the other operand or the output.)
   x, y = residuals
   x_spec, y_spec, out_spec = re.split(",|->", spec.replace(" ", ""))
   g = g.astype(dtype)
-  dx = jnp.einsum(f"{out_spec},{y_spec}->{x_spec}", g, y, preferred_element_type=jnp.float32)
-  dy = jnp.einsum(f"{x_spec},{out_spec}->{y_spec}", x, g, preferred_element_type=jnp.float32)
-  return dx.astype(grad_dtypes[0]), dy.astype(grad_dtypes[1])
+  # float32 for a float32 operand (a parameter's gradient); ``grads`` for an
+  # activation's, which is then cast to the activation's dtype.
+  written = [jnp.float32 if d == jnp.float32 else grads for d in operand_dtypes]
+  dx = jnp.einsum(f"{out_spec},{y_spec}->{x_spec}", g, y, preferred_element_type=written[0])
+  dy = jnp.einsum(f"{x_spec},{out_spec}->{y_spec}", x, g, preferred_element_type=written[1])
+  return dx.astype(operand_dtypes[0]), dy.astype(operand_dtypes[1])
 
 
 _mixed_einsum.defvjp(_mixed_einsum_fwd, _mixed_einsum_bwd)
+
+
+@jax.custom_vjp
+def add_bias(x, b):
+  """x + b with the (float32) bias ``b`` cast to x's dtype: the add runs in
+  the product's dtype, and b's gradient is summed in float32 (plain autodiff
+  would sum a bfloat16 cotangent over every row in bfloat16)."""
+  return x + b.astype(x.dtype)
+
+
+def _add_bias_fwd(x, b):
+  return add_bias(x, b), jnp.zeros((0,), b.dtype)  # Residual: b's dtype only.
+
+
+def _add_bias_bwd(b_like, g):
+  rows = tuple(range(g.ndim - 1))
+  return g, jnp.sum(g, axis=rows, dtype=jnp.float32).astype(b_like.dtype)
+
+
+add_bias.defvjp(_add_bias_fwd, _add_bias_bwd)
