@@ -78,8 +78,9 @@ def _run_equivalence(configs):
     inputs[:, -1], targets[:, -3:] = 1, [1, 0, 0]
     batches.append({"inputs": inputs, "targets": targets})
 
-  def run(devices, parallelism="data"):
+  def run(devices, parallelism="data", shard_optimizer=False):
     config = ml_collections.ConfigDict(configs[parallelism])
+    config.train.shard_optimizer = shard_optimizer
     config.model.dropout_rate = 0.1  # Dropout masks must not depend on sharding.
     # float32: the tolerances below are float32's. With bfloat16 compute
     # (model.dtype="auto" on a CPU with AVX512-BF16 or AMX) each device's
@@ -100,15 +101,24 @@ def _run_equivalence(configs):
   one, params_one, _ = run(jax.devices()[:1])
   data8, params_data8, _ = run(jax.devices())
   fsdp8, params_fsdp8, state_fsdp8 = run(jax.devices(), "fsdp")
+  zero8, params_zero8, state_zero8 = run(jax.devices(), shard_optimizer=True)
   def diff(a, b):
     pairs = zip(jax.tree.leaves(a), jax.tree.leaves(b), strict=True)
     return max(float(np.max(np.abs(x - y))) for x, y in pairs)
 
   embedding = state_fsdp8["params"]["source_embedding"]["embedding"]
+  adam = [s for s in jax.tree.leaves(state_zero8["opt_state"], is_leaf=lambda x: hasattr(x, "mu"))
+          if hasattr(s, "mu")]
+  mu = adam[0].mu["source_embedding"]["embedding"]
   print(json.dumps({
-      "one": one, "data8": data8, "fsdp8": fsdp8,
+      "one": one, "data8": data8, "fsdp8": fsdp8, "zero8": zero8,
       "param_diff_data8": diff(params_one, params_data8),
       "param_diff_fsdp8": diff(params_one, params_fsdp8),
+      "param_diff_zero8": diff(params_one, params_zero8),
+      "zero_moment_spec": str(mu.sharding.spec),
+      "zero_moment_shard_shape": list(mu.addressable_shards[0].data.shape),
+      "zero_param_spec": str(state_zero8["params"]["source_embedding"]["embedding"]
+                             .sharding.spec),
       "fsdp_embedding_spec": str(embedding.sharding.spec),
       "fsdp_embedding_shard_shape": list(embedding.addressable_shards[0].data.shape),
   }))
@@ -124,6 +134,7 @@ def _compile_data_parallel_and_fsdp(configs):
   out = {}
   for name, parallelism in {"data8": "data", "fsdp8": "fsdp"}.items():
     config = ml_collections.ConfigDict(configs[parallelism])
+    config.train.shard_optimizer = False  # Plain data parallelism: the gradient all-reduced.
     config.model.dtype = "bfloat16"  # As on a GPU (float32 hides the all-to-alls).
     config.data.max_length, config.data.batch_tokens = 12, 8 * 12  # 8 rows.
     mesh = sharding.make_mesh(config.train, devices=jax.devices())
@@ -187,6 +198,14 @@ def test_one_device_equals_eight_devices(configs):
   # FSDP really splits the (vocab, embed) table over the 8 devices.
   assert result["fsdp_embedding_spec"] == "P('tensor', 'fsdp')"
   assert result["fsdp_embedding_shard_shape"] == [32, 2]
+  # train.shard_optimizer: the same updates, Adam's moments split over "data"
+  # (ZeRO stage 1), the parameters whole on every device.
+  np.testing.assert_allclose(result["zero8"], result["one"], rtol=1e-5)
+  assert result["param_diff_zero8"] < 5e-5
+  # (vocab, embed): vocab is on "tensor" (of size 1 here), embed takes "data".
+  assert result["zero_moment_spec"] == "P('tensor', 'data')", result
+  assert result["zero_moment_shard_shape"] == [32, 2]
+  assert result["zero_param_spec"] == "P('tensor', None)", result  # Whole on each device.
 
 
 if __name__ == "__main__":

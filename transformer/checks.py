@@ -168,6 +168,7 @@ def check_config(config: ml_collections.ConfigDict, *, num_devices: int | None =
       sharding.resolve_mesh_shape(config.train.mesh_shape, num_devices)
   except ValueError as e:
     raise ConfigError(str(e)) from e
+  xla_option_pairs(config.train.xla_options)
   m, d = config.model, config.data
   if m.positional_encoding == "learned" and d.max_length > m.max_len:
     raise ConfigError(
@@ -189,6 +190,36 @@ def check_config(config: ml_collections.ConfigDict, *, num_devices: int | None =
   if config.decode.beam_size > m.vocab_size:
     raise ConfigError(f"decode.beam_size={config.decode.beam_size} is larger than the "
                       f"vocabulary (model.vocab_size={m.vocab_size}).")
+
+
+def xla_option_pairs(value: str) -> tuple[str, dict]:
+  """``train.xla_options`` read: ("auto" or "none", {name: value} of the
+  comma-separated pairs after it). A ``ConfigError`` names a malformed one."""
+  example = "e.g. --config.train.xla_options=auto,xla_gpu_enable_triton_gemm=true"
+  base, *pairs = [part.strip() for part in value.split(",")]
+  if base not in ("auto", "none"):
+    raise ConfigError(f"train.xla_options={value!r} must start with \"auto\" or \"none\", "
+                      f"then comma-separated name=value pairs ({example}).")
+  options = {}
+  for pair in filter(None, pairs):
+    name, eq, option = (part.strip() for part in pair.partition("="))
+    if not eq or not name.startswith("xla_") or not option:
+      raise ConfigError(f"train.xla_options: {pair!r} is not an XLA option as name=value "
+                        f"({example}).")
+    options[name] = _option_value(option)
+  return base, options
+
+
+def _option_value(text: str):
+  """An XLA option's value as XLA takes it: a bool, an int, a float or text."""
+  if text.lower() in ("true", "false"):
+    return text.lower() == "true"
+  for kind in (int, float):
+    try:
+      return kind(text)
+    except ValueError:
+      pass
+  return text
 
 
 def resolve_config(config: ml_collections.ConfigDict, *, num_devices: int | None = None,

@@ -153,6 +153,17 @@ MODEL = {
     # one error when the step is traced ("auto" takes the einsums then).
     "attention_impl": Field("auto", str, one_of(*choices.ATTENTION_IMPLS),
                             "What computes Eq. (1)."),
+    # The dtype the activation-sized matmul products are written in (the
+    # projections, Eq. (2)'s two products, P V, and their input gradients),
+    # with their biases and activations applied in it; the GEMM accumulates in
+    # float32 either way, weight gradients stay float32, and Q K^T, the
+    # softmax of Eq. (1), LayerNorm's statistics and the loss's log-softmax
+    # stay float32. "float32": every product written float32. "compute": in
+    # model.dtype (MaxText's, t5x's and the Flax WMT example's form), which
+    # halves the bytes those products move. "auto": "compute" on GPU and TPU,
+    # "float32" on a CPU (precision.matmul_output_dtype).
+    "matmul_output": Field("auto", str, one_of(*choices.MATMUL_OUTPUTS),
+                           "Dtype of the activation-sized matmul products."),
 }
 
 DATA = {
@@ -259,6 +270,36 @@ TRAIN = {
     # limit and skip it). The same check
     # ahead of time, without the devices: python -m transformer.plan.
     "check_memory": Field(True, bool, ANY, "Check that the train step fits the devices."),
+    # Rematerialisation, per encoder and decoder layer: what the backward pass
+    # recomputes instead of keeping from the forward pass. "none": keep
+    # everything. "matmuls": keep only the matmul products, recompute the
+    # element-wise work (norms, activations, dropout, softmax). "full": keep
+    # only each layer's input, recompute the layer. The same gradients; less
+    # memory, more FLOPs (python -m transformer.plan shows both).
+    "remat": Field("none", str, one_of(*choices.REMAT_POLICIES),
+                   "What each layer recomputes in the backward pass."),
+    # XLA options the train step is compiled with (jax.jit compiler_options),
+    # the same in training and in the planner: "auto" is the project's set for
+    # the platform (train.xla_options: GPU latency-hiding scheduler, collective
+    # combining, ...; none on a CPU); "none": XLA's defaults. Either may be
+    # followed by comma-separated name=value pairs that add or override
+    # options, e.g. "auto,xla_gpu_enable_triton_gemm=true".
+    "xla_options": Field("auto", str, ANY,  # Parsed: train.xla_options.
+                         "XLA options of the train step."),
+    # Adam's moments split over the "data" axis (ZeRO stage 1): the gradient
+    # is reduce-scattered to them, each data-parallel device updates its share
+    # and the update is gathered; the same update. Base on 8 x H100: 9% fewer
+    # bytes per step and 0.4 GiB less memory than all-reducing the gradient
+    # (docs/wmt14.md). One device, or a mesh with data=1 (FSDP): no change.
+    "shard_optimizer": Field(True, bool, ANY,
+                             "Shard the Adam state over the data-parallel devices."),
+    # A JAX profiler trace of train.profile_steps steps, after the first
+    # train.profile_skip_steps steps this process runs (compilation and
+    # warm-up stay out of it), written to DIR/profile/ (TensorBoard's profile
+    # plugin, or Perfetto); 0: no trace.
+    "profile_steps": Field(0, int, at_least(0), "Steps traced by the JAX profiler; 0: none."),
+    "profile_skip_steps": Field(3, int, at_least(0),
+                                "Steps this process runs before the trace starts."),
     # Logging (console, DIR/metrics.jsonl, TensorBoard), evaluation, checkpoints.
     "log_every_steps": Field(100, int, at_least(1), "Steps between log lines."),
     "eval_every_steps": Field(5000, int, at_least(0),

@@ -159,6 +159,26 @@ def constrain(x, logical_axes):
       x, NamedSharding(mesh, logical_to_mesh(logical_axes, rules)))
 
 
+def optimizer_specs(abstract_params, specs, mesh: Mesh):
+  """``train.shard_optimizer``'s PartitionSpecs of Adam's moments (ZeRO stage
+  1): each parameter's spec with its first dimension that is not split yet and
+  divides by the "data" axis split over "data" too; a parameter with none such
+  keeps its own spec."""
+  data = mesh.shape["data"]
+
+  def split(param, spec):
+    parts = list(spec) + [None] * (len(param.shape) - len(spec))
+    if data > 1:
+      for i, (size, part) in enumerate(zip(param.shape, parts, strict=True)):
+        if part is None and size % data == 0:
+          parts[i] = "data"
+          return PartitionSpec(*parts)
+    return spec
+
+  return jax.tree.map(split, abstract_params, specs,
+                      is_leaf=lambda x: isinstance(x, PartitionSpec))
+
+
 def named(mesh: Mesh, specs):
   """NamedShardings for a tree of PartitionSpecs."""
   return jax.tree.map(lambda p: NamedSharding(mesh, p), specs,

@@ -62,10 +62,11 @@ BATCH_KEYS = data_lib.FEATURES
 # shapes and meaning alone. The compute dtype (model.dtype; "auto" resolves per
 # machine, and the same run may resume on a GPU or on a CPU with or without
 # bfloat16 instructions): parameters and optimizer state stay param_dtype.
-# attention_impl: the same function from the same parameters. The dropout
+# attention_impl, matmul_output: the same function from the same parameters. The dropout
 # rates: training's regularization, not the model's function.
-RESUMABLE_MODEL_FIELDS = ("model.dtype", "model.attention_impl", "model.dropout_rate",
-                          "model.attention_dropout_rate", "model.ffn_dropout_rate")
+RESUMABLE_MODEL_FIELDS = ("model.dtype", "model.attention_impl", "model.matmul_output",
+                          "model.dropout_rate", "model.attention_dropout_rate",
+                          "model.ffn_dropout_rate")
 
 
 def _check_resumed_config(workdir: str, config: ml_collections.ConfigDict):
@@ -110,12 +111,13 @@ class TrainSetup:
   tx: optax.GradientTransformation
   state_shardings: dict
   abstract_state: dict  # ShapeDtypeStructs with shardings (for restoring).
+  moment_shardings: dict  # Of Adam's moments: the params' or (shard_optimizer) split.
   init_fn: Callable  # () -> (state, rest), jitted with the state's out_shardings.
 
 
-def _make_model(model_config, seed, platform):
+def _make_model(model_config, seed, platform, remat="none"):
   with nnx.use_eager_sharding(False):  # Shardings come from sharding.py's rules.
-    return model_lib.build_model(model_config, seed=seed, platform=platform)
+    return model_lib.build_model(model_config, seed=seed, platform=platform, remat=remat)
 
 
 def _with_shardings(tree, shardings):
@@ -134,7 +136,8 @@ def setup_state(config, mesh, *, abstract: bool = False) -> TrainSetup:
   rules = sharding_lib.logical_axis_rules(config.train)
   seed = config.train.seed
   platform = mesh.devices.flat[0].platform
-  abstract_model = nnx.eval_shape(lambda: _make_model(config.model, seed, platform))
+  abstract_model = nnx.eval_shape(
+      lambda: _make_model(config.model, seed, platform, config.train.remat))
   graphdef, abstract_params, _ = nnx.split(abstract_model, nnx.Param, ...)
   param_specs = nnx.to_pure_dict(sharding_lib.state_partition_specs(abstract_params, rules))
   pure_abstract = nnx.to_pure_dict(abstract_params)
@@ -143,9 +146,15 @@ def setup_state(config, mesh, *, abstract: bool = False) -> TrainSetup:
   tx = optim.make_optimizer(config.train, config.model.d_model)
   abstract_opt = jax.eval_shape(tx.init, pure_abstract)
   replicated = sharding_lib.replicated(mesh)
-  # Adam's moments are sharded like the params; counts are replicated.
+  # Adam's moments are sharded like the params, or with train.shard_optimizer
+  # split over "data" too (ZeRO stage 1: the gradient is then reduce-scattered
+  # to them and the update gathered); counts are replicated.
+  moment_shardings = param_shardings
+  if config.train.shard_optimizer:
+    moment_shardings = sharding_lib.named(
+        mesh, sharding_lib.optimizer_specs(pure_abstract, param_specs, mesh))
   opt_shardings = optax.tree_utils.tree_map_params(
-      tx, lambda _, s: s, abstract_opt, param_shardings,
+      tx, lambda _, s: s, abstract_opt, moment_shardings,
       transform_non_params=lambda _: replicated)
   state_shardings = {"params": param_shardings, "opt_state": opt_shardings,
                      "step": replicated, "rng": replicated}
@@ -168,7 +177,7 @@ def setup_state(config, mesh, *, abstract: bool = False) -> TrainSetup:
   schedule = optim.learning_rate_schedule(config.train, config.model.d_model)
   return TrainSetup(train_config=config.train, schedule=schedule, mesh=mesh, rules=rules,
                     graphdef=graphdef, rest=rest, tx=tx, state_shardings=state_shardings,
-                    abstract_state=abstract_state,
+                    abstract_state=abstract_state, moment_shardings=moment_shardings,
                     init_fn=jax.jit(init, out_shardings=(state_shardings, replicated)))
 
 
@@ -237,6 +246,8 @@ def _apply(setup, state, grads, sums):
   divided once by the total number of target tokens."""
   num_tokens = jnp.maximum(sums["num_tokens"], 1.0)
   grads = jax.tree.map(lambda g: g / num_tokens, grads)
+  if setup.train_config.shard_optimizer:  # Each device updates its share of the moments.
+    grads = jax.lax.with_sharding_constraint(grads, setup.moment_shardings)
   updates, opt_state = setup.tx.update(grads, state["opt_state"], state["params"])
   params = optax.apply_updates(state["params"], updates)
   new_state = {"params": params, "opt_state": opt_state, "step": state["step"] + 1,
@@ -248,6 +259,27 @@ def _apply(setup, state, grads, sums):
       "target_tokens": sums["num_tokens"],
   })
   return new_state, metrics
+
+
+# train.xla_options="auto": the XLA options the train step is compiled with,
+# per platform, each kept for what the planner showed it does for base and
+# big on 8 x H100 (docs/wmt14.md: bytes, collectives, temporaries). A CPU and a
+# TPU get XLA's defaults.
+XLA_OPTIONS = {
+    "gpu": {
+        # Overlap the gradient all-reduce (and FSDP's gathers) with compute.
+        "xla_gpu_enable_latency_hiding_scheduler": True,
+    },
+}
+
+
+def xla_options(train_config, platform: str) -> dict:
+  """``train.xla_options`` as ``jax.jit``'s compiler_options for ``platform``
+  ("cpu", "gpu", "tpu"): "auto" is ``XLA_OPTIONS[platform]``, "none" XLA's
+  defaults, either followed by comma-separated name=value pairs that add or
+  override options ("auto,xla_gpu_enable_triton_gemm=true")."""
+  base, pairs = checks.xla_option_pairs(train_config.xla_options)
+  return {**(XLA_OPTIONS.get(platform, {}) if base == "auto" else {}), **pairs}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -324,12 +356,16 @@ def make_update_fn(setup: TrainSetup) -> Update:
     return _apply(setup, state, *acc)
 
   acc_sh = (param_sh, replicated)
+  # The same options wherever the step is compiled: training, its memory
+  # check and the planner.
+  jit = functools.partial(jax.jit, compiler_options=xla_options(
+      setup.train_config, setup.mesh.devices.flat[0].platform) or None)
   return Update(
       setup=setup,
-      fused=jax.jit(fused, out_shardings=(state_sh, replicated), donate_argnums=(0,)),
-      zeros=jax.jit(zeros, out_shardings=acc_sh),
-      accumulate=jax.jit(accumulate, out_shardings=acc_sh, donate_argnums=(4,)),
-      apply=jax.jit(apply, out_shardings=(state_sh, replicated), donate_argnums=(0,)))
+      fused=jit(fused, out_shardings=(state_sh, replicated), donate_argnums=(0,)),
+      zeros=jit(zeros, out_shardings=acc_sh),
+      accumulate=jit(accumulate, out_shardings=acc_sh, donate_argnums=(4,)),
+      apply=jit(apply, out_shardings=(state_sh, replicated), donate_argnums=(0,)))
 
 
 def batch_shapes(data_config, setup: TrainSetup) -> dict:
@@ -404,6 +440,56 @@ def _eval_batch_size(data_config, setup) -> int:
 # ---------------------------------------------------------------------------
 # Loop: training, checkpoints, evaluation.
 # ---------------------------------------------------------------------------
+
+
+class _ProfileWindow:
+  """A JAX profiler trace of ``train.profile_steps`` steps, after the first
+  ``train.profile_skip_steps`` steps this process runs (compilation and
+  warm-up stay out; a resumed run is traced too).
+
+  Written to DIR/profile/, or DIR/profile/process_<i>/ in a multi-process run
+  (each process traces its own devices): ``tensorboard --logdir DIR/profile``
+  (the profile plugin), or a ``perfetto_trace.json.gz`` in ui.perfetto.dev.
+  As a context manager it stops a trace the loop leaves running (a signal, an
+  error), so no trace outlives the loop.
+  """
+
+  def __init__(self, train_config, workdir: str, first_step: int, writer):
+    self.first = first_step + train_config.profile_skip_steps  # The first traced step.
+    self.last = min(self.first + train_config.profile_steps - 1, train_config.num_steps)
+    self.root = self.log_dir = os.path.join(workdir, "profile")
+    if jax.process_count() > 1:
+      self.log_dir = os.path.join(self.root, f"process_{jax.process_index()}")
+    self.writer = writer
+    self.done = None  # The last step run under a running trace; None: no trace.
+
+  def before(self, step: int):
+    """Starts the trace if ``step`` (the step about to run) is the first traced."""
+    if step == self.first and self.first <= self.last:
+      jax.profiler.start_trace(self.log_dir, create_perfetto_trace=True)
+      self.done = step - 1
+      self.writer.info("Profiling steps %d-%d into %s.", self.first, self.last, self.log_dir)
+
+  def after(self, step: int, state):
+    """Stops the trace once the last traced step has finished on the device."""
+    if self.done is not None:
+      self.done = step
+      if step == self.last:
+        jax.block_until_ready(state)
+        self._stop()
+
+  def _stop(self):
+    first, done, self.done = self.first, self.done, None
+    jax.profiler.stop_trace()
+    self.writer.info("Profile of steps %d-%d written to %s (tensorboard --logdir %s).",
+                     first, done, self.log_dir, self.root)
+
+  def __enter__(self):
+    return self
+
+  def __exit__(self, *exc):
+    if self.done is not None:
+      self._stop()
 
 
 class _StopSignal:
@@ -554,14 +640,18 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     interval["tokens"] += values["target_tokens"]
     return values
 
-  with _StopSignal() as stop:
+  with _StopSignal() as stop, _ProfileWindow(t, workdir, step + 1, writer) as profile:
     try:
       while step < t.num_steps:
-        micro_batches = [
-            sharding_lib.global_batch(next(train_iter), mesh, rules)
-            for _ in range(t.accumulate_steps)]
-        state, device_metrics = update(state, micro_batches)
+        profile.before(step + 1)
+        # Marks the step for the profiler (as Flax's examples do); free untraced.
+        with jax.profiler.StepTraceAnnotation("train", step_num=step + 1):
+          micro_batches = [
+              sharding_lib.global_batch(next(train_iter), mesh, rules)
+              for _ in range(t.accumulate_steps)]
+          state, device_metrics = update(state, micro_batches)
         step += 1
+        profile.after(step, state)
         if pending is not None:
           last = check(pending)
         pending = (step, device_metrics)
