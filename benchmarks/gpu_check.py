@@ -163,8 +163,9 @@ def planner_target(device_kind: str):
 
 def measure_train(config, batch_tokens, steps, log) -> dict:
   import jax
+  import jax.numpy as jnp
 
-  from transformer import compiled, plan, precision
+  from transformer import compiled, plan, precision, train
   from transformer import summary as summary_lib
   device = jax.devices()[0]
   start = time.perf_counter()
@@ -188,6 +189,11 @@ def measure_train(config, batch_tokens, steps, log) -> dict:
       "batch_tokens": batch_tokens, "rows": step.rows, "length": step.length,
       "dtype": precision.dtype_name(cfg.dtype),
       "attention": precision.fused_attention_implementation(cfg) or "einsum",
+      # The step's program: its products' dtype, its XLA options, the optimizer split.
+      "matmul_output": str(jnp.dtype(precision.matmul_output_dtype(cfg))),
+      "xla_options": train.xla_options(step.config.train, step.update.setup.mesh.devices.flat[0]
+                                       .platform),
+      "shard_optimizer": step.update.setup.shard_optimizer, "remat": step.config.train.remat,
       "steps_timed": steps, "step_seconds_median": median,
       "step_seconds_min": min(seconds), "first_step_seconds": warmup[0],
       "target_tokens_per_second": slots / median,

@@ -46,11 +46,11 @@ def _gradient_hlo(model):
   return jax.jit(jax.grad(loss)).lower(params).as_text(dialect="hlo", debug_info=True)
 
 
-def test_auto_writes_products_in_the_compute_dtype_on_gpu_and_tpu_only(tiny_config):
+def test_auto_writes_products_in_the_compute_dtype_on_a_gpu_only(tiny_config):
   cfg = tiny_config(base="paper").model
   cfg.dtype = "bfloat16"
   assert precision.matmul_output_dtype(cfg, "gpu") == jnp.bfloat16
-  assert precision.matmul_output_dtype(cfg, "tpu") == jnp.bfloat16
+  assert precision.matmul_output_dtype(cfg, "tpu") == jnp.float32  # The planner's choice.
   assert precision.matmul_output_dtype(cfg, "cpu") == jnp.float32  # CPU programs as before.
   cfg.matmul_output = "compute"
   assert precision.matmul_output_dtype(cfg, "cpu") == jnp.bfloat16
@@ -187,3 +187,18 @@ def test_the_train_step_is_compiled_with_the_options(tiny_config):
   batch = train.batch_shapes(config.data, setup)
   with pytest.raises(Exception, match="xla_cpu_no_such_option"):
     train.make_update_fn(setup).lower(batch)["update"].compile()
+
+
+# ---------------------------------------------------------------------------
+# train.shard_optimizer (the 8-device update: tests/test_sharding.py)
+# ---------------------------------------------------------------------------
+
+
+def test_shard_optimizer_auto_splits_adam_on_a_gpu_only(tiny_config):
+  t = tiny_config().train
+  assert t.shard_optimizer == "auto"
+  assert [train.shards_optimizer(t, p) for p in ("gpu", "tpu", "cpu")] == [True, False, False]
+  t.shard_optimizer = "data"
+  assert train.shards_optimizer(t, "cpu")
+  t.shard_optimizer = "none"
+  assert not train.shards_optimizer(t, "gpu")

@@ -27,6 +27,9 @@ DECODE_DTYPES = ("auto", "model", *DTYPES)
 MATMUL_OUTPUTS = ("auto", "float32", "compute")
 # config.train.remat (train.py): what each layer's backward pass recomputes.
 REMAT_POLICIES = ("none", "matmuls", "full")
+# config.train.shard_optimizer (train.shards_optimizer): Adam's moments split
+# over the "data" axis or not; "auto" splits them on a GPU.
+SHARD_OPTIMIZER = ("auto", "data", "none")
 # config.data.source (transformer/data/sources.py) and config.data.batching.
 SOURCES = ("tfds", "text", "synthetic")
 BATCHINGS = ("pack", "bucket")

@@ -160,8 +160,9 @@ MODEL = {
     # softmax of Eq. (1), LayerNorm's statistics and the loss's log-softmax
     # stay float32. "float32": every product written float32. "compute": in
     # model.dtype (MaxText's, t5x's and the Flax WMT example's form), which
-    # halves the bytes those products move. "auto": "compute" on GPU and TPU,
-    # "float32" on a CPU (precision.matmul_output_dtype).
+    # halves the bytes those products move. "auto": "compute" on a GPU,
+    # "float32" on a TPU and a CPU, as the planner showed
+    # (precision.matmul_output_dtype).
     "matmul_output": Field("auto", str, one_of(*choices.MATMUL_OUTPUTS),
                            "Dtype of the activation-sized matmul products."),
 }
@@ -286,13 +287,16 @@ TRAIN = {
     # options, e.g. "auto,xla_gpu_enable_triton_gemm=true".
     "xla_options": Field("auto", str, ANY,  # Parsed: train.xla_options.
                          "XLA options of the train step."),
-    # Adam's moments split over the "data" axis (ZeRO stage 1): the gradient
-    # is reduce-scattered to them, each data-parallel device updates its share
-    # and the update is gathered; the same update. Base on 8 x H100: 9% fewer
-    # bytes per step and 0.4 GiB less memory than all-reducing the gradient
+    # "data": Adam's moments split over the "data" axis (ZeRO stage 1): the
+    # gradient is reduce-scattered to them, each data-parallel device updates
+    # its share and the update is gathered; the same update. "none": the
+    # moments are whole on every data-parallel device and the gradient is
+    # all-reduced. "auto": "data" on a GPU (base on 8 x H100: 9% fewer bytes
+    # per step, 0.4 GiB less memory), "none" on a TPU (v5e: XLA reshards the
+    # split moments with hundreds of permutes, 15% more bytes) and a CPU
     # (docs/wmt14.md). One device, or a mesh with data=1 (FSDP): no change.
-    "shard_optimizer": Field(True, bool, ANY,
-                             "Shard the Adam state over the data-parallel devices."),
+    "shard_optimizer": Field("auto", str, one_of(*choices.SHARD_OPTIMIZER),
+                             "Adam's moments split over the data-parallel devices."),
     # A JAX profiler trace of train.profile_steps steps, after the first
     # train.profile_skip_steps steps this process runs (compilation and
     # warm-up stay out of it), written to DIR/profile/ (TensorBoard's profile

@@ -111,7 +111,8 @@ class TrainSetup:
   tx: optax.GradientTransformation
   state_shardings: dict
   abstract_state: dict  # ShapeDtypeStructs with shardings (for restoring).
-  moment_shardings: dict  # Of Adam's moments: the params' or (shard_optimizer) split.
+  shard_optimizer: bool  # Adam's moments split over "data" (train.shard_optimizer).
+  moment_shardings: dict  # Of Adam's moments: the params', or split over "data".
   init_fn: Callable  # () -> (state, rest), jitted with the state's out_shardings.
 
 
@@ -124,6 +125,13 @@ def _with_shardings(tree, shardings):
   """ShapeDtypeStructs of ``tree``'s leaves, each with its sharding."""
   return jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
                       tree, shardings)
+
+
+def shards_optimizer(train_config, platform: str) -> bool:
+  """Whether Adam's moments are split over the "data" axis for
+  ``train.shard_optimizer`` on ``platform``: "auto" splits them on a GPU."""
+  return (train_config.shard_optimizer == "data"
+          or (train_config.shard_optimizer == "auto" and platform == "gpu"))
 
 
 def setup_state(config, mesh, *, abstract: bool = False) -> TrainSetup:
@@ -150,7 +158,8 @@ def setup_state(config, mesh, *, abstract: bool = False) -> TrainSetup:
   # split over "data" too (ZeRO stage 1: the gradient is then reduce-scattered
   # to them and the update gathered); counts are replicated.
   moment_shardings = param_shardings
-  if config.train.shard_optimizer:
+  shard_optimizer = shards_optimizer(config.train, platform)
+  if shard_optimizer:
     moment_shardings = sharding_lib.named(
         mesh, sharding_lib.optimizer_specs(pure_abstract, param_specs, mesh))
   opt_shardings = optax.tree_utils.tree_map_params(
@@ -177,7 +186,8 @@ def setup_state(config, mesh, *, abstract: bool = False) -> TrainSetup:
   schedule = optim.learning_rate_schedule(config.train, config.model.d_model)
   return TrainSetup(train_config=config.train, schedule=schedule, mesh=mesh, rules=rules,
                     graphdef=graphdef, rest=rest, tx=tx, state_shardings=state_shardings,
-                    abstract_state=abstract_state, moment_shardings=moment_shardings,
+                    abstract_state=abstract_state, shard_optimizer=shard_optimizer,
+                    moment_shardings=moment_shardings,
                     init_fn=jax.jit(init, out_shardings=(state_shardings, replicated)))
 
 
@@ -246,7 +256,7 @@ def _apply(setup, state, grads, sums):
   divided once by the total number of target tokens."""
   num_tokens = jnp.maximum(sums["num_tokens"], 1.0)
   grads = jax.tree.map(lambda g: g / num_tokens, grads)
-  if setup.train_config.shard_optimizer:  # Each device updates its share of the moments.
+  if setup.shard_optimizer:  # Each device updates its share of the moments.
     grads = jax.lax.with_sharding_constraint(grads, setup.moment_shardings)
   updates, opt_state = setup.tx.update(grads, state["opt_state"], state["params"])
   params = optax.apply_updates(state["params"], updates)
