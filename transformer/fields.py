@@ -275,14 +275,15 @@ TRAIN = {
     # recomputes instead of keeping from the forward pass. "none": keep
     # everything. "matmuls": keep only the matmul products, recompute the
     # element-wise work (norms, activations, dropout, softmax). "full": keep
-    # only each layer's input, recompute the layer. The same gradients; less
-    # memory, more FLOPs (python -m transformer.plan shows both).
+    # only each layer's input, recompute the layer. The same gradients (up to
+    # the order of float sums); less memory, more FLOPs (python -m
+    # transformer.plan shows both).
     "remat": Field("none", str, one_of(*choices.REMAT_POLICIES),
                    "What each layer recomputes in the backward pass."),
     # XLA options the train step is compiled with (jax.jit compiler_options),
     # the same in training and in the planner: "auto" is the project's set for
-    # the platform (train.xla_options: GPU latency-hiding scheduler, collective
-    # combining, ...; none on a CPU); "none": XLA's defaults. Either may be
+    # the platform (train.XLA_OPTIONS: on a GPU the latency-hiding scheduler;
+    # nothing on a CPU or a TPU); "none": XLA's defaults. Either may be
     # followed by comma-separated name=value pairs that add or override
     # options, e.g. "auto,xla_gpu_enable_triton_gemm=true".
     "xla_options": Field("auto", str, ANY,  # Parsed: train.xla_options.
