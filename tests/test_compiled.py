@@ -82,3 +82,23 @@ def test_shard_bytes_are_per_device():
       8 * 4 * 2 + 3 * 4)
   assert compiled.format_bytes(3 * 2**30) == "3.00 GiB"
   assert compiled.format_bytes(3 * 2**20) == "3.0 MiB"
+
+
+def test_sliced_reads_of_a_reshaped_operand_are_counted_at_the_slices_size():
+  # XLA's HLO cost analysis counts a fused slice of a parameter at the
+  # slice's size, and a slice of a reshape (bitcast) of it at the whole
+  # parameter's: the kernel reads the slice either way.
+  x = jax.ShapeDtypeStruct((96, 192), jnp.bfloat16)
+  direct = jax.jit(lambda x: x[:, :16] * 2).lower(x).compile()
+  reshaped = jax.jit(lambda x: (x.reshape(4, 24, 192)[..., :16] * 2,
+                                x.reshape(4, 24, 192)[..., 16:32] * 3)).lower(x).compile()
+  assert compiled.sliced_read_overcount(direct.as_text()) == 0
+  slice_bytes = 96 * 16 * 2  # each output is its slice's size
+  counted = reshaped.cost_analysis()["bytes accessed"]
+  overcount = compiled.sliced_read_overcount(reshaped.as_text())
+  # Each fusion reads its slice and writes it (and the output tuple's 8 bytes).
+  assert abs(counted - overcount - 2 * (slice_bytes + slice_bytes)) <= 16
+  assert overcount == 2 * (96 * 192 * 2 - slice_bytes)
+  # No slice: nothing is taken off.
+  whole = jax.jit(lambda x: x.reshape(4, 24, 192) * 2).lower(x).compile()
+  assert compiled.sliced_read_overcount(whole.as_text()) == 0

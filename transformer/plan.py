@@ -26,7 +26,11 @@ reports:
                communication is assumed hidden, GEMM tiles are XLA's defaults
                (no autotuning without a device). XLA's cost analysis counts
                nothing for a custom call: cuDNN attention's bytes (operands
-               and result once) and FLOPs (from its shapes) are added.
+               and result once) and FLOPs (from its shapes) are added. It
+               counts a fused slice of a reshaped operand as a read of the
+               whole operand: on a GPU those bytes are taken off again
+               (``compiled.sliced_read_overcount``; the slices of merged
+               matmuls).
   --max_batch  the largest ``data.batch_tokens`` whose step fits, found by
                compiling (the number of compiles is reported).
 
@@ -299,6 +303,8 @@ def roofline(train_report, config, target: Target) -> dict:
       "custom_call_bytes_accessed": sum(
           programs[n]["cost"].get("custom_call_bytes_accessed", 0.0) * r
           for n, r in runs.items()),
+      "sliced_read_overcount": sum(
+          programs[n]["cost"].get("sliced_read_overcount", 0.0) * r for n, r in runs.items()),
   }
 
 
@@ -491,7 +497,9 @@ def format_plan(plan) -> str:
       "",
       "Compile-time estimate (a lower bound, not a measurement):",
       f"  {e['flops_per_device']:.3e} FLOPs and {e['bytes_accessed_per_device']:.3e} bytes "
-      f"accessed per device per update (XLA cost analysis)",
+      f"accessed per device per update (XLA cost analysis"
+      + (f"; {e['sliced_read_overcount']:.3e} bytes of sliced reads it counts whole "
+         "taken off" if e.get("sliced_read_overcount") else "") + ")",
       f"  math {e['math_seconds'] * 1e3:.2f} ms at {e['peak_flops'] / 1e12:.0f} TFLOP/s, "
       f"memory {e['memory_seconds'] * 1e3:.2f} ms at {e['bandwidth'] / 1e12:.2f} TB/s: "
       f"{e['bound']}-bound, step >= {e['step_seconds'] * 1e3:.2f} ms",
