@@ -38,17 +38,22 @@ _MODULE = "\n".join([
     "  %b = bf16[8,16]{1,0} parameter(1)",
     '  %fusion = f32[4,8]{1,0} fusion(%a), kind=kLoop, calls=%fused, '
     'metadata={op_name="jit(f)/neg"}',
-    '  %cc = f32[4,16]{1,0} custom-call(%fusion, %b), custom_call_target="__cublas$gemm", '
-    'metadata={op_name="jit(f)/dot_general"}',
-    "  ROOT %t = (f32[4,16]{1,0}) tuple(%cc)",
+    '  %cc = (f32[4,16]{1,0}, s8[4194304]{0}) custom-call(%fusion, %b), '
+    'custom_call_target="__cublas$gemm", metadata={op_name="jit(f)/dot_general"}, '
+    'backend_config={"gemm_backend_config":{"dot_dimension_numbers":{'
+    '"lhs_contracting_dimensions":["1"],"rhs_contracting_dimensions":["0"],'
+    '"lhs_batch_dimensions":[],"rhs_batch_dimensions":[]}}}',
+    "  %g = f32[4,16]{1,0} get-tuple-element(%cc), index=0",
+    "  ROOT %t = (f32[4,16]{1,0}) tuple(%g)",
     "}",
 ])
 
 
 def test_traffic_counts_operands_and_result_of_entry_instructions():
   items = compiled.traffic(_MODULE, top=None)
-  # The custom call reads f32[4,8] and bf16[8,16] and writes f32[4,16]; the
-  # fusion reads and writes f32[4,8]; parameters and tuples move nothing.
+  # The custom call reads f32[4,8] and bf16[8,16] and writes f32[4,16] (its
+  # workspace is scratch); the fusion reads and writes f32[4,8]; parameters
+  # and tuples move nothing.
   assert items == [
       {"bytes": 4 * 32 + 2 * 128 + 4 * 64, "instruction": "cc", "op": "custom-call",
        "from": "jit(f)/dot_general"},
@@ -56,7 +61,9 @@ def test_traffic_counts_operands_and_result_of_entry_instructions():
   ]
   assert compiled.custom_calls(_MODULE) == {"__cublas$gemm": 1}
   extra = compiled.custom_call_cost(_MODULE)
-  assert extra == {"flops": 0.0, "bytes_accessed": 4 * 32 + 2 * 128 + 4 * 64, "count": 1}
+  # cuBLAS's GEMM: 2 x (4 x 16) results x 8 contracted.
+  assert extra == {"flops": 2.0 * 4 * 16 * 8, "bytes_accessed": 4 * 32 + 2 * 128 + 4 * 64,
+                   "count": 1}
 
 
 def test_memory_and_cost_of_a_matmul_compiled_here():

@@ -61,6 +61,16 @@ _NO_TRAFFIC = ("parameter", "constant", "get-tuple-element", "bitcast", "tuple",
                "opt-barrier", "partition-id", "replica-id")
 
 
+def _scratch_bytes(shape_text: str) -> int:
+  """The bytes of a custom call's scratch buffer: the trailing s8/u8 array of
+  its result tuple, which XLA allocates for cuBLAS (its workspace, 4 MiB) and
+  cuDNN; no operand or result of the operation, so no traffic of it."""
+  arrays = _ARRAY.findall(shape_text)
+  if len(arrays) < 2 or arrays[-1][0] not in ("s8", "u8"):
+    return 0
+  return _array_bytes("{}[{}]".format(*arrays[-1]))[0]
+
+
 def traffic(hlo_text: str, top: int | None = 5) -> list[dict]:
   """The ``top`` instructions of an optimised module's entry computation by
   memory traffic (bytes of their operands and result, per device), each with
@@ -76,7 +86,7 @@ def traffic(hlo_text: str, top: int | None = 5) -> list[dict]:
     if not m:
       continue
     name, shape, op, rest = m.groups()
-    shapes[name] = sum(_array_bytes(shape))
+    shapes[name] = sum(_array_bytes(shape)) - (_scratch_bytes(shape) if op == "custom-call" else 0)
     if in_entry and op not in _NO_TRAFFIC and not op.endswith("-done"):
       operands = re.findall(r"%([^\s,)]+)", rest.split(")", 1)[0])
       source = re.search(r'op_name="([^"]*)"', line)
@@ -162,12 +172,30 @@ def custom_call_cost(hlo_text: str) -> dict:
   """What XLA's HLO cost analysis leaves out: it counts a custom call's FLOPs
   and bytes as unknown (nothing). Bytes: each custom call of the entry
   computation reads its operands and writes its result once (a lower bound).
+  A scratch buffer (cuBLAS's workspace) is neither (``_scratch_bytes``).
   FLOPs: cuDNN's fused attention (``__cudnn$fmha...``), from the query (B, Q,
   H, K) and key (B, M, H, K) shapes, 4 B H Q M K forward (two matmuls) and
-  2.5 times that backward (five); other custom calls (cuBLAS GEMMs are
-  counted by the analysis when XLA emits them itself) none."""
+  2.5 times that backward (five); a cuBLAS GEMM (``__cublas$gemm``,
+  ``__cublas$lt$matmul``: ``xla_gpu_enable_triton_gemm=false``), 2 x its
+  result's elements x its contracting size, from the left operand's shape and
+  the GEMM's dimension numbers; other custom calls none."""
   flops = 0.0
+  dims_of = {}
+  for line in hlo_text.splitlines():
+    m = _DEFINITION.match(line)
+    if m:
+      found = _ARRAY.findall(m.group(2))
+      dims_of[m.group(1)] = [int(d) for d in found[0][1].split(",") if d] if found else []
   for line in hlo_text.split("\nENTRY ", 1)[-1].splitlines():
+    gemm = re.search(r'custom_call_target="__cublas\$(?:gemm|lt\$matmul)"', line)
+    m = _DEFINITION.match(line)
+    if gemm and m:
+      lhs = re.findall(r"%([^\s,)]+)", m.group(4).split(")", 1)[0])[0]
+      contracting = re.search(r'"lhs_contracting_dimensions":\[([^\]]*)\]', line)
+      k = math.prod(dims_of[lhs][int(d.strip('" '))]
+                    for d in contracting.group(1).split(",") if d.strip()) if contracting else 1
+      flops += 2.0 * math.prod(dims_of[m.group(1)]) * k
+      continue
     target = re.search(r'custom_call_target="([^"]*fmha[^"]*)"', line)
     if not target or "operand_layout_constraints=" not in line:
       continue

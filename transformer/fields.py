@@ -282,7 +282,8 @@ TRAIN = {
                    "What each layer recomputes in the backward pass."),
     # XLA options the train step is compiled with (jax.jit compiler_options),
     # the same in training and in the planner: "auto" is the project's set for
-    # the platform (train.XLA_OPTIONS: on a GPU the latency-hiding scheduler;
+    # the platform (train.XLA_OPTIONS: on a GPU the latency-hiding scheduler
+    # and cuBLAS GEMMs;
     # nothing on a CPU or a TPU); "none": XLA's defaults. Either may be
     # followed by comma-separated name=value pairs that add or override
     # options, e.g. "auto,xla_gpu_enable_triton_gemm=true".

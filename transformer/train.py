@@ -273,13 +273,17 @@ def _apply(setup, state, grads, sums):
 
 # train.xla_options="auto": the XLA options the train step is compiled with,
 # per platform. A CPU and a TPU get XLA's defaults. Of the GPU flags MaxText and
-# NVIDIA's JAX guide set, the planner saw none change base's bytes, collectives
-# or memory on 8 x H100 (docs/wmt14.md); the scheduler is kept for the overlap
-# only a GPU run can show.
+# NVIDIA's JAX guide set, the planner saw one change base's bytes on 8 x H100
+# (docs/wmt14.md): cuBLAS's GEMMs in place of XLA's Triton ones, 14% fewer
+# (JAX 0.11.2 with cuDNN attention, 1.266e10 -> 1.144e10; 0.12.1 with the
+# einsums, 1.642e10 -> 1.565e10). The scheduler is kept for the overlap only a
+# GPU run can show.
 XLA_OPTIONS = {
     "gpu": {
         # Overlap the gradient all-reduce (and FSDP's gathers) with compute.
         "xla_gpu_enable_latency_hiding_scheduler": True,
+        # GEMMs by cuBLAS(Lt), bias epilogues fused, not XLA's Triton kernels.
+        "xla_gpu_enable_triton_gemm": False,
     },
 }
 
