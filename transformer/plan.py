@@ -383,7 +383,8 @@ def make_plan(config: ml_collections.ConfigDict, target_name: str, num_devices: 
     # function; on a GPU cuDNN's kernel moves fewer bytes than this estimate).
     config.model.attention_impl = "xla"
     attention_note = ("cuDNN's fused attention does not compile without a GPU in this "
-                      f"JAX ({jax.__version__}): the einsums are compiled in its place")
+                      f"JAX ({jax.__version__}): the einsums are compiled in its place, "
+                      "which move more bytes (JAX 0.11.2 compiles it: docs/gpu.md)")
     log(f"  ({attention_note})")
     train = compile_train_step(config, mesh)
   peak = compiled_lib.peak(train["programs"])
