@@ -190,11 +190,13 @@ def custom_call_cost(hlo_text: str) -> dict:
     gemm = re.search(r'custom_call_target="__cublas\$(?:gemm|lt\$matmul)"', line)
     m = _DEFINITION.match(line)
     if gemm and m:
-      lhs = re.findall(r"%([^\s,)]+)", m.group(4).split(")", 1)[0])[0]
+      operands = re.findall(r"%([^\s,)]+)", m.group(4).split(")", 1)[0])
       contracting = re.search(r'"lhs_contracting_dimensions":\[([^\]]*)\]', line)
-      k = math.prod(dims_of[lhs][int(d.strip('" '))]
-                    for d in contracting.group(1).split(",") if d.strip()) if contracting else 1
-      flops += 2.0 * math.prod(dims_of[m.group(1)]) * k
+      lhs = dims_of.get(operands[0]) if operands else None
+      if lhs is not None and contracting:
+        k = math.prod(lhs[int(d.strip('" '))] for d in contracting.group(1).split(",")
+                      if d.strip())
+        flops += 2.0 * math.prod(dims_of[m.group(1)]) * k
       continue
     target = re.search(r'custom_call_target="([^"]*fmha[^"]*)"', line)
     if not target or "operand_layout_constraints=" not in line:

@@ -283,10 +283,9 @@ TRAIN = {
     # XLA options the train step is compiled with (jax.jit compiler_options),
     # the same in training and in the planner: "auto" is the project's set for
     # the platform (train.XLA_OPTIONS: on a GPU the latency-hiding scheduler
-    # and cuBLAS GEMMs;
-    # nothing on a CPU or a TPU); "none": XLA's defaults. Either may be
-    # followed by comma-separated name=value pairs that add or override
-    # options, e.g. "auto,xla_gpu_enable_triton_gemm=true".
+    # and cuBLAS GEMMs; nothing on a CPU or a TPU); "none": XLA's defaults.
+    # Either may be followed by comma-separated name=value pairs that add or
+    # override options, e.g. "auto,xla_gpu_enable_triton_gemm=true".
     "xla_options": Field("auto", str, ANY,  # Parsed: train.xla_options.
                          "XLA options of the train step."),
     # "data": Adam's moments split over the "data" axis (ZeRO stage 1): the
