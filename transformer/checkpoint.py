@@ -379,12 +379,32 @@ class Checkpointer:
           "then run the same command to resume.") from e
 
   def _remove_temporary_folders(self):
+    """Removes the failed save's temporary folders. Orbax's other writer
+    threads of that save may still be writing into them when its error
+    surfaces: their work is waited for, and the folders are removed until
+    none is left (up to 10 s; under load a thread can recreate one after a
+    first removal)."""
     if jax.process_index() != 0:
       return
+    try:
+      self.manager.wait_until_finished()
+    except Exception:  # The same failure again: what is left is removed below.
+      pass
     directory = str(self.manager.directory)
-    for name in os.listdir(directory) if os.path.isdir(directory) else []:
-      if ".orbax-checkpoint-tmp" in name:
+    deadline = time.monotonic() + 10.0
+    while True:
+      names = [name for name in (os.listdir(directory) if os.path.isdir(directory) else [])
+               if ".orbax-checkpoint-tmp" in name]
+      for name in names:
         shutil.rmtree(os.path.join(directory, name), ignore_errors=True)
+      if not names:
+        time.sleep(0.05)  # One more look: nothing is recreating a folder.
+        if not any(".orbax-checkpoint-tmp" in name for name in
+                   (os.listdir(directory) if os.path.isdir(directory) else [])):
+          return
+      if time.monotonic() > deadline:
+        return
+      time.sleep(0.05)
 
   def restore_latest(self, abstract_state: dict, accept_data_state=None):
     """(state, data_state of this process, step) of the newest checkpoint that
