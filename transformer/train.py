@@ -274,10 +274,10 @@ def _apply(setup, state, grads, sums):
 # train.xla_options="auto": the XLA options the train step is compiled with,
 # per platform. A CPU and a TPU get XLA's defaults. Of the GPU flags MaxText and
 # NVIDIA's JAX guide set, the planner saw one change base's bytes on 8 x H100
-# (docs/wmt14.md): cuBLAS's GEMMs in place of XLA's Triton ones, 14% fewer
-# (JAX 0.11.2 with cuDNN attention, 1.266e10 -> 1.144e10; 0.12.1 with the
-# einsums, 1.642e10 -> 1.565e10). The scheduler is kept for the overlap only a
-# GPU run can show.
+# (docs/wmt14.md): cuBLAS's GEMMs in place of XLA's Triton ones, 9.7% fewer
+# with JAX 0.11.2 and cuDNN attention (1.266e10 -> 1.144e10), 4.7% with 0.12.1
+# and the einsums (1.642e10 -> 1.565e10). The scheduler is kept for the overlap
+# only a GPU run can show.
 XLA_OPTIONS = {
     "gpu": {
         # Overlap the gradient all-reduce (and FSDP's gathers) with compute.
