@@ -391,20 +391,15 @@ class Checkpointer:
     except Exception:  # The same failure again: what is left is removed below.
       pass
     directory = str(self.manager.directory)
-    deadline = time.monotonic() + 10.0
-    while True:
+    deadline, empty_looks = time.monotonic() + 10.0, 0
+    while empty_looks < 2 and time.monotonic() < deadline:  # Two looks 50 ms apart.
       names = [name for name in (os.listdir(directory) if os.path.isdir(directory) else [])
                if ".orbax-checkpoint-tmp" in name]
       for name in names:
         shutil.rmtree(os.path.join(directory, name), ignore_errors=True)
-      if not names:
-        time.sleep(0.05)  # One more look: nothing is recreating a folder.
-        if not any(".orbax-checkpoint-tmp" in name for name in
-                   (os.listdir(directory) if os.path.isdir(directory) else [])):
-          return
-      if time.monotonic() > deadline:
-        return
-      time.sleep(0.05)
+      empty_looks = 0 if names else empty_looks + 1
+      if empty_looks < 2:
+        time.sleep(0.05)
 
   def restore_latest(self, abstract_state: dict, accept_data_state=None):
     """(state, data_state of this process, step) of the newest checkpoint that
